@@ -1,0 +1,305 @@
+"""`genloom` command line: parse flags, call a library function, print. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from genloom.errors import GenloomError
+
+QUICKSTART_DIR = "runs/quickstart"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: the message already names the bad flag.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+# ---- train lm -----------------------------------------------------------------------------------------
+
+
+def _add_train_lm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lm", help="train a GPT language model on text")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", default="builtin:pydoc", help="text file, folder, .jsonl (text field) or builtin:pydoc")
+    d.add_argument("--tokenizer", default="char", help="char | bpe (trained on the data) | tokenizer directory")
+    d.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size")
+    d.add_argument("--val-fraction", type=float, default=0.1)
+    m = p.add_argument_group("model (flags override the preset)")
+    m.add_argument("--preset", default="tiny", help="gpt2, gpt2-medium, gpt3-small, tiny, tiny-modern, ...")
+    m.add_argument("--n-layers", type=_positive_int)
+    m.add_argument("--d-model", type=_positive_int)
+    m.add_argument("--n-heads", type=_positive_int)
+    m.add_argument("--context-length", type=_positive_int)
+    m.add_argument("--dropout", type=_non_negative_float)
+    m.add_argument("--positional", choices=["learned", "sinusoidal", "rotary"])
+    m.add_argument("--activation", choices=["gelu", "gelu_tanh", "relu", "swiglu"])
+    m.add_argument("--norm", choices=["layernorm", "rmsnorm"])
+    m.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None)
+    t = p.add_argument_group("training")
+    t.add_argument("--out", default="runs/lm", help="run directory (checkpoints, metrics.jsonl)")
+    t.add_argument("--steps", type=_positive_int, default=2000)
+    t.add_argument("--batch-size", type=_positive_int, default=12, help="sequences per micro-batch per process")
+    t.add_argument("--grad-accum", type=_positive_int, default=1)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--min-lr", type=float, default=1e-4)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--weight-decay", type=_non_negative_float, default=0.1)
+    t.add_argument("--beta2", type=float, default=0.99)
+    t.add_argument("--grad-clip", type=_non_negative_float, default=1.0)
+    t.add_argument("--eval-interval", type=_positive_int, default=250)
+    t.add_argument("--eval-batches", type=_positive_int, default=20)
+    t.add_argument("--keep-last", type=_positive_int, default=2)
+    t.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train_lm)
+
+
+def _train_config(args: argparse.Namespace):  # noqa: ANN202 - returns TrainConfig, imported lazily
+    from genloom.train.config import TrainConfig
+
+    try:
+        return TrainConfig(
+            out_dir=args.out, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            lr=args.lr, min_lr=min(args.min_lr, args.lr), warmup_steps=args.warmup,
+            weight_decay=args.weight_decay, beta2=args.beta2, grad_clip=args.grad_clip,
+            eval_interval=args.eval_interval, eval_batches=args.eval_batches, keep_last=args.keep_last,
+            dtype=args.dtype, compile=args.compile, device=args.device, seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except ValueError as e:
+        raise GenloomError(str(e)) from None
+
+
+def _cmd_train_lm(args: argparse.Namespace) -> None:
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.lm import DataSpec, build_model_config, train_lm
+
+    data = DataSpec(data=args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                    val_fraction=args.val_fraction)
+    model_config = build_model_config(
+        args.preset, vocab_size=1, n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads,
+        context_length=args.context_length, dropout=args.dropout, positional=args.positional,
+        activation=args.activation, norm=args.norm, qk_norm=args.qk_norm,
+    )
+    try:
+        _, result = train_lm(data, model_config, _train_config(args), resume=args.resume)
+    finally:
+        shutdown_distributed()
+    if result.val_loss is not None:
+        print(f"done: step {result.step}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
+
+
+# ---- generate -----------------------------------------------------------------------------------------
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    p.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 means greedy")
+    p.add_argument("--top-k", type=_positive_int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def _sampling_config(args: argparse.Namespace):  # noqa: ANN202
+    from genloom.generate import SamplingConfig
+
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from genloom.generate import generate
+    from genloom.models.registry import load_pretrained
+    from genloom.train.distributed import pick_device
+
+    cfg = _sampling_config(args)
+    if args.prompt is None or args.prompt == "-":
+        prompts = [line.rstrip("\n").replace("\\n", "\n") for line in sys.stdin if line.strip()]
+        if not prompts:
+            raise GenloomError("no prompt given: pass PROMPT or lines on stdin")
+    else:
+        prompts = [args.prompt.replace("\\n", "\n")]
+    loaded = load_pretrained(Path(args.checkpoint))
+    if loaded.family != "gpt":
+        raise GenloomError(f"{args.checkpoint} is a {loaded.family} model; `generate` needs a language model")
+    model = loaded.model.to(pick_device(args.device))
+    torch.set_grad_enabled(False)
+    if len(prompts) == 1:
+        # One prompt: stream its tokens to the terminal as they are produced.
+        sys.stdout.write(prompts[0])
+        generate(model, loaded.tokenizer, prompts, cfg, on_text=lambda _, piece: _write(piece))  # type: ignore[arg-type]
+        sys.stdout.write("\n")
+        return
+    for start in range(0, len(prompts), args.batch_size):
+        chunk = prompts[start : start + args.batch_size]
+        for prompt, completion in zip(chunk, generate(model, loaded.tokenizer, chunk, cfg), strict=True):  # type: ignore[arg-type]
+            print(prompt + completion.text)
+            print("-" * 40)
+
+
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+# ---- info, plot, export, quickstart -------------------------------------------------------------------
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from genloom.info import describe_gpt
+    from genloom.models.gpt import GPTConfig, preset
+
+    if (args.preset is None) == (args.checkpoint is None):
+        raise GenloomError("give either --preset NAME or a CHECKPOINT")
+    if args.preset is not None:
+        print(describe_gpt(preset(args.preset), args.preset))
+        return
+    from genloom.models.registry import load_pretrained
+
+    loaded = load_pretrained(Path(args.checkpoint))
+    assert isinstance(loaded.config, GPTConfig)
+    print(f"checkpoint:   {loaded.path}")
+    print(describe_gpt(loaded.config))
+
+
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from genloom.train.plot import plot_run
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise GenloomError(f"{run_dir} is not a run directory")
+    print(f"wrote {plot_run(run_dir, Path(args.out) if args.out else None)}")
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from genloom.interop.hf_gpt2 import export_hf_gpt2
+    from genloom.models.gpt import GPT
+    from genloom.models.registry import load_pretrained
+
+    loaded = load_pretrained(Path(args.checkpoint))
+    if not isinstance(loaded.model, GPT):
+        raise GenloomError(f"{args.checkpoint} is not a GPT model; only GPT exports to Hugging Face GPT-2")
+    export_hf_gpt2(loaded.model, loaded.tokenizer, Path(args.out_dir))
+    print(f"wrote a Hugging Face GPT-2 directory to {args.out_dir}")
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> None:
+    from genloom.generate import SamplingConfig, generate
+    from genloom.train.config import TrainConfig
+    from genloom.train.lm import DataSpec, build_model_config, train_lm
+
+    print("genloom quickstart: a character-level GPT on the Python documentation (pydoc_data), on the CPU.")
+    start = time.perf_counter()
+    model_config = build_model_config("tiny-modern", vocab_size=1, context_length=128)
+    train = TrainConfig(
+        out_dir=args.out, max_steps=args.steps, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
+        eval_interval=max(1, args.steps // 4), eval_batches=10, device="cpu",
+    )
+    model, result = train_lm(DataSpec(data="builtin:pydoc", tokenizer="char"), model_config, train)
+    print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; val loss {result.val_loss:.3f}")
+    from genloom.models.registry import load_pretrained
+
+    loaded = load_pretrained(Path(args.out))
+    prompts = ["The for statement", "A class definition", "Exceptions are"]
+    samples = generate(loaded.model, loaded.tokenizer, prompts,  # type: ignore[arg-type]
+                       SamplingConfig(max_new_tokens=160, temperature=0.7, seed=0))
+    for prompt, sample in zip(prompts, samples, strict=True):
+        print("-" * 60)
+        print(prompt + sample.text)
+    print("-" * 60)
+    print(f"saved to {args.out}; try: genloom generate {args.out} \"The with statement\"")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="genloom", description="Generative models built from one Transformer core.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model")
+    _add_train_lm(train.add_subparsers(dest="family", required=True, parser_class=_Parser))
+
+    gen = sub.add_parser("generate", help="continue a prompt with a language model")
+    gen.add_argument("checkpoint", help="genloom checkpoint, run directory or Hugging Face GPT-2 directory")
+    gen.add_argument("prompt", nargs="?", help="the prompt; omit or '-' to read one prompt per line on stdin")
+    _add_sampling_flags(gen)
+    gen.add_argument("--batch-size", type=_positive_int, default=8, help="prompts decoded together")
+    gen.add_argument("--device", default="auto")
+    gen.set_defaults(func=_cmd_generate)
+
+    info = sub.add_parser("info", help="architecture, parameter count and memory of a preset or checkpoint")
+    info.add_argument("checkpoint", nargs="?")
+    info.add_argument("--preset")
+    info.set_defaults(func=_cmd_info)
+
+    plot = sub.add_parser("plot", help="draw loss and learning-rate curves of a run to a PNG")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    plot.set_defaults(func=_cmd_plot)
+
+    export = sub.add_parser("export", help="export a checkpoint to another format")
+    export_sub = export.add_subparsers(dest="format", required=True, parser_class=_Parser)
+    hf = export_sub.add_parser("hf", help="Hugging Face GPT-2 directory (transformers can load it)")
+    hf.add_argument("checkpoint")
+    hf.add_argument("out_dir")
+    hf.set_defaults(func=_cmd_export_hf)
+
+    quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
+    quick.add_argument("--out", default=QUICKSTART_DIR)
+    quick.add_argument("--steps", type=_positive_int, default=1200)
+    quick.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except GenloomError as e:
+        print(f"genloom: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("genloom: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
+        print(f"genloom: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

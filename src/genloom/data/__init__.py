@@ -1,0 +1,1 @@
+"""Data: reading corpora, built-in corpora, and tokenized memory-mapped arrays."""

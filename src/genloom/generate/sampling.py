@@ -1,0 +1,69 @@
+"""Turning next-token logits into tokens: repetition penalty, temperature, top-k, top-p, greedy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from genloom.errors import GenloomError
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 means greedy (argmax)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus sampling)
+    repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): >1 discourages tokens already present
+    stop: list[str] = field(default_factory=list)  # stop when the text contains one of these
+    seed: int | None = None  # row i of a batch samples with seed + i, so it matches a batch of one
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise GenloomError(f"max_new_tokens ({self.max_new_tokens}) must be at least 1")
+        if self.temperature < 0:
+            raise GenloomError(f"temperature ({self.temperature}) must be >= 0 (0 = greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise GenloomError(f"top_k ({self.top_k}) must be at least 1")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise GenloomError(f"top_p ({self.top_p}) must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise GenloomError(f"repetition_penalty ({self.repetition_penalty}) must be > 0")
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """logits (B, V); seen (B, V) bool marks tokens in the prompt or output so far."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """Set logits outside the top-k / top-p set to -inf. logits: (B, V)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the mass before it already reaches top_p; the most likely token always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose_tokens(logits: Tensor, cfg: SamplingConfig, generators: list[torch.Generator] | None) -> Tensor:
+    """Next token per row, (B,), from logits (B, V) already penalised."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    probs = logits.softmax(dim=-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    # One generator per row: a row's randomness does not depend on which other rows share its batch.
+    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])

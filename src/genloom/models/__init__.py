@@ -1,0 +1,1 @@
+"""Model families, one file each: a Config dataclass, presets and an nn.Module."""

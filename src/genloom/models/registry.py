@@ -1,0 +1,45 @@
+"""Model families by name, and loading any saved model: a genloom checkpoint or a Hugging Face directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from genloom.config import config_from_dict, read_json
+from genloom.errors import GenloomError
+from genloom.models.gpt import GPT, GPTConfig
+from genloom.tokenizers import Tokenizer, load_tokenizer
+from genloom.train.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config, resolve_checkpoint
+
+FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {"gpt": (GPTConfig, GPT)}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: Any
+    tokenizer: Tokenizer
+    family: str
+    path: Path
+
+
+def load_pretrained(path: Path) -> LoadedModel:
+    """Load a genloom checkpoint (or run directory) or a Hugging Face GPT-2 directory, in eval mode."""
+    if (path / CONFIG_FILE).is_file() and "model_type" in read_json(path / CONFIG_FILE):
+        from genloom.interop.hf_gpt2 import load_hf_gpt2
+
+        return load_hf_gpt2(path)
+    directory = resolve_checkpoint(path)
+    raw = read_checkpoint_config(directory)
+    family = raw["family"]
+    if family not in FAMILIES:
+        raise GenloomError(f"{directory} holds an unknown model family {family!r}")
+    config_cls, model_cls = FAMILIES[family]
+    config = config_from_dict(config_cls, raw["model"])
+    model = model_cls(config)
+    load_weights(model, directory)
+    model.eval()
+    return LoadedModel(model, config, load_tokenizer(directory), family, directory)

@@ -1,0 +1,32 @@
+"""The shared Transformer core. Imports nothing from `genloom.models`."""
+
+from genloom.nn.attention import KVCache, MultiHeadAttention, build_attention_mask
+from genloom.nn.blocks import BlockConfig, TransformerBlock
+from genloom.nn.layers import MLP, RMSNorm, make_norm
+from genloom.nn.positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    apply_rotary,
+    sinusoidal_2d_table,
+    sinusoidal_table,
+)
+from genloom.nn.transformer import TransformerStack
+
+__all__ = [
+    "MLP",
+    "BlockConfig",
+    "KVCache",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "TransformerBlock",
+    "TransformerStack",
+    "apply_rotary",
+    "build_attention_mask",
+    "make_norm",
+    "sinusoidal_2d_table",
+    "sinusoidal_table",
+]

@@ -1,0 +1,142 @@
+"""Multi-head attention (Vaswani et al. 2017, §3.2) over `scaled_dot_product_attention`, with a KV cache.
+
+Masks follow SDPA's boolean convention: True means "may attend". A mask has shape (B, 1, T_q, T_k) and
+broadcasts over heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genloom.nn.layers import RMSNorm
+from genloom.nn.positional import apply_rotary
+
+
+class KVCache:
+    """Keys and values of one self-attention layer, pre-allocated to `max_len` so decoding never copies.
+
+    k, v: (B, H, max_len, head_dim); the first `length` positions are filled.
+    """
+
+    def __init__(
+        self, batch_size: int, n_heads: int, max_len: int, head_dim: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.k = torch.zeros(batch_size, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, H, T_new, hd) after the filled part; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, batch_indices: Tensor) -> None:
+        """Keep rows `batch_indices` (beam search re-ranks hypotheses between steps)."""
+        self.k = self.k.index_select(0, batch_indices)
+        self.v = self.v.index_select(0, batch_indices)
+
+
+def build_attention_mask(
+    key_valid: Tensor | None, q_len: int, past_len: int, causal: bool, device: torch.device
+) -> Tensor | None:
+    """Boolean mask (B|1, 1, T_q, T_k) combining causality and key padding; None when nothing is masked.
+
+    key_valid: (B, T_k) with True for real tokens, T_k = past_len + q_len for self-attention. A query at a
+    padding position would otherwise see no key at all (softmax of all -inf = NaN), so every query may
+    always attend to its own position; padded outputs are garbage but finite and never read.
+    """
+    if key_valid is None and (not causal or q_len == 1):
+        return None
+    k_len = key_valid.shape[1] if key_valid is not None else past_len + q_len
+    q_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]  # (T_q, 1)
+    k_pos = torch.arange(k_len, device=device)[None, :]  # (1, T_k)
+    mask = k_pos <= q_pos if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    mask = mask[None, None]  # (1, 1, T_q, T_k)
+    if key_valid is not None:
+        mask = mask & key_valid[:, None, None, :]  # (B, 1, T_q, T_k)
+        mask = mask | (k_pos == q_pos)[None, None]
+    return mask
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention (one fused QKV projection) or cross-attention (Q from x, K/V from `context`)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        cross: bool = False,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.cross = cross
+        self.dropout = dropout
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model, bias=bias)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        # QK-norm (Dehghani et al. 2023) bounds attention logits, which stabilises higher learning rates.
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """x: (B, T, d_model); context: (B, S, d_model) for cross-attention. Returns (B, T, d_model)."""
+        b, t, d = x.shape
+        if self.cross:
+            assert context is not None, "cross-attention needs a context"
+            q = self._split_heads(self.q_proj(x))
+            k, v = (self._split_heads(part) for part in self.kv_proj(context).split(d, dim=-1))
+        else:
+            q, k, v = (self._split_heads(part) for part in self.qkv_proj(x).split(d, dim=-1))
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        past_len = 0
+        if kv_cache is not None:
+            past_len = kv_cache.length
+            k, v = kv_cache.append(k, v)  # (B, H, past + T, hd)
+        # SDPA's is_causal aligns the mask to the top-left corner, so it is only right without a past.
+        causal_flag = is_causal and mask is None and past_len == 0 and t > 1
+        if is_causal and mask is None and past_len > 0 and t > 1:
+            mask = build_attention_mask(None, t, past_len, causal=True, device=x.device)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal_flag
+        )  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(b, t, d)
+        return self.out_proj(y)

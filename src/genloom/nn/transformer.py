@@ -1,0 +1,46 @@
+"""A stack of Transformer blocks with a final norm: the trunk of every model family."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from genloom.nn.attention import KVCache
+from genloom.nn.blocks import BlockConfig, TransformerBlock
+from genloom.nn.layers import make_norm
+
+
+class TransformerStack(nn.Module):
+    def __init__(self, cfg: BlockConfig, n_layers: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(n_layers))
+        # Pre-norm leaves the residual stream un-normalised, so it needs a final norm; post-norm does not.
+        self.final_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if cfg.norm_first else None
+
+    def make_kv_caches(
+        self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> list[KVCache]:
+        head_dim = self.cfg.d_model // self.cfg.n_heads
+        return [
+            KVCache(batch_size, self.cfg.n_heads, max_len, head_dim, device, dtype) for _ in self.blocks
+        ]
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        kv_caches: list[KVCache] | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(
+                x, mask=mask, is_causal=is_causal, rotary=rotary,
+                kv_cache=kv_caches[i] if kv_caches is not None else None,
+                context=context, context_mask=context_mask,
+            )
+        return self.final_norm(x) if self.final_norm is not None else x

@@ -1,0 +1,84 @@
+"""Byte-level BPE (GPT-2's scheme) on the Hugging Face `tokenizers` library.
+
+Trained on the user's text with a chosen vocabulary size, or loaded from GPT-2's `vocab.json` +
+`merges.txt` or a `tokenizer.json`. Byte-level means every string is encodable: no unknown token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from genloom.errors import GenloomError
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+class BPETokenizer:
+    def __init__(self, tokenizer: HFTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._eos_id = tokenizer.token_to_id(EOS_TOKEN)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
+        # 256 byte symbols + the end-of-text token is the smallest vocabulary that can encode anything.
+        if vocab_size < 257:
+            raise GenloomError(f"BPE vocab size ({vocab_size}) must be at least 257 (256 bytes + end-of-text)")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOS_TOKEN],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, directory: Path) -> BPETokenizer:
+        """Load `tokenizer.json`, or GPT-2's `vocab.json` + `merges.txt`."""
+        try:
+            if (directory / "tokenizer.json").is_file():
+                return cls(HFTokenizer.from_file(str(directory / "tokenizer.json")))
+            vocab, merges = directory / "vocab.json", directory / "merges.txt"
+            if not (vocab.is_file() and merges.is_file()):
+                raise GenloomError(f"{directory} has neither tokenizer.json nor vocab.json + merges.txt")
+            tok = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        except Exception as e:  # the Rust library raises plain Exceptions for malformed files
+            if isinstance(e, GenloomError):
+                raise
+            raise GenloomError(f"cannot read the tokenizer in {directory}: {e}") from None
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        # GPT-2's files list <|endoftext|> as an ordinary vocabulary entry; register it as special so that
+        # it encodes to one id, as it does in the trained tokenizer and in GPT-2's own tokenizer.
+        if tok.token_to_id(EOS_TOKEN) is not None:
+            tok.add_special_tokens([EOS_TOKEN])
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._eos_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text).ids)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [list(e.ids) for e in self.tokenizer.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
+    def save(self, directory: Path) -> None:
+        self.tokenizer.save(str(directory / "tokenizer.json"))

@@ -1,0 +1,47 @@
+"""Training settings shared by every model family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Schedule = Literal["cosine", "constant", "inverse_sqrt"]
+DType = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/lm"
+    max_steps: int = 2000  # optimizer steps
+    batch_size: int = 12  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch_size * grad_accum * world
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # floor of the cosine decay
+    warmup_steps: int = 100
+    schedule: Schedule = "cosine"
+    weight_decay: float = 0.1  # applied to matrices and embeddings only, never to biases or norms
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250  # steps between validations (and checkpoints)
+    eval_batches: int = 20
+    log_interval: int = 10
+    keep_last: int = 2  # step checkpoints kept besides best/
+    dtype: DType = "fp32"  # autocast precision; bf16 works on recent CPUs and GPUs, fp16 needs CUDA
+    compile: bool = False  # torch.compile the model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 1337
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be at least 1")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"need 0 <= min_lr ({self.min_lr}) <= lr ({self.lr}) and lr > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be >= 0")
+        if self.schedule not in ("cosine", "constant", "inverse_sqrt"):
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected fp32, bf16 or fp16")

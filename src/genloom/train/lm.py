@@ -1,0 +1,124 @@
+"""Language-model training: the next-token task for the shared Trainer, and the `train lm` recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genloom.config import config_from_dict
+from genloom.data.builtin import builtin_corpus
+from genloom.data.text import TokenArrays, read_documents, sample_windows, tokenize_corpus
+from genloom.errors import GenloomError
+from genloom.models.gpt import GPT, GPTConfig, preset
+from genloom.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
+from genloom.train.checkpoint import CheckpointManager, read_checkpoint_config
+from genloom.train.config import TrainConfig
+from genloom.train.trainer import Batch, Trainer, TrainResult
+
+VAL_SEED = 2024  # validation windows are drawn with a fixed seed so every evaluation sees the same text
+
+
+class LanguageModelTask:
+    """Random windows of `block_size` tokens; loss is next-token cross-entropy."""
+
+    family = "gpt"
+
+    def __init__(self, model_config: GPTConfig, tokenizer: Tokenizer, data: TokenArrays, batch_size: int):
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.data = data
+        self.batch_size = batch_size
+        self.block_size = model_config.context_length
+
+    def micro_batches(self, generator: torch.Generator, rank: int, world_size: int, n_micro: int) -> list[Batch]:
+        # Draw the whole global batch on every process, then keep this process's slice.
+        b = self.batch_size
+        x, y = sample_windows(self.data.train, b * n_micro * world_size, self.block_size, generator)
+        mine = slice(rank * b * n_micro, (rank + 1) * b * n_micro)
+        x, y = x[mine], y[mine]
+        return [(x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]) for i in range(n_micro)]
+
+    def val_batches(self, n: int) -> list[Batch]:
+        generator = torch.Generator().manual_seed(VAL_SEED)
+        return [sample_windows(self.data.val, self.batch_size, self.block_size, generator) for _ in range(n)]
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        x, y = batch
+        logits = model(x)  # (B, T, V)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    def count_tokens(self, batch: Batch) -> int:
+        return batch[0].numel()
+
+
+@dataclass
+class DataSpec:
+    """Where the text comes from and how to tokenize it."""
+
+    data: str = "builtin:pydoc"  # a file, a folder, a .jsonl, or builtin:NAME
+    tokenizer: str = "char"  # char | bpe (trained on the data) | a directory with a GPT-2/HF tokenizer
+    vocab_size: int = 4096  # for tokenizer=bpe
+    val_fraction: float = 0.1
+    cache_dir: str | None = None
+
+
+def load_corpus(spec: DataSpec) -> TokenArrays:
+    docs = builtin_corpus(spec.data.split(":", 1)[1]) if spec.data.startswith("builtin:") else read_documents(
+        Path(spec.data)
+    )
+    if spec.tokenizer == "char":
+        return tokenize_corpus(
+            docs, "char", lambda d: CharTokenizer.train("\n\n".join(d)), spec.val_fraction, _cache(spec)
+        )
+    if spec.tokenizer == "bpe":
+        return tokenize_corpus(
+            docs, f"bpe:{spec.vocab_size}", lambda d: BPETokenizer.train(d, spec.vocab_size), spec.val_fraction,
+            _cache(spec),
+        )
+    tokenizer_dir = Path(spec.tokenizer)
+    if not tokenizer_dir.is_dir():
+        raise GenloomError(f"--tokenizer must be 'char', 'bpe' or a directory with a tokenizer, not {spec.tokenizer!r}")
+    loaded = BPETokenizer.load(tokenizer_dir)
+    return tokenize_corpus(
+        docs, f"file:{loaded.tokenizer.to_str()}", lambda d: loaded, spec.val_fraction, _cache(spec)
+    )
+
+
+def _cache(spec: DataSpec) -> Path | None:
+    return Path(spec.cache_dir) if spec.cache_dir else None
+
+
+def build_model_config(preset_name: str, vocab_size: int, **overrides: object) -> GPTConfig:
+    """Preset + explicit size flags (None means keep the preset's value) + the tokenizer's vocabulary size."""
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    return preset(preset_name, vocab_size=vocab_size, **chosen)
+
+
+def train_lm(
+    data: DataSpec, model_config: GPTConfig, train: TrainConfig, resume: bool = False
+) -> tuple[GPT, TrainResult]:
+    """Tokenize (cached), build the model, train. On --resume the run's saved model config wins."""
+    corpus = load_corpus(data)
+    if resume:
+        latest = CheckpointManager(Path(train.out_dir)).latest()
+        if latest is None:
+            raise GenloomError(f"--resume: {train.out_dir} has no checkpoint to resume from")
+        model_config = config_from_dict(GPTConfig, read_checkpoint_config(latest)["model"])
+    if model_config.vocab_size != corpus.tokenizer.vocab_size:
+        model_config = replace(model_config, vocab_size=corpus.tokenizer.vocab_size)
+    for split, tokens in (("train", corpus.train), ("validation", corpus.val)):
+        if len(tokens) <= model_config.context_length:
+            raise GenloomError(
+                f"the {split} split has {len(tokens)} tokens, not more than the context length "
+                f"{model_config.context_length}; use more text or a smaller --context-length"
+            )
+    assert isinstance(corpus.train, np.ndarray)
+    model = GPT(model_config)
+    task = LanguageModelTask(model_config, corpus.tokenizer, corpus, train.batch_size)
+    result = Trainer(task, model, train).fit(resume=resume)
+    return model, result

@@ -1,0 +1,220 @@
+"""The one training loop. Each model family supplies a `Task`: its batches and its loss.
+
+Runs unchanged on one CPU, one GPU or many processes under `torchrun` (DistributedDataParallel). Every
+process draws the same global batch from a shared seeded generator and takes its own slice, so N
+processes with batch B see exactly what one process with batch N*B sees, and the averaged gradients match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from genloom.config import config_to_dict
+from genloom.errors import GenloomError
+from genloom.tokenizers import Tokenizer
+from genloom.train.checkpoint import CheckpointManager, load_training_state, load_weights
+from genloom.train.config import TrainConfig
+from genloom.train.distributed import DistributedContext, init_distributed
+from genloom.train.metrics import MetricsLog
+from genloom.train.optim import learning_rate, make_optimizer
+
+Batch = Sequence[Tensor]
+
+
+class Task(Protocol):
+    """What a model family gives the trainer."""
+
+    family: str  # name in the model registry, saved in every checkpoint
+    model_config: Any  # the model's config dataclass
+    tokenizer: Tokenizer
+
+    def micro_batches(self, generator: torch.Generator, rank: int, world_size: int, n_micro: int) -> list[Batch]:
+        """This process's `n_micro` micro-batches of one optimizer step, drawn from `generator`."""
+        ...
+
+    def val_batches(self, n: int) -> list[Batch]:
+        """The same `n` validation batches every time it is called."""
+        ...
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Mean loss of `batch`; `model` may be wrapped (DDP, torch.compile)."""
+        ...
+
+    def count_tokens(self, batch: Batch) -> int: ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    val_loss: float | None
+    train_losses: list[float] = field(default_factory=list)  # one per optimizer step of this run
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    run_dir: Path = Path()
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    if dtype == "fp16" and device.type != "cuda":
+        raise GenloomError("--dtype fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+class Trainer:
+    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, ctx: DistributedContext | None = None):
+        self.task = task
+        self.cfg = cfg
+        self.ctx = ctx or init_distributed(cfg.device)
+        self.model = model.to(self.ctx.device)
+        self.run_dir = Path(cfg.out_dir)
+        self.checkpoints = CheckpointManager(self.run_dir, cfg.keep_last)
+        self.optimizer = make_optimizer(self.model, cfg, self.ctx.device.type)
+        self.data_generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+
+    # ---- state -----------------------------------------------------------------------------------------
+    def _training_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "data_generator": self.data_generator.get_state(),  # the data position
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "train_config": config_to_dict(self.cfg),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _resume(self) -> None:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            raise GenloomError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        load_weights(self.model, latest)
+        state = load_training_state(latest)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data_generator.set_state(state["data_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = int(state["step"])
+
+    # ---- evaluation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over the task's fixed validation batches, split across processes."""
+        self.model.eval()
+        batches = self.task.val_batches(self.cfg.eval_batches)
+        total = torch.zeros(2, device=self.ctx.device)  # (sum of losses, number of batches)
+        with _autocast(self.ctx.device, self.cfg.dtype):
+            for batch in batches[self.ctx.rank :: self.ctx.world_size]:
+                total[0] += self.task.loss(self.model, self._to_device(batch)).float()
+                total[1] += 1
+        if self.ctx.enabled:
+            dist.all_reduce(total)
+        self.model.train()
+        return float(total[0] / total[1])
+
+    def _to_device(self, batch: Batch) -> list[Tensor]:
+        return [t.to(self.ctx.device, non_blocking=True) for t in batch]
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, ctx = self.cfg, self.ctx
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        if resume:
+            self._resume()
+        metrics = MetricsLog(self.run_dir)
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            metrics.truncate_after(self.step)
+
+        ddp = DistributedDataParallel(self.model) if ctx.enabled else None
+        train_model: nn.Module = ddp if ddp is not None else self.model
+        if cfg.compile:
+            train_model = torch.compile(train_model)  # type: ignore[assignment]
+        scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.dtype == "fp16")
+        self.model.train()
+
+        result = TrainResult(step=self.step, val_loss=None, run_dir=self.run_dir)
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
+            disable=not (ctx.is_main and cfg.progress),
+        )
+        interval_loss, interval_tokens, interval_time = 0.0, 0, 0.0
+        while self.step < cfg.max_steps:
+            self.step += 1
+            t0 = time.perf_counter()
+            lr = learning_rate(self.step, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            micro = self.task.micro_batches(self.data_generator, ctx.rank, ctx.world_size, cfg.grad_accum)
+            step_loss = torch.zeros((), device=ctx.device)
+            tokens = 0
+            for i, batch in enumerate(micro):
+                # Gradients are all-reduced only on the last micro-batch of the step.
+                sync = ddp.no_sync() if ddp is not None and i < len(micro) - 1 else contextlib.nullcontext()
+                with sync, _autocast(ctx.device, cfg.dtype):
+                    loss = self.task.loss(train_model, self._to_device(batch)) / len(micro)
+                scaler.scale(loss).backward()
+                step_loss += loss.detach().float()
+                tokens += self.task.count_tokens(batch)
+            if cfg.grad_clip > 0:
+                scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            scaler.step(self.optimizer)
+            scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if ctx.enabled:
+                dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
+            loss_value = float(step_loss)
+            if not math.isfinite(loss_value):
+                raise GenloomError(f"loss became {loss_value} at step {self.step}; lower --lr or use fp32/bf16")
+            interval_time += time.perf_counter() - t0
+            interval_loss += loss_value
+            interval_tokens += tokens * ctx.world_size
+            result.train_losses.append(loss_value)
+            bar.update(1)
+
+            if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                n = cfg.log_interval if self.step % cfg.log_interval == 0 else self.step % cfg.log_interval
+                tokens_per_s = interval_tokens / max(interval_time, 1e-9)
+                bar.set_postfix(loss=f"{interval_loss / n:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+                if ctx.is_main:
+                    metrics.write({
+                        "step": self.step, "loss": interval_loss / n, "lr": lr,
+                        "tokens_per_s": tokens_per_s, "step_ms": 1000 * interval_time / n,
+                    })
+                interval_loss, interval_tokens, interval_time = 0.0, 0, 0.0
+
+            if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
+                val_loss = self.evaluate()
+                result.val_loss = val_loss
+                result.val_losses.append((self.step, val_loss))
+                bar.write(f"step {self.step}: val loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.2f}")
+                if ctx.is_main:
+                    metrics.write({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
+                    self.checkpoints.save(
+                        self.step, self.model, self.task.family, self.task.model_config, self.task.tokenizer,
+                        self._training_state(), val_loss,
+                    )
+                if ctx.enabled:
+                    dist.barrier()
+        bar.close()
+        result.step = self.step
+        return result
