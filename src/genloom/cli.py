@@ -84,7 +84,7 @@ def _add_train_lm(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train_lm)
 
 
-def _train_config(args: argparse.Namespace):  # noqa: ANN202 - returns TrainConfig, imported lazily
+def _train_config(args: argparse.Namespace):
     from genloom.train.config import TrainConfig
 
     try:
@@ -132,7 +132,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def _sampling_config(args: argparse.Namespace):  # noqa: ANN202
+def _sampling_config(args: argparse.Namespace):
     from genloom.generate import SamplingConfig
 
     return SamplingConfig(
@@ -231,7 +231,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
         out_dir=args.out, max_steps=args.steps, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
         eval_interval=max(1, args.steps // 4), eval_batches=10, device="cpu",
     )
-    model, result = train_lm(DataSpec(data="builtin:pydoc", tokenizer="char"), model_config, train)
+    _, result = train_lm(DataSpec(data="builtin:pydoc", tokenizer="char"), model_config, train)
     print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; val loss {result.val_loss:.3f}")
     from genloom.models.registry import load_pretrained
 

@@ -24,7 +24,7 @@ from genloom.nn import (
     TransformerStack,
     build_attention_mask,
 )
-from genloom.nn.layers import Activation, NormKind
+from genloom.nn.layers import Activation, NormKind, dropout_layer
 
 Positional = Literal["learned", "sinusoidal", "rotary"]
 
@@ -52,6 +52,8 @@ class GPTConfig:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be positive")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.d_ff is not None and self.d_ff <= 0:
+            raise ValueError(f"d_ff ({self.d_ff}) must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout ({self.dropout}) must be in [0, 1)")
         if self.positional not in ("learned", "sinusoidal", "rotary"):
@@ -133,7 +135,7 @@ class GPT(nn.Module):
             self.position_embedding = SinusoidalPositionalEncoding(config.context_length, config.d_model)
         else:
             self.rotary = RotaryEmbedding(config.d_model // config.n_heads, config.context_length)
-        self.embed_dropout = nn.Dropout(config.dropout)
+        self.embed_dropout = dropout_layer(config.dropout)
         self.transformer = TransformerStack(config.block_config(), config.n_layers)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -178,7 +180,7 @@ class GPT(nn.Module):
         position only, (B, 1, V), which is all that sampling needs.
         Returns (B, T, vocab_size) logits.
         """
-        b, t = idx.shape
+        t = idx.shape[1]
         past = kv_caches[0].length if kv_caches is not None else 0
         if past + t > self.config.context_length:
             raise GenloomError(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from genloom.nn.attention import KVCache, MultiHeadAttention
-from genloom.nn.layers import MLP, Activation, NormKind, make_norm
+from genloom.nn.layers import MLP, Activation, NormKind, dropout_layer, make_norm
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TransformerBlock(nn.Module):
             )
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.activation, cfg.bias, cfg.dropout)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = dropout_layer(cfg.dropout)
 
     def _residual(self, x: Tensor, norm: nn.Module, sublayer: nn.Module, **kwargs: object) -> Tensor:
         if self.norm_first:

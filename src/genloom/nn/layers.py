@@ -12,6 +12,11 @@ Activation = Literal["gelu", "gelu_tanh", "relu", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
 
 
+def dropout_layer(p: float) -> nn.Module:
+    """nn.Dropout, or a no-op when p == 0: even p=0 dropout costs a kernel call per use in training."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019): LayerNorm without centring or bias."""
 
@@ -49,7 +54,7 @@ class MLP(nn.Module):
         hidden_out = 2 * d_ff if activation == "swiglu" else d_ff
         self.fc_in = nn.Linear(d_model, hidden_out, bias=bias)
         self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.fc_in(x)  # (B, T, d_ff) or (B, T, 2*d_ff) for swiglu

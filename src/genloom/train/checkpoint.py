@@ -8,7 +8,6 @@ scheduler, step, RNG states, data position) is a separate file, read back with `
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -39,8 +38,8 @@ def _atomic_directory(final: Path, write: Any) -> None:
         write(tmp)
         if final.exists():
             # A directory cannot be replaced in one rename; move the old one aside first, then drop it.
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            final.rename(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            final.rename(old)  # onto the empty placeholder: allowed for directories on POSIX
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -1,0 +1,292 @@
+"""Hugging Face GPT-2 directories <-> genloom GPT.
+
+GPT-2 is our GPT with learned positions, LayerNorm and biases, so the mapping is exact: only names
+change, and HF's `Conv1D` stores weights as (in, out) where `nn.Linear` stores (out, in). Configs that
+transformers can express but we cannot reproduce exactly (and vice versa) are refused, never
+approximated: a model that loads must give the same logits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from genloom.config import read_json
+from genloom.errors import GenloomError
+from genloom.models.gpt import GPT, GPTConfig
+from genloom.models.registry import LoadedModel
+from genloom.nn.layers import Activation
+from genloom.tokenizers import BPETokenizer, Tokenizer
+from genloom.train.checkpoint import _atomic_directory
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+PYTORCH_FILE = "pytorch_model.bin"
+
+# HF activation names whose function we compute exactly ("gelu_new" and "gelu_pytorch_tanh" are both
+# the tanh approximation of GELU).
+_ACTIVATIONS_FROM_HF: dict[str, Activation] = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+}
+_ACTIVATIONS_TO_HF: dict[str, str] = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+# Causal-mask buffers older transformers versions saved with every layer; they carry no weights.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+# Per layer: HF name -> (our name, whether HF stores it as a Conv1D (in, out) matrix to transpose).
+_LAYER_NAMES: dict[str, tuple[str, bool]] = {
+    "ln_1.weight": ("attn_norm.weight", False),
+    "ln_1.bias": ("attn_norm.bias", False),
+    "attn.c_attn.weight": ("attn.qkv_proj.weight", True),
+    "attn.c_attn.bias": ("attn.qkv_proj.bias", False),
+    "attn.c_proj.weight": ("attn.out_proj.weight", True),
+    "attn.c_proj.bias": ("attn.out_proj.bias", False),
+    "ln_2.weight": ("mlp_norm.weight", False),
+    "ln_2.bias": ("mlp_norm.bias", False),
+    "mlp.c_fc.weight": ("mlp.fc_in.weight", True),
+    "mlp.c_fc.bias": ("mlp.fc_in.bias", False),
+    "mlp.c_proj.weight": ("mlp.fc_out.weight", True),
+    "mlp.c_proj.bias": ("mlp.fc_out.bias", False),
+}
+_TOP_NAMES: dict[str, str] = {
+    "wte.weight": "token_embedding.weight",
+    "wpe.weight": "position_embedding.weight",
+    "ln_f.weight": "transformer.final_norm.weight",
+    "ln_f.bias": "transformer.final_norm.bias",
+}
+
+
+def _name_map(n_layers: int) -> dict[str, tuple[str, bool]]:
+    """HF name (without the `transformer.` prefix) -> (our name, transpose) for every trunk weight."""
+    names = {hf: (ours, False) for hf, ours in _TOP_NAMES.items()}
+    for i in range(n_layers):
+        for hf, (ours, transpose) in _LAYER_NAMES.items():
+            names[f"h.{i}.{hf}"] = (f"transformer.blocks.{i}.{ours}", transpose)
+    return names
+
+
+_NUMBER = (int, float)
+_OPTIONAL_INT = (int, type(None))
+_KIND_NAMES: dict[type | tuple[type, ...], str] = {
+    bool: "true or false", int: "an integer", str: "a string", _NUMBER: "a number",
+    _OPTIONAL_INT: "an integer or null",
+}
+
+
+def _get(raw: dict[str, Any], key: str, default: Any, kind: type | tuple[type, ...], where: Path) -> Any:
+    """raw[key] (or transformers' default when absent), checked against `kind`."""
+    value = raw.get(key, default)
+    # bool is an int subclass; a true/false where a size belongs is a broken config, not 1 or 0.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise GenloomError(f"{where}: {key} must be {_KIND_NAMES[kind]}, got {value!r}")
+    return value
+
+
+def config_from_hf(raw: dict[str, Any], where: Path) -> GPTConfig:
+    """GPTConfig equivalent to HF GPT2Config `raw`; GenloomError for anything we cannot reproduce exactly."""
+    model_type = raw.get("model_type")
+    if model_type != "gpt2":
+        raise GenloomError(f"{where}: model_type {model_type!r} is not supported; only 'gpt2' can be loaded")
+    # Defaults are GPT2Config's, so a config.json that omits a key means what it means to transformers.
+    if not _get(raw, "scale_attn_weights", True, bool, where):
+        raise GenloomError(f"{where}: scale_attn_weights=false (unscaled attention) is not supported")
+    if _get(raw, "scale_attn_by_inverse_layer_idx", False, bool, where):
+        raise GenloomError(f"{where}: scale_attn_by_inverse_layer_idx=true is not supported")
+    if _get(raw, "add_cross_attention", False, bool, where):
+        raise GenloomError(f"{where}: add_cross_attention=true is not supported (GPT is decoder-only)")
+    hf_activation = _get(raw, "activation_function", "gelu_new", str, where)
+    if hf_activation not in _ACTIVATIONS_FROM_HF:
+        raise GenloomError(
+            f"{where}: activation_function {hf_activation!r} is not supported; "
+            f"expected one of {', '.join(_ACTIVATIONS_FROM_HF)}"
+        )
+    d_ff = _get(raw, "n_inner", None, _OPTIONAL_INT, where)
+    if d_ff is not None and d_ff <= 0:
+        raise GenloomError(f"{where}: n_inner ({d_ff}) must be positive or null")
+    # genloom has one dropout rate; released GPT-2 configs set all three alike. Keep the largest if not.
+    dropout = max(
+        float(_get(raw, key, 0.1, _NUMBER, where)) for key in ("attn_pdrop", "resid_pdrop", "embd_pdrop")
+    )
+    try:
+        return GPTConfig(
+            vocab_size=_get(raw, "vocab_size", 50257, int, where),
+            context_length=_get(raw, "n_positions", 1024, int, where),
+            n_layers=_get(raw, "n_layer", 12, int, where),
+            d_model=_get(raw, "n_embd", 768, int, where),
+            n_heads=_get(raw, "n_head", 12, int, where),
+            d_ff=d_ff,
+            dropout=dropout,
+            bias=True,
+            positional="learned",
+            activation=_ACTIVATIONS_FROM_HF[hf_activation],
+            norm="layernorm",
+            norm_eps=float(_get(raw, "layer_norm_epsilon", 1e-5, _NUMBER, where)),
+            qk_norm=False,
+            tie_embeddings=_get(raw, "tie_word_embeddings", True, bool, where),
+        )
+    except ValueError as e:
+        raise GenloomError(f"{where}: invalid GPT-2 config: {e}") from None
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """The state dict in `path` (model.safetensors, else pytorch_model.bin), on the CPU."""
+    safetensors_path, pytorch_path = path / SAFETENSORS_FILE, path / PYTORCH_FILE
+    try:
+        if safetensors_path.is_file():
+            weights: Any = load_file(str(safetensors_path))
+        elif pytorch_path.is_file():
+            # weights_only: a .bin is a pickle; never run code from a downloaded file.
+            weights = torch.load(pytorch_path, map_location="cpu", weights_only=True)
+        else:
+            raise GenloomError(
+                f"{path} has no {SAFETENSORS_FILE} or {PYTORCH_FILE} (sharded checkpoints are not supported)"
+            )
+    except GenloomError:
+        raise
+    except Exception as e:  # both readers raise assorted bare errors for truncated or foreign files
+        file = safetensors_path if safetensors_path.is_file() else pytorch_path
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GenloomError(f"cannot read {file}: {reason}") from None
+    if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise GenloomError(f"{path}: the weight file does not hold a state dict of tensors")
+    return weights
+
+
+def _convert_weights(hf: dict[str, Tensor], config: GPTConfig, path: Path) -> dict[str, Tensor]:
+    """HF GPT-2 state dict -> GPT state dict.
+
+    Keys carry `transformer.` when saved from GPT2LMHeadModel and not when saved from GPT2Model.
+    """
+    stripped: dict[str, Tensor] = {}
+    for key, value in hf.items():
+        if key.endswith(_IGNORED_SUFFIXES):
+            continue
+        stripped[key.removeprefix("transformer.")] = value
+    names = _name_map(config.n_layers)
+    ours: dict[str, Tensor] = {}
+    for hf_name, (our_name, transpose) in names.items():
+        if hf_name not in stripped:
+            raise GenloomError(f"{path}: weight {hf_name!r} is missing; the weights do not match config.json")
+        tensor = stripped[hf_name]
+        ours[our_name] = tensor.t() if transpose and tensor.dim() == 2 else tensor
+    head = stripped.get("lm_head.weight")
+    if config.tie_embeddings:
+        # Tied: the head is the embedding; a saved copy of it (if any) is redundant.
+        ours["lm_head.weight"] = ours["token_embedding.weight"]
+    elif head is None:
+        raise GenloomError(f"{path}: tie_word_embeddings is false but lm_head.weight is missing")
+    else:
+        ours["lm_head.weight"] = head
+    unexpected = sorted(set(stripped) - set(names) - {"lm_head.weight"})
+    if unexpected:
+        raise GenloomError(
+            f"{path}: unexpected weights {unexpected[:3]}; the weights do not match config.json"
+        )
+    return ours
+
+
+def load_hf_gpt2(path: Path) -> LoadedModel:
+    """Load a local Hugging Face GPT-2 directory (config.json, weights, tokenizer) as a GPT in eval mode."""
+    config = config_from_hf(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
+    # Checked before the (possibly large) weights are read: without a tokenizer the model is unusable.
+    has_tokenizer = (path / "tokenizer.json").is_file() or (
+        (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    )
+    if not has_tokenizer:
+        raise GenloomError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    weights = _convert_weights(_read_weights(path), config, path)
+    model = GPT(config)
+    expected = model.state_dict()
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise GenloomError(
+                f"{path}: {name} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{tuple(expected[name].shape)}"
+            )
+    # strict: every parameter must be set, or the model would silently keep its random init.
+    model.load_state_dict(weights, strict=True)
+    tokenizer = BPETokenizer.load(path)
+    return LoadedModel(model.eval(), config, tokenizer, "gpt", path)
+
+
+def config_to_hf(config: GPTConfig, eos_id: int | None) -> dict[str, Any]:
+    """The GPT2Config dict for `config`; GenloomError naming the first feature GPT-2 cannot express."""
+    if config.positional != "learned":
+        raise GenloomError(f"GPT-2 cannot express {config.positional} positions (it learns a position table)")
+    if config.norm != "layernorm":
+        raise GenloomError(f"GPT-2 cannot express {config.norm} (it uses LayerNorm)")
+    if config.activation not in _ACTIVATIONS_TO_HF:
+        raise GenloomError(f"GPT-2 cannot express the {config.activation} activation")
+    if config.qk_norm:
+        raise GenloomError("GPT-2 cannot express QK-norm")
+    if not config.bias:
+        raise GenloomError("GPT-2 cannot express bias=False (its Linear layers and LayerNorms have biases)")
+    hf: dict[str, Any] = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context_length,
+        "n_ctx": config.context_length,  # legacy alias some tools still read
+        "n_embd": config.d_model,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": config.hidden_dim,
+        "activation_function": _ACTIVATIONS_TO_HF[config.activation],
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": config.norm_eps,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "use_cache": True,
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+    if eos_id is not None:
+        # GPT-2 uses <|endoftext|> both to start and to end a document.
+        hf["bos_token_id"] = eos_id
+        hf["eos_token_id"] = eos_id
+    else:
+        # Otherwise transformers would assume GPT-2's 50256, which may not even be in this vocabulary.
+        hf["bos_token_id"] = None
+        hf["eos_token_id"] = None
+    return hf
+
+
+def _hf_weights(model: GPT) -> dict[str, Tensor]:
+    """GPT state dict -> HF GPT2LMHeadModel names, Conv1D weights transposed to (in, out)."""
+    state = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for hf_name, (our_name, transpose) in _name_map(model.config.n_layers).items():
+        tensor = state[our_name].detach().cpu()
+        # safetensors needs contiguous tensors that share no storage; .t().contiguous() makes a copy.
+        out[f"transformer.{hf_name}"] = (tensor.t() if transpose else tensor).contiguous()
+    if not model.config.tie_embeddings:
+        # Tied: transformers re-ties lm_head to wte on load, so writing it twice would be redundant.
+        out["lm_head.weight"] = state["lm_head.weight"].detach().cpu().contiguous()
+    return out
+
+
+def export_hf_gpt2(model: GPT, tokenizer: Tokenizer, out_dir: Path) -> None:
+    """Write `model` as a directory `transformers.GPT2LMHeadModel.from_pretrained` loads, atomically."""
+    hf_config = config_to_hf(model.config, tokenizer.eos_id)  # refuse before writing anything
+    weights = _hf_weights(model)
+    # The dtype transformers' default dtype="auto" loads the weights as.
+    hf_config["dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+
+    def write(tmp: Path) -> None:
+        # transformers refuses safetensors files whose metadata does not name a known format.
+        save_file(weights, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+        tokenizer.save(tmp)
+
+    _atomic_directory(out_dir, write)
