@@ -142,8 +142,6 @@ def _sampling_config(args: argparse.Namespace):
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    import torch
-
     from genloom.generate import generate
     from genloom.models.registry import load_pretrained
     from genloom.train.distributed import pick_device
@@ -158,8 +156,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     loaded = load_pretrained(Path(args.checkpoint))
     if loaded.family != "gpt":
         raise GenloomError(f"{args.checkpoint} is a {loaded.family} model; `generate` needs a language model")
+    # No global torch.set_grad_enabled(False): main() may run in-process; generate_tokens is inference_mode.
     model = loaded.model.to(pick_device(args.device))
-    torch.set_grad_enabled(False)
     if len(prompts) == 1:
         # One prompt: stream its tokens to the terminal as they are produced.
         sys.stdout.write(prompts[0])
@@ -208,14 +206,21 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from genloom.config import read_json
     from genloom.interop.hf_gpt2 import export_hf_gpt2
     from genloom.models.gpt import GPT
     from genloom.models.registry import load_pretrained
 
+    # The export replaces out_dir wholesale: refuse a folder of other files rather than delete them.
+    out_dir = Path(args.out_dir)
+    config = out_dir / "config.json"
+    earlier_export = config.is_file() and "model_type" in read_json(config)
+    if out_dir.exists() and not (out_dir.is_dir() and (earlier_export or not any(out_dir.iterdir()))):
+        raise GenloomError(f"{out_dir} exists and is not an earlier export; give a new or empty directory")
     loaded = load_pretrained(Path(args.checkpoint))
     if not isinstance(loaded.model, GPT):
         raise GenloomError(f"{args.checkpoint} is not a GPT model; only GPT exports to Hugging Face GPT-2")
-    export_hf_gpt2(loaded.model, loaded.tokenizer, Path(args.out_dir))
+    export_hf_gpt2(loaded.model, loaded.tokenizer, out_dir)
     print(f"wrote a Hugging Face GPT-2 directory to {args.out_dir}")
 
 

@@ -55,7 +55,9 @@ def read_documents(source: Path) -> list[str]:
     if source.is_dir():
         files = sorted(
             p for p in source.rglob("*")
-            if p.is_file() and p.suffix in TEXT_SUFFIXES and not any(part.startswith(".") for part in p.parts)
+            if p.is_file() and p.suffix in TEXT_SUFFIXES
+            # Hidden means below `source`: the folder itself may sit in ~/.local or be given as ../data.
+            and not any(part.startswith(".") for part in p.relative_to(source).parts)
         )
         if not files:
             raise GenloomError(f"folder {source} holds no text files ({', '.join(sorted(TEXT_SUFFIXES - {''}))})")
@@ -129,6 +131,8 @@ def tokenize_corpus(
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
     tokens = np.asarray(ids, dtype=dtype)
     n_val = max(1, int(len(tokens) * val_fraction))
+    if n_val >= len(tokens):  # checked before caching: an empty train.bin cannot be memory-mapped
+        raise GenloomError(f"the data has only {len(tokens)} tokens; too few to split into train and validation")
     cache.mkdir(parents=True, exist_ok=True)
     _write_array(cache / "train.bin", tokens[:-n_val])
     _write_array(cache / "val.bin", tokens[-n_val:])

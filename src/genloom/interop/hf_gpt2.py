@@ -21,7 +21,7 @@ from genloom.errors import GenloomError
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.registry import LoadedModel
 from genloom.nn.layers import Activation
-from genloom.tokenizers import BPETokenizer, Tokenizer
+from genloom.tokenizers import Tokenizer, load_tokenizer
 from genloom.train.checkpoint import _atomic_directory
 
 CONFIG_FILE = "config.json"
@@ -197,11 +197,7 @@ def load_hf_gpt2(path: Path) -> LoadedModel:
     """Load a local Hugging Face GPT-2 directory (config.json, weights, tokenizer) as a GPT in eval mode."""
     config = config_from_hf(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
     # Checked before the (possibly large) weights are read: without a tokenizer the model is unusable.
-    has_tokenizer = (path / "tokenizer.json").is_file() or (
-        (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
-    )
-    if not has_tokenizer:
-        raise GenloomError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+    tokenizer = load_tokenizer(path)  # BPE files, or the char vocabulary of an exported genloom model
     weights = _convert_weights(_read_weights(path), config, path)
     model = GPT(config)
     expected = model.state_dict()
@@ -213,7 +209,6 @@ def load_hf_gpt2(path: Path) -> LoadedModel:
             )
     # strict: every parameter must be set, or the model would silently keep its random init.
     model.load_state_dict(weights, strict=True)
-    tokenizer = BPETokenizer.load(path)
     return LoadedModel(model.eval(), config, tokenizer, "gpt", path)
 
 

@@ -43,9 +43,15 @@ class LanguageModelTask:
         x, y = x[mine], y[mine]
         return [(x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]) for i in range(n_micro)]
 
-    def val_batches(self, n: int) -> list[Batch]:
+    def val_batches(self, n: int, rank: int, world_size: int) -> list[Batch]:
+        # n global batches drawn with a fixed seed, each split evenly across processes.
         generator = torch.Generator().manual_seed(VAL_SEED)
-        return [sample_windows(self.data.val, self.batch_size, self.block_size, generator) for _ in range(n)]
+        b = self.batch_size
+        batches: list[Batch] = []
+        for _ in range(n):
+            x, y = sample_windows(self.data.val, b * world_size, self.block_size, generator)
+            batches.append((x[rank * b : (rank + 1) * b], y[rank * b : (rank + 1) * b]))
+        return batches
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         x, y = batch
@@ -118,6 +124,7 @@ def train_lm(
                 f"{model_config.context_length}; use more text or a smaller --context-length"
             )
     assert isinstance(corpus.train, np.ndarray)
+    torch.manual_seed(train.seed)  # the same initial weights on every process and every rerun
     model = GPT(model_config)
     task = LanguageModelTask(model_config, corpus.tokenizer, corpus, train.batch_size)
     result = Trainer(task, model, train).fit(resume=resume)

@@ -45,8 +45,12 @@ class Task(Protocol):
         """This process's `n_micro` micro-batches of one optimizer step, drawn from `generator`."""
         ...
 
-    def val_batches(self, n: int) -> list[Batch]:
-        """The same `n` validation batches every time it is called."""
+    def val_batches(self, n: int, rank: int, world_size: int) -> list[Batch]:
+        """This process's share of the same `n` validation batches, every time it is called.
+
+        The batches must not depend on how many processes share them, so that a validation loss means
+        the same under torchrun as in one process.
+        """
         ...
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
@@ -118,10 +122,10 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation loss over the task's fixed validation batches, split across processes."""
         self.model.eval()
-        batches = self.task.val_batches(self.cfg.eval_batches)
+        batches = self.task.val_batches(self.cfg.eval_batches, self.ctx.rank, self.ctx.world_size)
         total = torch.zeros(2, device=self.ctx.device)  # (sum of losses, number of batches)
         with _autocast(self.ctx.device, self.cfg.dtype):
-            for batch in batches[self.ctx.rank :: self.ctx.world_size]:
+            for batch in batches:
                 total[0] += self.task.loss(self.model, self._to_device(batch)).float()
                 total[1] += 1
         if self.ctx.enabled:

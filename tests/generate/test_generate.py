@@ -1,0 +1,130 @@
+"""Generation: batching equals one-by-one, sampling controls, stop strings, streaming, limits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genloom.errors import GenloomError
+from genloom.generate import SamplingConfig, generate, generate_tokens
+from genloom.generate.lm import TextStream
+from genloom.generate.sampling import apply_repetition_penalty, filter_logits
+from genloom.models.gpt import GPT, GPTConfig
+from genloom.tokenizers import BPETokenizer, CharTokenizer
+
+
+@pytest.fixture
+def model() -> GPT:
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=40, context_length=48, n_layers=2, d_model=32, n_heads=4))
+    with torch.no_grad():  # larger weights than the 0.02 init, so logits are far from ties
+        for p in gpt.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return gpt.eval()
+
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15]]
+
+
+def test_batch_of_ragged_prompts_greedy_equals_each_alone(model):
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0)
+    batched = generate_tokens(model, PROMPTS, cfg)
+    assert batched == [generate_tokens(model, [p], cfg)[0] for p in PROMPTS]
+    assert all(len(out) == 12 for out in batched)
+
+
+def test_seeded_sampling_is_per_row(model):
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.95, seed=7)
+    batched = generate_tokens(model, PROMPTS, cfg)
+    # Row i samples with seed + i: prompt i alone with seed 7 + i reproduces it.
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate_tokens(model, [prompt], SamplingConfig(max_new_tokens=10, top_k=20, top_p=0.95, seed=7 + i))
+        assert alone[0] == batched[i]
+    assert generate_tokens(model, PROMPTS, cfg) == batched  # reproducible
+
+
+def test_greedy_equals_argmax_of_full_forward(model):
+    out = generate_tokens(model, [[3, 1, 4]], SamplingConfig(max_new_tokens=6, temperature=0))[0]
+    seq = [3, 1, 4]
+    with torch.no_grad():
+        for _ in range(6):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert out == seq[3:]
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(model):
+    greedy = generate_tokens(model, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0))
+    assert generate_tokens(model, PROMPTS, SamplingConfig(max_new_tokens=8, top_k=1, seed=3)) == greedy
+    assert generate_tokens(model, PROMPTS, SamplingConfig(max_new_tokens=8, top_p=1e-6, seed=3)) == greedy
+
+
+def test_filter_logits_keeps_the_right_sets():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, top_k=2, top_p=None))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(filter_logits(logits, top_k=None, top_p=0.8))  # 0.5 + 0.3 reaches 0.8
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(filter_logits(logits, top_k=None, top_p=0.81))
+    assert kept.tolist() == [[True, True, True, False]]
+
+
+def test_repetition_penalty_follows_ctrl():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+
+
+def test_repetition_penalty_changes_output(model):
+    plain = generate_tokens(model, [[1, 2]], SamplingConfig(max_new_tokens=30, temperature=0))[0]
+    penalised = generate_tokens(model, [[1, 2]], SamplingConfig(max_new_tokens=30, temperature=0,
+                                                                repetition_penalty=5.0))[0]
+    assert len(set(penalised)) > len(set(plain))
+
+
+def test_prompt_longer_than_context_is_a_user_error(model):
+    with pytest.raises(GenloomError, match="longer than the model's context of 48"):
+        generate_tokens(model, [[1] * 49], SamplingConfig(max_new_tokens=1))
+
+
+def test_generation_stops_at_the_context(model):
+    out = generate_tokens(model, [[1] * 40], SamplingConfig(max_new_tokens=100, temperature=0))
+    assert len(out[0]) == 8
+
+
+def test_eos_ends_a_row(model):
+    greedy = generate_tokens(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=10, temperature=0))[0]
+    eos = greedy[4]
+    out = generate_tokens(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=10, temperature=0), eos_id=eos)[0]
+    assert out == greedy[: greedy.index(eos) + 1]
+
+
+def test_stop_strings_and_streaming(model):
+    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(26)] + list(" .,;:!?-'\"()0123456789")[:14])
+    assert tokenizer.vocab_size == 40
+    free = generate(model, tokenizer, ["abc"], SamplingConfig(max_new_tokens=20, temperature=0))[0].text
+    stop = free[5:7]
+    pieces: list[str] = []
+    result = generate(model, tokenizer, ["abc"], SamplingConfig(max_new_tokens=20, temperature=0, stop=[stop]),
+                      on_text=lambda row, piece: pieces.append(piece))[0]
+    assert result.text == free[: free.index(stop)]
+    assert result.finish_reason == "stop"
+    assert "".join(pieces) == result.text  # the stop string never reaches the stream, even partly
+
+
+def test_text_stream_holds_back_incomplete_utf8():
+    tokenizer = BPETokenizer.train(["plain ascii text only"], vocab_size=260)
+    ids = tokenizer.encode("é✓")  # multi-byte characters become several byte tokens
+    stream = TextStream(tokenizer, stop=[])
+    emitted = [stream.push(i) for i in ids]
+    assert "\ufffd" not in "".join(emitted)
+    assert "".join(emitted) + stream.flush() == "é✓"
+
+
+def test_sampling_config_rejects_bad_values():
+    with pytest.raises(GenloomError, match="temperature"):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(GenloomError, match="top_p"):
+        SamplingConfig(top_p=1.5)
+    with pytest.raises(GenloomError, match="max_new_tokens"):
+        SamplingConfig(max_new_tokens=0)

@@ -1,0 +1,369 @@
+"""The `genloom` command line, called in-process: info, a tiny train -> generate -> info/plot/resume/export
+round trip on CPU, and one-line errors (no traceback) for every kind of user mistake."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from genloom.cli import main
+from genloom.models.gpt import count_parameters
+from genloom.models.registry import load_pretrained
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SENTENCES = [
+    "To be, or not to be, that is the question.",
+    "The quick brown fox jumps over the lazy dog.",
+    "All that glitters is not gold.",
+    "A journey of a thousand miles begins with a single step.",
+    "Now is the winter of our discontent, made glorious summer.",
+]
+# A few KB of repeated but varied text.
+TEXT = "\n".join(f"{i}: {SENTENCES[i % 5]} {SENTENCES[(3 * i + 1) % 5]}" for i in range(60)) + "\n"
+CONTEXT = 16
+MODEL_FLAGS = [
+    # gpt2's architecture (biases, tanh GELU) so that `export hf` can express it.
+    "--preset", "gpt2", "--n-layers", "1", "--d-model", "32", "--n-heads", "2",
+    "--context-length", str(CONTEXT), "--batch-size", "4", "--no-progress",
+]
+TRAIN_FLAGS = [*MODEL_FLAGS, "--steps", "20", "--eval-interval", "10"]
+PROMPT = "To be"  # 5 characters: 10 new tokens still fit the 16-token context
+
+
+@dataclass
+class Workspace:
+    root: Path
+    data: Path
+    cache: Path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "corpus.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    return Workspace(root, data, root / "cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokenized data goes to a temporary cache (never ~/.cache); relative paths land in tmp_path."""
+    monkeypatch.setenv("GENLOOM_CACHE", str(workspace.cache))
+    monkeypatch.chdir(tmp_path)
+
+
+@contextlib.contextmanager
+def _module_env(workspace: Workspace) -> Iterator[io.StringIO]:
+    """_isolated for module-scoped fixtures (which cannot use monkeypatch or capsys)."""
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setenv("GENLOOM_CACHE", str(workspace.cache))
+        mp.chdir(workspace.root)
+        yield out
+
+
+def _train(workspace: Workspace, out: Path, *extra: str) -> str:
+    with _module_env(workspace) as stdout:
+        assert main(["train", "lm", "--data", str(workspace.data), *TRAIN_FLAGS, "--out", str(out), *extra]) == 0
+    return stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def char_run(workspace: Workspace) -> tuple[Path, str]:
+    """A run trained with the default (character) tokenizer, and what training printed."""
+    run = workspace.root / "char-run"
+    return run, _train(workspace, run)
+
+
+@pytest.fixture(scope="module")
+def bpe_run(workspace: Workspace) -> Path:
+    run = workspace.root / "bpe-run"
+    _train(workspace, run, "--tokenizer", "bpe", "--vocab-size", "300")
+    return run
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop anything printed before
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _ok(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
+    rc, out, err = _cli(capsys, *argv)
+    assert rc == 0, err
+    return out
+
+
+def _assert_one_line(err: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("genloom"), err
+
+
+def _metrics(run: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+# ---- info ----------------------------------------------------------------------------------------------
+
+
+def test_info_preset_gpt2(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _ok(capsys, "info", "--preset", "gpt2")
+    assert "124,439,808" in out
+
+
+def test_info_preset_gpt3_175b(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _ok(capsys, "info", "--preset", "gpt3-175b")
+    match = re.search(r"parameters:\s+([\d,]+)", out)
+    assert match is not None, out
+    assert 170e9 < int(match.group(1).replace(",", "")) < 180e9
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "fp32" in rows and "bf16" in rows
+    assert rows["fp32"].count("GiB") == 4 and rows["bf16"].count("GiB") == 4
+
+
+# ---- train lm and what uses its run --------------------------------------------------------------------
+
+
+def test_train_writes_run_directory(char_run: tuple[Path, str]) -> None:
+    run, printed = char_run
+    assert "done: step 20" in printed
+    for name in ("best", "checkpoint-0000010", "checkpoint-0000020"):
+        assert (run / name / "config.json").is_file()
+        assert (run / name / "model.safetensors").is_file()
+    assert (run / "checkpoint-0000020" / "training_state.pt").is_file()
+    records = _metrics(run)
+    assert records[-1]["step"] == 20
+    assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
+    assert [r["step"] for r in records if "loss" in r] == [10, 20]
+
+
+def test_generate_prints_prompt_and_is_seeded(char_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    run, _ = char_run
+    first = _ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 10, "--seed", 0)
+    second = _ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 10, "--seed", 0)
+    assert first.startswith(PROMPT)
+    assert first == second
+    assert len(first) == len(PROMPT) + 10 + 1  # char tokenizer: one character per token, then a newline
+
+
+def test_generate_greedy(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = char_run
+    first = _ok(capsys, "generate", run, PROMPT, "--temperature", 0, "--max-new-tokens", 8)
+    second = _ok(capsys, "generate", run, PROMPT, "--temperature", 0, "--max-new-tokens", 8)
+    assert first.startswith(PROMPT) and first == second
+    assert len(first) == len(PROMPT) + 8 + 1
+
+
+def test_generate_prompts_on_stdin(
+    char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = char_run
+    monkeypatch.setattr(sys, "stdin", io.StringIO("To be\nThe fox\n"))
+    out = _ok(capsys, "generate", run, "--max-new-tokens", 6, "--seed", 0)
+    completions = [block.strip("\n") for block in out.split("-" * 40) if block.strip()]
+    assert len(completions) == 2
+    assert completions[0].startswith("To be") and completions[1].startswith("The fox")
+
+
+def test_generate_leaves_grad_mode_alone(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    # main() called in-process (tests, notebooks) must not switch autograd off for the caller.
+    run, _ = char_run
+    _ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 2, "--seed", 0)
+    assert torch.is_grad_enabled()
+
+
+def test_info_checkpoint(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = char_run
+    out = _ok(capsys, "info", run)
+    n = count_parameters(load_pretrained(run).config)
+    assert f"{n:,}" in out
+    assert str(run / "best") in out
+
+
+def test_plot_writes_png(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = char_run
+    out = _ok(capsys, "plot", run)
+    png = run / "curves.png"
+    assert str(png) in out
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_resume_continues_to_more_steps(
+    char_run: tuple[Path, str], workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(char_run[0], run)
+    out = _ok(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--steps", 30, "--eval-interval", 10,
+              "--out", run, "--resume")
+    assert "done: step 30" in out
+    records = _metrics(run)
+    assert records[-1]["step"] == 30
+    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30]  # no step logged twice
+    assert (run / "checkpoint-0000030" / "training_state.pt").is_file()
+
+
+def test_train_bpe(bpe_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (bpe_run / "best" / "tokenizer.json").is_file()
+    assert _metrics(bpe_run)[-1]["step"] == 20
+    out = _ok(capsys, "generate", bpe_run, "The quick", "--max-new-tokens", 4, "--seed", 0)
+    assert out.startswith("The quick")
+
+
+# ---- export hf -----------------------------------------------------------------------------------------
+
+
+def test_export_hf_loads_in_transformers(
+    char_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    run, _ = char_run
+    out_dir = tmp_path / "hf"
+    out = _ok(capsys, "export", "hf", run, out_dir)
+    assert len(out.strip().splitlines()) == 1
+    hf = transformers.GPT2LMHeadModel.from_pretrained(out_dir).eval()
+    ours = load_pretrained(run).model
+    ids = torch.arange(10)[None] % hf.config.vocab_size
+    with torch.no_grad():
+        assert torch.allclose(ours(ids), hf(ids).logits, atol=1e-4)
+
+
+def test_export_hf_never_replaces_other_files(
+    char_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = char_run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    rc, _, err = _cli(capsys, "export", "hf", run, mine)
+    assert rc == 1
+    _assert_one_line(err)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("keep me too")
+    rc, _, err = _cli(capsys, "export", "hf", run, tmp_path / "file")
+    assert rc == 1
+    _assert_one_line(err)
+    assert (tmp_path / "file").read_text() == "keep me too"
+    # A new directory, an empty one, and an earlier export (replaced) are all fine.
+    (tmp_path / "empty").mkdir()
+    for out_dir in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):
+        _ok(capsys, "export", "hf", run, out_dir)
+        assert (out_dir / "model.safetensors").is_file()
+
+
+def _generate_same_from_export(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], prompt: str) -> None:
+    out_dir = tmp_path / "hf"
+    _ok(capsys, "export", "hf", run, out_dir)
+    flags = ["--temperature", 0, "--max-new-tokens", 5]
+    from_run = _ok(capsys, "generate", run, prompt, *flags)
+    from_hf = _ok(capsys, "generate", out_dir, prompt, *flags)
+    assert from_run.startswith(prompt)
+    assert from_hf == from_run
+
+
+def test_export_hf_generate_matches_bpe(bpe_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _generate_same_from_export(bpe_run, tmp_path, capsys, "The quick")
+
+
+def test_export_hf_generate_matches_char(
+    char_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _generate_same_from_export(char_run[0], tmp_path, capsys, PROMPT)
+
+
+def test_export_hf_refuses_what_gpt2_cannot_express(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "modern"
+    _ok(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--preset", "tiny-modern",
+        "--steps", 2, "--eval-interval", 2, "--out", run)
+    rc, _, err = _cli(capsys, "export", "hf", run, tmp_path / "hf")
+    assert rc == 1
+    _assert_one_line(err)
+    assert "rotary" in err
+    assert not (tmp_path / "hf").exists()
+
+
+# ---- user errors ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    data: Path
+    run: Path
+    tmp: Path
+
+
+def _empty_file(ctx: Ctx) -> Path:
+    (ctx.tmp / "empty.txt").write_text("")
+    return ctx.tmp / "empty.txt"
+
+
+def _not_a_checkpoint(ctx: Ctx) -> Path:
+    (ctx.tmp / "notes").mkdir()
+    (ctx.tmp / "notes" / "readme.txt").write_text("not a model")
+    return ctx.tmp / "notes"
+
+
+def _empty_dir(ctx: Ctx) -> Path:
+    (ctx.tmp / "empty-run").mkdir()
+    return ctx.tmp / "empty-run"
+
+
+def _train_args(data: object, *extra: object) -> list[object]:
+    return ["train", "lm", "--data", data, *TRAIN_FLAGS, *extra]
+
+
+ERRORS: dict[str, tuple[Callable[[Ctx], list[object]], int, str]] = {
+    # name: (argv builder, exit code, a word the message must contain)
+    "unknown-preset-train": (lambda c: _train_args(c.data, "--preset", "gpt5"), 1, "gpt5"),
+    "unknown-preset-info": (lambda c: ["info", "--preset", "gpt5"], 1, "gpt5"),
+    "missing-data": (lambda c: _train_args(c.tmp / "missing.txt"), 1, "missing.txt"),
+    "empty-data": (lambda c: _train_args(_empty_file(c)), 1, "empty"),
+    "heads-do-not-divide": (lambda c: _train_args(c.data, "--n-heads", "3"), 1, "divisible"),
+    "generate-not-a-checkpoint": (lambda c: ["generate", _not_a_checkpoint(c), "hi"], 1, "not a checkpoint"),
+    "generate-missing-path": (lambda c: ["generate", c.tmp / "nowhere", "hi"], 1, "does not exist"),
+    "prompt-longer-than-context": (lambda c: ["generate", c.run, "a" * 40], 1, "context"),
+    "steps-zero": (lambda c: _train_args(c.data, "--steps", "0"), 2, "--steps"),
+    "negative-temperature": (lambda c: ["generate", c.run, "hi", "--temperature", "-1"], 2, "--temperature"),
+    "top-p-above-one": (lambda c: ["generate", c.run, "To be", "--top-p", "2"], 1, "top_p"),
+    "char-not-in-vocab": (lambda c: ["generate", c.run, "To \u03b6"], 1, "vocabulary"),
+    "unknown-device": (lambda c: ["generate", c.run, "To be", "--device", "tpu9"], 1, "device"),
+    "resume-empty-dir": (lambda c: [*_train_args(c.data, "--out", _empty_dir(c)), "--resume"], 1, "resume"),
+    "info-nothing": (lambda c: ["info"], 1, "--preset"),
+    "plot-not-a-run": (lambda c: ["plot", c.tmp / "nowhere"], 1, "nowhere"),
+    "export-not-a-checkpoint": (lambda c: ["export", "hf", _not_a_checkpoint(c), c.tmp / "hf"], 1, "not a checkpoint"),
+    "unknown-command": (lambda c: ["fly"], 2, "fly"),
+    "no-command": (lambda c: [], 2, "required"),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_user_error_is_one_line(
+    name: str, char_run: tuple[Path, str], workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build, code, word = ERRORS[name]
+    argv = [str(a) for a in build(Ctx(workspace.data, char_run[0], tmp_path))]
+    capsys.readouterr()
+    if code == 2:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        rc = exit_info.value.code
+    else:
+        rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == code, err
+    _assert_one_line(err)
+    assert word in err

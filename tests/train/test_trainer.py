@@ -1,0 +1,136 @@
+"""The shared training loop: resume equivalence, checkpoints, accumulation, schedules, optimizer groups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from genloom.data.text import TokenArrays
+from genloom.errors import GenloomError
+from genloom.models.gpt import GPT, GPTConfig
+from genloom.train.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config, save_checkpoint
+from genloom.train.config import TrainConfig
+from genloom.train.lm import LanguageModelTask
+from genloom.train.optim import learning_rate, make_optimizer
+from genloom.train.trainer import Trainer, TrainResult
+
+
+def _config(out: Path, **overrides) -> TrainConfig:
+    settings = dict(out_dir=str(out), max_steps=20, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=3,
+                    eval_interval=5, eval_batches=2, log_interval=1, device="cpu", progress=False)
+    settings.update(overrides)
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def _train(corpus: TokenArrays, model_config: GPTConfig, cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    torch.manual_seed(0)  # same initial weights for every run
+    task = LanguageModelTask(model_config, corpus.tokenizer, corpus, cfg.batch_size)
+    return Trainer(task, GPT(model_config), cfg).fit(resume=resume)
+
+
+class InterruptingTask(LanguageModelTask):
+    """Raises KeyboardInterrupt when asked for the batches of step `stop_at`, like a Ctrl-C mid-run."""
+
+    def __init__(self, *args, stop_at: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls, self.stop_at = 0, stop_at
+
+    def micro_batches(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return super().micro_batches(*args, **kwargs)
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(corpus, tiny_config, tmp_path):
+    model_config = GPTConfig(**{**tiny_config.__dict__, "dropout": 0.1})  # dropout makes RNG state matter
+    full = _train(corpus, model_config, _config(tmp_path / "full"))
+
+    cfg = _config(tmp_path / "cut")
+    torch.manual_seed(0)
+    task = InterruptingTask(model_config, corpus.tokenizer, corpus, cfg.batch_size, stop_at=13)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(task, GPT(model_config), cfg).fit()
+    resumed = _train(corpus, model_config, cfg, resume=True)  # continues from checkpoint-10
+
+    assert resumed.train_losses == full.train_losses[10:]  # bit-identical on CPU
+    assert resumed.val_loss == full.val_loss
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [s for s in steps if s <= 20]
+    assert sorted(set(train_steps)) == list(range(1, 21))  # steps 11-12 of the first run were not kept twice
+    assert steps.count(10) == 2  # one train record and one val record
+
+
+def test_resume_without_checkpoint_is_a_user_error(corpus, tiny_config, tmp_path):
+    with pytest.raises(GenloomError, match="no checkpoint to resume"):
+        _train(corpus, tiny_config, _config(tmp_path / "empty"), resume=True)
+
+
+def test_keeps_last_n_checkpoints_and_the_best(corpus, tiny_config, tmp_path):
+    result = _train(corpus, tiny_config, _config(tmp_path / "run", keep_last=2))
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert names == ["checkpoint-0000015", "checkpoint-0000020"]
+    best = read_checkpoint_config(tmp_path / "run" / BEST_DIR)
+    assert best["val_loss"] == min(loss for _, loss in result.val_losses)
+    assert not (tmp_path / "run" / BEST_DIR / "training_state.pt").exists()
+
+
+def test_crash_mid_save_keeps_the_previous_checkpoint(corpus, tiny_config, tmp_path, monkeypatch):
+    target = tmp_path / "ckpt"
+    model = GPT(tiny_config)
+    save_checkpoint(target, model, "gpt", tiny_config, corpus.tokenizer, metadata={"step": 1})
+    before = (target / "model.safetensors").read_bytes()
+
+    def crash(directory: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(corpus.tokenizer, "save", crash)
+    with torch.no_grad():
+        model.token_embedding.weight.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(target, model, "gpt", tiny_config, corpus.tokenizer, metadata={"step": 2})
+    assert (target / "model.safetensors").read_bytes() == before
+    assert read_checkpoint_config(target)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ckpt"]  # no temporary directory left
+
+
+def test_gradient_accumulation_matches_one_large_batch(corpus, tiny_config, tmp_path):
+    big = _train(corpus, tiny_config, _config(tmp_path / "big", batch_size=8, max_steps=6))
+    accumulated = _train(corpus, tiny_config, _config(tmp_path / "acc", batch_size=4, grad_accum=2, max_steps=6))
+    assert accumulated.train_losses == pytest.approx(big.train_losses, abs=1e-5)
+
+
+def test_training_reduces_loss(corpus, tiny_config, tmp_path):
+    result = _train(corpus, tiny_config, _config(tmp_path / "run", max_steps=60, eval_interval=60))
+    assert result.val_loss is not None
+    assert result.val_loss < 0.75 * result.train_losses[0]
+
+
+def test_learning_rate_schedules():
+    cfg = TrainConfig(max_steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4)
+    assert learning_rate(50, cfg) == pytest.approx(5e-4)
+    assert learning_rate(100, cfg) == pytest.approx(1e-3)
+    assert learning_rate(550, cfg) == pytest.approx(5.5e-4)  # halfway down the cosine
+    assert learning_rate(1000, cfg) == pytest.approx(1e-4)
+    inv = TrainConfig(max_steps=1000, warmup_steps=100, lr=1e-3, schedule="inverse_sqrt")
+    assert max(learning_rate(s, inv) for s in range(1, 1001)) == pytest.approx(1e-3)
+    assert learning_rate(400, inv) == pytest.approx(1e-3 * (100 / 400) ** 0.5)
+
+
+def test_weight_decay_only_on_matrices(tiny_config):
+    model = GPT(tiny_config)
+    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), "cpu")
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == model.num_parameters()
+
+
+def test_invalid_train_config_values():
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainConfig(max_steps=0)
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
