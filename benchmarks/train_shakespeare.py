@@ -22,14 +22,11 @@ from common import print_table, set_threads, shared_file
 from torch import Tensor, nn
 
 from genloom.data.text import TokenArrays, tokenize_corpus
-from genloom.models.gpt import GPT, GPTConfig
+from genloom.models.gpt import GPT, GPTConfig, preset
 from genloom.tokenizers import CharTokenizer
 from genloom.train.config import TrainConfig
 from genloom.train.lm import LanguageModelTask
 from genloom.train.trainer import Batch, Trainer
-
-# nanoGPT config/train_shakespeare_char.py with the README's CPU overrides.
-NANOGPT_CPU = dict(context_length=64, n_layers=4, n_heads=4, d_model=128, dropout=0.0)
 
 
 class HFTask(LanguageModelTask):
@@ -52,9 +49,10 @@ def train_config(out: Path, iters: int, lr: float = 1e-3, min_lr: float = 1e-4, 
 def hf_model(vocab_size: int) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    # transformers' defaults otherwise (biases, tanh-approximate GELU), as a user would build it.
     cfg = GPT2Config(
         vocab_size=vocab_size, n_positions=64, n_embd=128, n_layer=4, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, attn_implementation="sdpa",
+        attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, attn_implementation="sdpa",
     )
     return GPT2LMHeadModel(cfg)
 
@@ -93,7 +91,9 @@ def main() -> None:
     def genloom_task(config: GPTConfig) -> LanguageModelTask:
         return LanguageModelTask(config, corpus.tokenizer, corpus, 12)
 
-    base = GPTConfig(vocab_size=vocab, **NANOGPT_CPU)  # type: ignore[arg-type]
+    # nanoGPT's config/train_shakespeare_char.py with its README's CPU overrides: 4 layers, 4 heads, 128 dims,
+    # block 64, no biases, exact GELU, dropout 0 -- genloom's "tiny" preset.
+    base = preset("tiny", vocab_size=vocab)
     hf_task = HFTask(base, corpus.tokenizer, corpus, 12)
 
     # Speed, side by side: alternate the two models twice so drift hits both equally.
@@ -111,7 +111,7 @@ def main() -> None:
     torch.manual_seed(1337)
     val, ms, wall = run(GPT(base), genloom_task(base), train_config(tmp / "ours", args.iters))
     print(f"genloom GPT: val {val:.4f} after {args.iters} iters, {ms:.1f} ms/iter, {wall:.0f} s wall")
-    rows = [["genloom GPT (learned pos, GELU, LayerNorm)", f"{args.iters}", f"{val:.4f}", f"{ms:.1f}",
+    rows = [["genloom GPT, nanoGPT recipe (learned pos, GELU, LayerNorm)", f"{args.iters}", f"{val:.4f}", f"{ms:.1f}",
              f"{tokens_per_iter / ms * 1000:,.0f}", f"{wall:.0f}"]]
     if not args.skip_hf_full:
         torch.manual_seed(1337)
@@ -120,8 +120,7 @@ def main() -> None:
                      f"{tokens_per_iter / hms * 1000:,.0f}", f"{hwall:.0f}"])
 
     # A better recipe in the same wall time: as many iterations as fit into row 1's wall clock.
-    modern = GPTConfig(vocab_size=vocab, positional="rotary", activation="swiglu", norm="rmsnorm", qk_norm=True,
-                       bias=False, **NANOGPT_CPU)  # type: ignore[arg-type]
+    modern = preset("tiny-modern", vocab_size=vocab)
     probe_ms = timed_iters(GPT(modern), genloom_task(modern), 100, tmp / "probe-modern")
     modern_iters = int(args.iters * ms / probe_ms)
     torch.manual_seed(1337)

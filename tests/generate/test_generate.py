@@ -128,3 +128,13 @@ def test_sampling_config_rejects_bad_values():
         SamplingConfig(top_p=1.5)
     with pytest.raises(GenloomError, match="max_new_tokens"):
         SamplingConfig(max_new_tokens=0)
+
+
+def test_decoding_head_copy_follows_weight_updates(model):
+    from genloom.generate.lm import _decoding_head
+
+    first = _decoding_head(model)
+    assert _decoding_head(model) is first  # reused between calls
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+    torch.testing.assert_close(_decoding_head(model), model.lm_head.weight.t())

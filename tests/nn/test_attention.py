@@ -52,11 +52,11 @@ def _reference(
     b, t, d = x.shape
     if mha.cross:
         assert context is not None
-        q = x @ mha.q_proj.weight.T + mha.q_proj.bias
-        kv = context @ mha.kv_proj.weight.T + mha.kv_proj.bias
+        q = x @ mha.q_proj.weight + mha.q_proj.bias
+        kv = context @ mha.kv_proj.weight + mha.kv_proj.bias
         k, v = kv[..., :d], kv[..., d:]
     else:
-        qkv = x @ mha.qkv_proj.weight.T + mha.qkv_proj.bias
+        qkv = x @ mha.qkv_proj.weight + mha.qkv_proj.bias
         q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
     q, k, v = _heads(q), _heads(k), _heads(v)
     if mha.q_norm is not None and mha.k_norm is not None:
@@ -73,7 +73,7 @@ def _reference(
         scores = scores.masked_fill(~allowed, float("-inf"))
     y = torch.softmax(scores, dim=-1) @ v  # (B, H, T_q, hd)
     y = y.permute(0, 2, 1, 3).reshape(b, t, d)
-    return y @ mha.out_proj.weight.T + mha.out_proj.bias
+    return y @ mha.out_proj.weight + mha.out_proj.bias
 
 
 @pytest.mark.parametrize("causal", [False, True])

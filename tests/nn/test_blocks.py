@@ -110,8 +110,8 @@ def test_dropout_only_in_train_mode() -> None:
 def test_mlp_shapes(activation: str) -> None:
     mlp = MLP(D, FF, activation)  # type: ignore[arg-type]
     width = 2 * FF if activation == "swiglu" else FF
-    assert mlp.fc_in.weight.shape == (width, D)
-    assert mlp.fc_out.weight.shape == (D, FF)
+    assert mlp.fc_in.weight.shape == (D, width)
+    assert mlp.fc_out.weight.shape == (FF, D)
     assert mlp(torch.randn(2, 3, D)).shape == (2, 3, D)
 
 
@@ -127,9 +127,9 @@ def test_mlp_formulas() -> None:
         torch.testing.assert_close(mlp(x), mlp.fc_out(fn(mlp.fc_in(x))))
     mlp = MLP(D, FF, "swiglu")
     w, b = mlp.fc_in.weight, mlp.fc_in.bias
-    gate = x @ w[:FF].T + b[:FF]
-    up = x @ w[FF:].T + b[FF:]
-    expected = (gate * torch.sigmoid(gate) * up) @ mlp.fc_out.weight.T + mlp.fc_out.bias
+    gate = x @ w[:, :FF] + b[:FF]
+    up = x @ w[:, FF:] + b[FF:]
+    expected = (gate * torch.sigmoid(gate) * up) @ mlp.fc_out.weight + mlp.fc_out.bias
     torch.testing.assert_close(mlp(x), expected)
     with pytest.raises(ValueError):
         MLP(D, FF, "tanh")  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Hugging Face GPT-2 directories <-> genloom GPT.
 
 GPT-2 is our GPT with learned positions, LayerNorm and biases, so the mapping is exact: only names
-change, and HF's `Conv1D` stores weights as (in, out) where `nn.Linear` stores (out, in). Configs that
+change (our `Linear` stores (in, out) matrices, as HF's `Conv1D` does, so nothing is transposed). Configs that
 transformers can express but we cannot reproduce exactly (and vice versa) are refused, never
 approximated: a model that loads must give the same logits.
 """
@@ -41,20 +41,20 @@ _ACTIVATIONS_TO_HF: dict[str, str] = {"gelu_tanh": "gelu_new", "gelu": "gelu", "
 # Causal-mask buffers older transformers versions saved with every layer; they carry no weights.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
-# Per layer: HF name -> (our name, whether HF stores it as a Conv1D (in, out) matrix to transpose).
-_LAYER_NAMES: dict[str, tuple[str, bool]] = {
-    "ln_1.weight": ("attn_norm.weight", False),
-    "ln_1.bias": ("attn_norm.bias", False),
-    "attn.c_attn.weight": ("attn.qkv_proj.weight", True),
-    "attn.c_attn.bias": ("attn.qkv_proj.bias", False),
-    "attn.c_proj.weight": ("attn.out_proj.weight", True),
-    "attn.c_proj.bias": ("attn.out_proj.bias", False),
-    "ln_2.weight": ("mlp_norm.weight", False),
-    "ln_2.bias": ("mlp_norm.bias", False),
-    "mlp.c_fc.weight": ("mlp.fc_in.weight", True),
-    "mlp.c_fc.bias": ("mlp.fc_in.bias", False),
-    "mlp.c_proj.weight": ("mlp.fc_out.weight", True),
-    "mlp.c_proj.bias": ("mlp.fc_out.bias", False),
+# Per layer: HF name -> our name.
+_LAYER_NAMES: dict[str, str] = {
+    "ln_1.weight": "attn_norm.weight",
+    "ln_1.bias": "attn_norm.bias",
+    "attn.c_attn.weight": "attn.qkv_proj.weight",
+    "attn.c_attn.bias": "attn.qkv_proj.bias",
+    "attn.c_proj.weight": "attn.out_proj.weight",
+    "attn.c_proj.bias": "attn.out_proj.bias",
+    "ln_2.weight": "mlp_norm.weight",
+    "ln_2.bias": "mlp_norm.bias",
+    "mlp.c_fc.weight": "mlp.fc_in.weight",
+    "mlp.c_fc.bias": "mlp.fc_in.bias",
+    "mlp.c_proj.weight": "mlp.fc_out.weight",
+    "mlp.c_proj.bias": "mlp.fc_out.bias",
 }
 _TOP_NAMES: dict[str, str] = {
     "wte.weight": "token_embedding.weight",
@@ -64,12 +64,12 @@ _TOP_NAMES: dict[str, str] = {
 }
 
 
-def _name_map(n_layers: int) -> dict[str, tuple[str, bool]]:
-    """HF name (without the `transformer.` prefix) -> (our name, transpose) for every trunk weight."""
-    names = {hf: (ours, False) for hf, ours in _TOP_NAMES.items()}
+def _name_map(n_layers: int) -> dict[str, str]:
+    """HF name (without the `transformer.` prefix) -> our name, for every trunk weight."""
+    names = dict(_TOP_NAMES)
     for i in range(n_layers):
-        for hf, (ours, transpose) in _LAYER_NAMES.items():
-            names[f"h.{i}.{hf}"] = (f"transformer.blocks.{i}.{ours}", transpose)
+        for hf, ours in _LAYER_NAMES.items():
+            names[f"h.{i}.{hf}"] = f"transformer.blocks.{i}.{ours}"
     return names
 
 
@@ -172,11 +172,11 @@ def _convert_weights(hf: dict[str, Tensor], config: GPTConfig, path: Path) -> di
         stripped[key.removeprefix("transformer.")] = value
     names = _name_map(config.n_layers)
     ours: dict[str, Tensor] = {}
-    for hf_name, (our_name, transpose) in names.items():
+    for hf_name, our_name in names.items():
         if hf_name not in stripped:
             raise GenloomError(f"{path}: weight {hf_name!r} is missing; the weights do not match config.json")
         tensor = stripped[hf_name]
-        ours[our_name] = tensor.t() if transpose and tensor.dim() == 2 else tensor
+        ours[our_name] = tensor
     head = stripped.get("lm_head.weight")
     if config.tie_embeddings:
         # Tied: the head is the embedding; a saved copy of it (if any) is redundant.
@@ -258,13 +258,12 @@ def config_to_hf(config: GPTConfig, eos_id: int | None) -> dict[str, Any]:
 
 
 def _hf_weights(model: GPT) -> dict[str, Tensor]:
-    """GPT state dict -> HF GPT2LMHeadModel names, Conv1D weights transposed to (in, out)."""
+    """GPT state dict -> HF GPT2LMHeadModel names."""
     state = model.state_dict()
     out: dict[str, Tensor] = {}
-    for hf_name, (our_name, transpose) in _name_map(model.config.n_layers).items():
-        tensor = state[our_name].detach().cpu()
-        # safetensors needs contiguous tensors that share no storage; .t().contiguous() makes a copy.
-        out[f"transformer.{hf_name}"] = (tensor.t() if transpose else tensor).contiguous()
+    for hf_name, our_name in _name_map(model.config.n_layers).items():
+        # safetensors needs contiguous tensors that share no storage.
+        out[f"transformer.{hf_name}"] = state[our_name].detach().cpu().contiguous()
     if not model.config.tie_embeddings:
         # Tied: transformers re-ties lm_head to wte on load, so writing it twice would be redundant.
         out["lm_head.weight"] = state["lm_head.weight"].detach().cpu().contiguous()

@@ -24,7 +24,7 @@ from genloom.nn import (
     TransformerStack,
     build_attention_mask,
 )
-from genloom.nn.layers import Activation, NormKind, dropout_layer
+from genloom.nn.layers import Activation, Linear, NormKind, dropout_layer
 
 Positional = Literal["learned", "sinusoidal", "rotary"]
 
@@ -149,7 +149,7 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, Linear)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -164,7 +164,7 @@ class GPT(nn.Module):
         p = self.token_embedding.weight
         return self.transformer.make_kv_caches(batch_size, max_len or self.config.context_length, p.device, p.dtype)
 
-    def forward(
+    def hidden_states(
         self,
         idx: Tensor,
         *,
@@ -173,13 +173,12 @@ class GPT(nn.Module):
         kv_caches: list[KVCache] | None = None,
         last_only: bool = False,
     ) -> Tensor:
-        """Next-token logits.
+        """Final hidden states, (B, T, d_model) or (B, 1, d_model) with last_only; `forward` without the head.
 
         idx: (B, T) token ids. positions: (B, T) position ids (default: continue after the cache).
         attention_mask: (B, T_past + T) True for real tokens, for left-padded batches.
-        kv_caches: one per layer from `make_kv_caches`, filled in place. last_only: logits of the last
-        position only, (B, 1, V), which is all that sampling needs.
-        Returns (B, T, vocab_size) logits.
+        kv_caches: one per layer from `make_kv_caches`, filled in place. last_only: the last position
+        only, which is all that sampling needs.
         """
         t = idx.shape[1]
         past = kv_caches[0].length if kv_caches is not None else 0
@@ -202,9 +201,22 @@ class GPT(nn.Module):
         if attention_mask is not None:
             mask = build_attention_mask(attention_mask, t, past, causal=True, device=idx.device)
         x = self.transformer(x, mask=mask, is_causal=True, rotary=rotary, kv_caches=kv_caches)
-        if last_only:
-            x = x[:, -1:, :]
-        return self.lm_head(x)
+        return x[:, -1:, :] if last_only else x
+
+    def forward(
+        self,
+        idx: Tensor,
+        *,
+        positions: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        kv_caches: list[KVCache] | None = None,
+        last_only: bool = False,
+    ) -> Tensor:
+        """Next-token logits (B, T, vocab_size); arguments as for `hidden_states`."""
+        hidden = self.hidden_states(
+            idx, positions=positions, attention_mask=attention_mask, kv_caches=kv_caches, last_only=last_only
+        )
+        return self.lm_head(hidden)
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy; targets (B, T) with -100 ignored."""

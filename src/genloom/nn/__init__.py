@@ -2,7 +2,7 @@
 
 from genloom.nn.attention import KVCache, MultiHeadAttention, build_attention_mask
 from genloom.nn.blocks import BlockConfig, TransformerBlock
-from genloom.nn.layers import MLP, RMSNorm, make_norm
+from genloom.nn.layers import MLP, Linear, RMSNorm, make_norm
 from genloom.nn.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -18,6 +18,7 @@ __all__ = [
     "BlockConfig",
     "KVCache",
     "LearnedPositionalEmbedding",
+    "Linear",
     "MultiHeadAttention",
     "RMSNorm",
     "RotaryEmbedding",
