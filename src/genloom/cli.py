@@ -7,9 +7,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from genloom.errors import GenloomError
+
+if TYPE_CHECKING:  # the heavy imports (torch) wait until a command needs them, so --help is instant
+    from genloom.generate import SamplingConfig
+    from genloom.train.config import TrainConfig
 
 QUICKSTART_DIR = "runs/quickstart"
 
@@ -84,7 +88,7 @@ def _add_train_lm(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train_lm)
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     from genloom.train.config import TrainConfig
 
     try:
@@ -132,7 +136,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def _sampling_config(args: argparse.Namespace):
+def _sampling_config(args: argparse.Namespace) -> SamplingConfig:
     from genloom.generate import SamplingConfig
 
     return SamplingConfig(
@@ -143,7 +147,7 @@ def _sampling_config(args: argparse.Namespace):
 
 def _cmd_generate(args: argparse.Namespace) -> None:
     from genloom.generate import generate
-    from genloom.models.registry import load_pretrained
+    from genloom.models.registry import load_language_model
     from genloom.train.distributed import pick_device
 
     cfg = _sampling_config(args)
@@ -153,20 +157,24 @@ def _cmd_generate(args: argparse.Namespace) -> None:
             raise GenloomError("no prompt given: pass PROMPT or lines on stdin")
     else:
         prompts = [args.prompt.replace("\\n", "\n")]
-    loaded = load_pretrained(Path(args.checkpoint))
-    if loaded.family != "gpt":
-        raise GenloomError(f"{args.checkpoint} is a {loaded.family} model; `generate` needs a language model")
-    # No global torch.set_grad_enabled(False): main() may run in-process; generate_tokens is inference_mode.
-    model = loaded.model.to(pick_device(args.device))
+    model, tokenizer = load_language_model(Path(args.checkpoint))
+    model = model.to(pick_device(args.device))
     if len(prompts) == 1:
-        # One prompt: stream its tokens to the terminal as they are produced.
-        sys.stdout.write(prompts[0])
-        generate(model, loaded.tokenizer, prompts, cfg, on_text=lambda _, piece: _write(piece))  # type: ignore[arg-type]
-        sys.stdout.write("\n")
+        # One prompt: stream its tokens to the terminal as they are produced. The prompt is echoed with
+        # the first piece, so an error (say, a prompt longer than the context) prints nothing else.
+        echoed = False
+
+        def stream(_: int, piece: str) -> None:
+            nonlocal echoed
+            _write(piece if echoed else prompts[0] + piece)
+            echoed = True
+
+        generate(model, tokenizer, prompts, cfg, on_text=stream)
+        print("" if echoed else prompts[0])
         return
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start : start + args.batch_size]
-        for prompt, completion in zip(chunk, generate(model, loaded.tokenizer, chunk, cfg), strict=True):  # type: ignore[arg-type]
+        for prompt, completion in zip(chunk, generate(model, tokenizer, chunk, cfg), strict=True):
             print(prompt + completion.text)
             print("-" * 40)
 
@@ -206,21 +214,11 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
-    from genloom.config import read_json
     from genloom.interop.hf_gpt2 import export_hf_gpt2
-    from genloom.models.gpt import GPT
-    from genloom.models.registry import load_pretrained
+    from genloom.models.registry import load_language_model
 
-    # The export replaces out_dir wholesale: refuse a folder of other files rather than delete them.
-    out_dir = Path(args.out_dir)
-    config = out_dir / "config.json"
-    earlier_export = config.is_file() and "model_type" in read_json(config)
-    if out_dir.exists() and not (out_dir.is_dir() and (earlier_export or not any(out_dir.iterdir()))):
-        raise GenloomError(f"{out_dir} exists and is not an earlier export; give a new or empty directory")
-    loaded = load_pretrained(Path(args.checkpoint))
-    if not isinstance(loaded.model, GPT):
-        raise GenloomError(f"{args.checkpoint} is not a GPT model; only GPT exports to Hugging Face GPT-2")
-    export_hf_gpt2(loaded.model, loaded.tokenizer, out_dir)
+    model, tokenizer = load_language_model(Path(args.checkpoint))
+    export_hf_gpt2(model, tokenizer, Path(args.out_dir))
     print(f"wrote a Hugging Face GPT-2 directory to {args.out_dir}")
 
 
@@ -231,19 +229,20 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
 
     print("genloom quickstart: a character-level GPT on the Python documentation (pydoc_data), on the CPU.")
     start = time.perf_counter()
-    model_config = build_model_config("tiny-modern", vocab_size=1, context_length=128)
+    # nanoGPT's small CPU model with a longer context and the higher learning rate that suits it
+    # (benchmarks/train_shakespeare.py): about 1.5 minutes on 2 cores.
+    model_config = build_model_config("tiny", vocab_size=1, context_length=128)
     train = TrainConfig(
-        out_dir=args.out, max_steps=args.steps, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=50,
+        out_dir=args.out, max_steps=args.steps, batch_size=12, lr=3e-3, min_lr=3e-4, warmup_steps=100,
         eval_interval=max(1, args.steps // 4), eval_batches=10, device="cpu",
     )
     _, result = train_lm(DataSpec(data="builtin:pydoc", tokenizer="char"), model_config, train)
     print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; val loss {result.val_loss:.3f}")
-    from genloom.models.registry import load_pretrained
+    from genloom.models.registry import load_language_model
 
-    loaded = load_pretrained(Path(args.out))
+    model, tokenizer = load_language_model(Path(args.out))  # best/: the lowest validation loss
     prompts = ["The for statement", "A class definition", "Exceptions are"]
-    samples = generate(loaded.model, loaded.tokenizer, prompts,  # type: ignore[arg-type]
-                       SamplingConfig(max_new_tokens=160, temperature=0.7, seed=0))
+    samples = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=160, temperature=0.7, seed=0))
     for prompt, sample in zip(prompts, samples, strict=True):
         print("-" * 60)
         print(prompt + sample.text)
@@ -285,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
     quick.add_argument("--out", default=QUICKSTART_DIR)
-    quick.add_argument("--steps", type=_positive_int, default=1200)
+    quick.add_argument("--steps", type=_positive_int, default=1500)
     quick.set_defaults(func=_cmd_quickstart)
     return parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +91,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("GENLOOM_CACHE", Path.home() / ".cache" / "genloom")) / "tokens"
 
 
-def _write_array(path: Path, ids: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp")
-    ids.tofile(tmp)
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    # A per-process temporary name: torchrun's processes may all fill the same cache entry at once. They
+    # write identical bytes, and a rename never disturbs a reader that already mapped the old file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
     tmp.replace(path)
 
 
@@ -134,13 +137,20 @@ def tokenize_corpus(
     if n_val >= len(tokens):  # checked before caching: an empty train.bin cannot be memory-mapped
         raise GenloomError(f"the data has only {len(tokens)} tokens; too few to split into train and validation")
     cache.mkdir(parents=True, exist_ok=True)
-    _write_array(cache / "train.bin", tokens[:-n_val])
-    _write_array(cache / "val.bin", tokens[-n_val:])
-    tokenizer.save(cache)
+    _write_atomically(cache / "train.bin", tokens[:-n_val].tofile)
+    _write_atomically(cache / "val.bin", tokens[-n_val:].tofile)
+    tokenizer_tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=cache))
+    tokenizer.save(tokenizer_tmp)
+    for f in tokenizer_tmp.iterdir():
+        f.replace(cache / f.name)
+    tokenizer_tmp.rmdir()
     # meta.json is written last: its presence marks a complete cache entry.
-    tmp_meta = cache / "meta.json.tmp"
-    tmp_meta.write_text(json.dumps({"dtype": dtype.name, "tokens": len(tokens), "spec": tokenizer_spec}))
-    tmp_meta.replace(meta_path)
+    meta = json.dumps({"dtype": dtype.name, "tokens": len(tokens), "spec": tokenizer_spec})
+
+    def write_meta(tmp: Path) -> None:
+        tmp.write_text(meta)
+
+    _write_atomically(meta_path, write_meta)
     return tokenize_corpus(docs, tokenizer_spec, make_tokenizer, val_fraction, cache_dir)
 
 

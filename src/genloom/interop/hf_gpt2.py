@@ -22,7 +22,7 @@ from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.registry import LoadedModel
 from genloom.nn.layers import Activation
 from genloom.tokenizers import Tokenizer, load_tokenizer
-from genloom.train.checkpoint import _atomic_directory
+from genloom.train.checkpoint import atomic_directory
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -175,8 +175,7 @@ def _convert_weights(hf: dict[str, Tensor], config: GPTConfig, path: Path) -> di
     for hf_name, our_name in names.items():
         if hf_name not in stripped:
             raise GenloomError(f"{path}: weight {hf_name!r} is missing; the weights do not match config.json")
-        tensor = stripped[hf_name]
-        ours[our_name] = tensor
+        ours[our_name] = stripped[hf_name]
     head = stripped.get("lm_head.weight")
     if config.tie_embeddings:
         # Tied: the head is the embedding; a saved copy of it (if any) is redundant.
@@ -273,6 +272,10 @@ def _hf_weights(model: GPT) -> dict[str, Tensor]:
 def export_hf_gpt2(model: GPT, tokenizer: Tokenizer, out_dir: Path) -> None:
     """Write `model` as a directory `transformers.GPT2LMHeadModel.from_pretrained` loads, atomically."""
     hf_config = config_to_hf(model.config, tokenizer.eos_id)  # refuse before writing anything
+    # The export replaces out_dir wholesale: refuse a folder of other files rather than delete them.
+    earlier_export = (out_dir / CONFIG_FILE).is_file() and "model_type" in read_json(out_dir / CONFIG_FILE)
+    if out_dir.exists() and not (out_dir.is_dir() and (earlier_export or not any(out_dir.iterdir()))):
+        raise GenloomError(f"{out_dir} exists and is not an earlier export; give a new or empty directory")
     weights = _hf_weights(model)
     # The dtype transformers' default dtype="auto" loads the weights as.
     hf_config["dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
@@ -283,4 +286,4 @@ def export_hf_gpt2(model: GPT, tokenizer: Tokenizer, out_dir: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         tokenizer.save(tmp)
 
-    _atomic_directory(out_dir, write)
+    atomic_directory(out_dir, write)

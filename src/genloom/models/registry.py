@@ -43,3 +43,11 @@ def load_pretrained(path: Path) -> LoadedModel:
     load_weights(model, directory)
     model.eval()
     return LoadedModel(model, config, load_tokenizer(directory), family, directory)
+
+
+def load_language_model(path: Path) -> tuple[GPT, Tokenizer]:
+    """A GPT and its tokenizer, or a one-line error when `path` holds another kind of model."""
+    loaded = load_pretrained(path)
+    if not isinstance(loaded.model, GPT):
+        raise GenloomError(f"{path} is a {loaded.family} model, not a language model")
+    return loaded.model, loaded.tokenizer

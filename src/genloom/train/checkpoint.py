@@ -30,7 +30,7 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 BEST_DIR = "best"
 
 
-def _atomic_directory(final: Path, write: Any) -> None:
+def atomic_directory(final: Path, write: Any) -> None:
     """Call write(tmp_dir), then move tmp_dir to `final`, replacing any old directory there."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -73,7 +73,7 @@ def save_checkpoint(
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
 
-    _atomic_directory(directory, write)
+    atomic_directory(directory, write)
 
 
 def is_genloom_checkpoint(directory: Path) -> bool:
