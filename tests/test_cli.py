@@ -215,6 +215,18 @@ def test_resume_continues_to_more_steps(
     assert (run / "checkpoint-0000030" / "training_state.pt").is_file()
 
 
+def test_resume_with_another_tokenizer_is_a_user_error(
+    char_run: tuple[Path, str], workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(char_run[0], run)
+    rc, _, err = _cli(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--tokenizer", "bpe",
+                      "--vocab-size", 300, "--steps", 30, "--out", run, "--resume")
+    assert rc == 1
+    _assert_one_line(err)
+    assert "same --data and --tokenizer" in err
+
+
 def test_train_bpe(bpe_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (bpe_run / "best" / "tokenizer.json").is_file()
     assert _metrics(bpe_run)[-1]["step"] == 20

@@ -147,9 +147,12 @@ class CheckpointManager:
         if best_config.is_file():
             self.best_val_loss = float(read_json(best_config).get("val_loss", float("inf")))
 
-    def latest(self) -> Path | None:
+    def latest(self) -> Path:
+        """The newest resumable checkpoint (one with training state), for --resume."""
         checkpoints = [p for p in list_checkpoints(self.run_dir) if (p / STATE_FILE).is_file()]
-        return checkpoints[-1] if checkpoints else None
+        if not checkpoints:
+            raise GenloomError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        return checkpoints[-1]
 
     def save(
         self,

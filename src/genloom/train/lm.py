@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -112,18 +111,19 @@ def train_lm(
     corpus = load_corpus(data)
     if resume:
         latest = CheckpointManager(Path(train.out_dir)).latest()
-        if latest is None:
-            raise GenloomError(f"--resume: {train.out_dir} has no checkpoint to resume from")
         model_config = config_from_dict(GPTConfig, read_checkpoint_config(latest)["model"])
-    if model_config.vocab_size != corpus.tokenizer.vocab_size:
-        model_config = replace(model_config, vocab_size=corpus.tokenizer.vocab_size)
+        if model_config.vocab_size != corpus.tokenizer.vocab_size:
+            raise GenloomError(
+                f"--resume: the data's tokenizer has {corpus.tokenizer.vocab_size} tokens but {latest} was trained "
+                f"with {model_config.vocab_size}; resume with the same --data and --tokenizer"
+            )
+    model_config = replace(model_config, vocab_size=corpus.tokenizer.vocab_size)
     for split, tokens in (("train", corpus.train), ("validation", corpus.val)):
         if len(tokens) <= model_config.context_length:
             raise GenloomError(
                 f"the {split} split has {len(tokens)} tokens, not more than the context length "
                 f"{model_config.context_length}; use more text or a smaller --context-length"
             )
-    assert isinstance(corpus.train, np.ndarray)
     torch.manual_seed(train.seed)  # the same initial weights on every process and every rerun
     model = GPT(model_config)
     task = LanguageModelTask(model_config, corpus.tokenizer, corpus, train.batch_size)

@@ -105,8 +105,6 @@ class Trainer:
 
     def _resume(self) -> None:
         latest = self.checkpoints.latest()
-        if latest is None:
-            raise GenloomError(f"--resume: {self.run_dir} has no checkpoint to resume from")
         load_weights(self.model, latest)
         state = load_training_state(latest)
         self.optimizer.load_state_dict(state["optimizer"])
