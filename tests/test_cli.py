@@ -379,3 +379,12 @@ def test_user_error_is_one_line(
     assert rc == code, err
     _assert_one_line(err)
     assert word in err
+
+
+def test_stop_string_escape_means_newline(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = char_run
+    flags = ["--max-new-tokens", 11, "--temperature", 0]
+    typed = _ok(capsys, "generate", run, "To be\\nor", *flags, "--stop", "\\n")
+    real = _ok(capsys, "generate", run, "To be\nor", *flags, "--stop", "\n")
+    assert typed == real
+    assert typed.startswith("To be\nor")  # the prompt's typed \n became a newline too

@@ -141,7 +141,8 @@ def _sampling_config(args: argparse.Namespace) -> SamplingConfig:
 
     return SamplingConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
+        repetition_penalty=args.repetition_penalty, seed=args.seed,
+        stop=[_unescape(stop) for stop in args.stop],
     )
 
 
@@ -152,11 +153,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
     cfg = _sampling_config(args)
     if args.prompt is None or args.prompt == "-":
-        prompts = [line.rstrip("\n").replace("\\n", "\n") for line in sys.stdin if line.strip()]
+        prompts = [_unescape(line.rstrip("\n")) for line in sys.stdin if line.strip()]
         if not prompts:
             raise GenloomError("no prompt given: pass PROMPT or lines on stdin")
     else:
-        prompts = [args.prompt.replace("\\n", "\n")]
+        prompts = [_unescape(args.prompt)]
     model, tokenizer = load_language_model(Path(args.checkpoint))
     model = model.to(pick_device(args.device))
     if len(prompts) == 1:
@@ -177,6 +178,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         for prompt, completion in zip(chunk, generate(model, tokenizer, chunk, cfg), strict=True):
             print(prompt + completion.text)
             print("-" * 40)
+
+
+def _unescape(text: str) -> str:
+    """A typed `\\n` means a newline: shells make real newlines awkward in arguments and impossible per line."""
+    return text.replace("\\n", "\n")
 
 
 def _write(piece: str) -> None:
