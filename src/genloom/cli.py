@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -119,7 +120,7 @@ def _cmd_train_lm(args: argparse.Namespace) -> None:
         _, result = train_lm(data, model_config, _train_config(args), resume=args.resume)
     finally:
         shutdown_distributed()
-    if result.val_loss is not None:
+    if result.val_loss is not None and os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
         print(f"done: step {result.step}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
 
 
