@@ -11,10 +11,16 @@ from torch import nn
 from genloom.config import config_from_dict, read_json
 from genloom.errors import GenloomError
 from genloom.models.gpt import GPT, GPTConfig
+from genloom.models.lstm import LSTMConfig, LSTMSeq2Seq
+from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from genloom.tokenizers import Tokenizer, load_tokenizer
 from genloom.train.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config, resolve_checkpoint
 
-FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {"gpt": (GPTConfig, GPT)}
+FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {
+    "gpt": (GPTConfig, GPT),
+    "seq2seq": (Seq2SeqConfig, Seq2SeqTransformer),
+    "lstm": (LSTMConfig, LSTMSeq2Seq),
+}
 
 
 @dataclass

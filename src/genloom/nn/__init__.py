@@ -1,6 +1,6 @@
 """The shared Transformer core. Imports nothing from `genloom.models`."""
 
-from genloom.nn.attention import KVCache, MultiHeadAttention, build_attention_mask
+from genloom.nn.attention import CrossKVCache, KVCache, MultiHeadAttention, build_attention_mask
 from genloom.nn.blocks import BlockConfig, TransformerBlock
 from genloom.nn.layers import MLP, Linear, RMSNorm, make_norm
 from genloom.nn.positional import (
@@ -16,6 +16,7 @@ from genloom.nn.transformer import TransformerStack
 __all__ = [
     "MLP",
     "BlockConfig",
+    "CrossKVCache",
     "KVCache",
     "LearnedPositionalEmbedding",
     "Linear",

@@ -47,6 +47,26 @@ class KVCache:
         self.v = self.v.index_select(0, batch_indices)
 
 
+class CrossKVCache:
+    """Keys and values of one cross-attention layer, projected once from a fixed context (the encoder output).
+
+    The context does not change while a decoder generates, so re-projecting it at every step would repeat
+    the same (S x d) @ (d x 2d) product per layer and token. k, v: (B, H, S, head_dim).
+    """
+
+    def __init__(self, k: Tensor, v: Tensor) -> None:
+        self.k, self.v = k, v
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+    def reorder(self, batch_indices: Tensor) -> None:
+        """Keep rows `batch_indices`, as `KVCache.reorder` does (beam search)."""
+        self.k = self.k.index_select(0, batch_indices)
+        self.v = self.v.index_select(0, batch_indices)
+
+
 def build_attention_mask(
     key_valid: Tensor | None, q_len: int, past_len: int, causal: bool, device: torch.device
 ) -> Tensor | None:
@@ -104,6 +124,19 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
 
+    def _context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values (B, H, S, hd) of `context` (B, S, d_model), k-norm applied."""
+        k, v = (self._split_heads(part) for part in self.kv_proj(context).split(context.shape[-1], dim=-1))
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return k, v
+
+    def cross_kv_cache(self, context: Tensor) -> CrossKVCache:
+        """Project `context` once for reuse at every decoding step (pass it back as `cross_kv`)."""
+        if not self.cross:
+            raise ValueError("cross_kv_cache needs a cross-attention layer (cross=True)")
+        return CrossKVCache(*self._context_kv(context))
+
     def forward(
         self,
         x: Tensor,
@@ -113,17 +146,27 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         rotary: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
+        cross_kv: CrossKVCache | None = None,
     ) -> Tensor:
-        """x: (B, T, d_model); context: (B, S, d_model) for cross-attention. Returns (B, T, d_model)."""
+        """x: (B, T, d_model); context: (B, S, d_model) for cross-attention. Returns (B, T, d_model).
+
+        cross_kv: keys/values from `cross_kv_cache(context)`; when given, `context` is not needed.
+        """
         b, t, d = x.shape
         if self.cross:
-            assert context is not None, "cross-attention needs a context"
             q = self._split_heads(self.q_proj(x))
-            k, v = (self._split_heads(part) for part in self.kv_proj(context).split(d, dim=-1))
+            if cross_kv is not None:
+                k, v = cross_kv.k, cross_kv.v  # already k-normed
+            else:
+                assert context is not None, "cross-attention needs a context or a cross_kv cache"
+                k, v = self._context_kv(context)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
         else:
+            assert cross_kv is None, "cross_kv is only for cross-attention"
             q, k, v = (self._split_heads(part) for part in self.qkv_proj(x).split(d, dim=-1))
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from genloom.nn.attention import KVCache, MultiHeadAttention
+from genloom.nn.attention import CrossKVCache, KVCache, MultiHeadAttention
 from genloom.nn.layers import MLP, Activation, NormKind, dropout_layer, make_norm
 
 
@@ -65,15 +65,27 @@ class TransformerBlock(nn.Module):
         kv_cache: KVCache | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        cross_kv: CrossKVCache | None = None,
     ) -> Tensor:
-        """x: (B, T, d_model); context: (B, S, d_model) for cross-attention."""
+        """x: (B, T, d_model); context: (B, S, d_model) for cross-attention, or its projected `cross_kv`.
+
+        context_mask: (B, 1, 1, S) True = may attend, for a padded context.
+        """
         x = self._residual(
             x, self.attn_norm, self.attn, mask=mask, is_causal=is_causal, rotary=rotary, kv_cache=kv_cache
         )
         if self.cross_attn is not None:
             assert self.cross_norm is not None
-            x = self._residual(x, self.cross_norm, self.cross_attn, context=context, mask=context_mask)
+            x = self._residual(
+                x, self.cross_norm, self.cross_attn, context=context, mask=context_mask, cross_kv=cross_kv
+            )
         # The MLP's own dropout already sits on its output, so no second residual dropout here.
         if self.norm_first:
             return x + self.mlp(self.mlp_norm(x))
         return self.mlp_norm(x + self.mlp(x))
+
+    def cross_kv_cache(self, context: Tensor) -> CrossKVCache:
+        """This block's cross-attention keys/values of `context` (B, S, d_model), computed once."""
+        if self.cross_attn is None:
+            raise ValueError("cross_kv_cache needs a block with cross_attention=True")
+        return self.cross_attn.cross_kv_cache(context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from genloom.nn.attention import KVCache
+from genloom.nn.attention import CrossKVCache, KVCache
 from genloom.nn.blocks import BlockConfig, TransformerBlock
 from genloom.nn.layers import make_norm
 
@@ -26,6 +26,14 @@ class TransformerStack(nn.Module):
             KVCache(batch_size, self.cfg.n_heads, max_len, head_dim, device, dtype) for _ in self.blocks
         ]
 
+    def make_cross_kv_caches(self, context: Tensor) -> list[CrossKVCache]:
+        """Every block's cross-attention keys/values of `context` (B, S, d_model), for incremental decoding."""
+        caches = []
+        for block in self.blocks:
+            assert isinstance(block, TransformerBlock)
+            caches.append(block.cross_kv_cache(context))
+        return caches
+
     def forward(
         self,
         x: Tensor,
@@ -36,11 +44,13 @@ class TransformerStack(nn.Module):
         kv_caches: list[KVCache] | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        cross_kv_caches: list[CrossKVCache] | None = None,
     ) -> Tensor:
         for i, block in enumerate(self.blocks):
             x = block(
                 x, mask=mask, is_causal=is_causal, rotary=rotary,
                 kv_cache=kv_caches[i] if kv_caches is not None else None,
                 context=context, context_mask=context_mask,
+                cross_kv=cross_kv_caches[i] if cross_kv_caches is not None else None,
             )
         return self.final_norm(x) if self.final_norm is not None else x

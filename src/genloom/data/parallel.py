@@ -1,0 +1,137 @@
+"""Parallel corpora for translation: (source, target) pairs from the user's files, splits, task prefixes.
+
+Two layouts are read, plain or gzip-compressed (`.gz`):
+
+- one TSV file, `source<TAB>target` per line;
+- two line-aligned files, line n of the source file translating line n of the target file (the layout of
+  most public corpora, e.g. `train.de` / `train.en`).
+
+Every malformed line is reported as `file:line`, because a corpus with one bad line in a million is
+common and the user needs to find it, not a traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from genloom.errors import GenloomError
+
+
+class ParallelExample(NamedTuple):
+    """One translation pair. A NamedTuple, so it is also a plain `(src, tgt)` tuple."""
+
+    src: str
+    tgt: str
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line ending) for a plain or gzip-compressed UTF-8 file."""
+    if not path.is_file():
+        raise GenloomError(f"parallel data file {path} does not exist")
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            for n, line in enumerate(f, 1):
+                # newline="" keeps a lone "\r" inside a line (some corpora contain it) instead of splitting there.
+                yield n, line.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise GenloomError(f"{path} is not UTF-8 text") from None
+    except (gzip.BadGzipFile, EOFError):
+        raise GenloomError(f"{path} is not a valid gzip file") from None
+
+
+def read_tsv(path: Path) -> list[ParallelExample]:
+    """Pairs from a `source<TAB>target` file; blank lines are skipped, any other malformed line is an error."""
+    pairs = []
+    for n, line in _lines(path):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise GenloomError(f"{path}:{n}: expected 'source<TAB>target' (exactly one tab), found {len(fields) - 1}")
+        src, tgt = fields[0].strip(), fields[1].strip()
+        if not src or not tgt:
+            raise GenloomError(f"{path}:{n}: empty {'source' if not src else 'target'} side")
+        pairs.append(ParallelExample(src, tgt))
+    if not pairs:
+        raise GenloomError(f"parallel data {path} is empty")
+    return pairs
+
+
+def read_aligned(src_path: Path, tgt_path: Path) -> list[ParallelExample]:
+    """Pairs from two line-aligned files. Blank lines are errors: skipping one would shift every later pair."""
+    src_lines = list(_lines(src_path))
+    tgt_lines = list(_lines(tgt_path))
+    if len(src_lines) != len(tgt_lines):
+        raise GenloomError(
+            f"{src_path} has {len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}; they must be line-aligned"
+        )
+    if not src_lines:
+        raise GenloomError(f"parallel data {src_path} is empty")
+    pairs = []
+    for (n, src), (_, tgt) in zip(src_lines, tgt_lines, strict=True):
+        src, tgt = src.strip(), tgt.strip()
+        if not src or not tgt:
+            raise GenloomError(f"{src_path if not src else tgt_path}:{n}: empty line in a line-aligned file")
+        pairs.append(ParallelExample(src, tgt))
+    return pairs
+
+
+def load_parallel(source: Path, target: Path | None = None) -> list[ParallelExample]:
+    """A TSV file (`target` None) or two line-aligned files."""
+    return read_tsv(source) if target is None else read_aligned(source, target)
+
+
+@dataclass
+class ParallelSplits:
+    """Disjoint train / validation / test lists of pairs."""
+
+    train: list[ParallelExample]
+    val: list[ParallelExample]
+    test: list[ParallelExample]
+
+
+def split_pairs(
+    pairs: Sequence[tuple[str, str]], val_fraction: float = 0.05, test_fraction: float = 0.05, seed: int = 0
+) -> ParallelSplits:
+    """Shuffle with `seed`, then cut off validation and test sets.
+
+    Each held-out set with a non-zero fraction gets at least one pair, so a tiny corpus still yields a
+    usable validation loss; train must keep at least one pair.
+    """
+    for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= frac < 1.0:
+            raise GenloomError(f"{name} ({frac}) must be in [0, 1)")
+    if val_fraction + test_fraction >= 1.0:
+        raise GenloomError(f"val_fraction + test_fraction ({val_fraction + test_fraction}) must be below 1")
+    examples = [ParallelExample(*p) for p in pairs]
+    random.Random(seed).shuffle(examples)
+    n_val = max(1, round(len(examples) * val_fraction)) if val_fraction > 0 else 0
+    n_test = max(1, round(len(examples) * test_fraction)) if test_fraction > 0 else 0
+    if n_val + n_test >= len(examples):
+        raise GenloomError(
+            f"only {len(examples)} pairs; too few to hold out {n_val} for validation and {n_test} for test"
+        )
+    return ParallelSplits(
+        train=examples[n_val + n_test :], val=examples[:n_val], test=examples[n_val : n_val + n_test]
+    )
+
+
+def task_tag(src_lang: str, tgt_lang: str) -> str:
+    """The tag a multi-task model reads to know the direction, e.g. `<de-en> ` (trailing space included)."""
+    return f"<{src_lang}-{tgt_lang}> "
+
+
+def add_task_prefix(pairs: Sequence[tuple[str, str]], prefix: str) -> list[ParallelExample]:
+    """Prepend `prefix` to every source, as T5 and multilingual NMT (Johnson et al., 2017) mark the task.
+
+    Only the source gets it: the model should condition on the tag, never learn to generate it.
+    """
+    if not prefix:
+        raise GenloomError("the task prefix is empty")
+    return [ParallelExample(prefix + src, tgt) for src, tgt in pairs]

@@ -1,0 +1,1 @@
+"""Evaluation: translation scores (sacreBLEU BLEU and chrF, exact match, BLEU by source length)."""
