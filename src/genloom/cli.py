@@ -229,6 +229,13 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
     print(f"wrote a Hugging Face GPT-2 directory to {args.out_dir}")
 
 
+def _cmd_average(args: argparse.Namespace) -> None:
+    from genloom.train.average import average_checkpoints
+
+    used = average_checkpoints(Path(args.run_dir), args.last, Path(args.out))
+    print(f"averaged {', '.join(p.name for p in used)} into {args.out}")
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> None:
     from genloom.generate import SamplingConfig, generate
     from genloom.train.config import TrainConfig
@@ -288,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("checkpoint")
     hf.add_argument("out_dir")
     hf.set_defaults(func=_cmd_export_hf)
+
+    average = sub.add_parser("average-checkpoints", help="average the weights of a run's last N checkpoints")
+    average.add_argument("run_dir")
+    average.add_argument("--last", type=_positive_int, default=5)
+    average.add_argument("--out", required=True, help="directory for the averaged checkpoint")
+    average.set_defaults(func=_cmd_average)
 
     quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
     quick.add_argument("--out", default=QUICKSTART_DIR)
