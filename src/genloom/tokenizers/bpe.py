@@ -6,7 +6,7 @@ Trained on the user's text with a chosen vocabulary size, or loaded from GPT-2's
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -23,17 +23,27 @@ class BPETokenizer:
         self._eos_id = tokenizer.token_to_id(EOS_TOKEN)
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
-        # 256 byte symbols + the end-of-text token is the smallest vocabulary that can encode anything.
-        if vocab_size < 257:
-            raise GenloomError(f"BPE vocab size ({vocab_size}) must be at least 257 (256 bytes + end-of-text)")
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = ()
+    ) -> BPETokenizer:
+        """Learn merges from `texts`. `special_tokens` (e.g. `<pad>`, `<s>`, `</s>`, task tags like `<de-en>`)
+        get ids right after `<|endoftext|>`, which stays id 0, and always encode to one id each."""
+        specials = [EOS_TOKEN, *dict.fromkeys(t for t in special_tokens if t != EOS_TOKEN)]
+        if any(not t for t in specials):
+            raise GenloomError("special tokens must be non-empty strings")
+        # 256 byte symbols + the special tokens is the smallest vocabulary that can encode anything.
+        if vocab_size < 256 + len(specials):
+            raise GenloomError(
+                f"BPE vocab size ({vocab_size}) must be at least {256 + len(specials)} "
+                f"(256 bytes + {len(specials)} special tokens)"
+            )
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=[EOS_TOKEN],
+            special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
@@ -70,6 +80,13 @@ class BPETokenizer:
     @property
     def eos_id(self) -> int | None:
         return self._eos_id
+
+    def token_id(self, name: str) -> int:
+        """The id of a single-token string such as `<pad>` or `<de-en>`; GenloomError if it is not one token."""
+        token_id = self.tokenizer.token_to_id(name)
+        if token_id is None:
+            raise GenloomError(f"the tokenizer has no token {name!r}")
+        return int(token_id)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text).ids)

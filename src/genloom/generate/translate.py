@@ -1,0 +1,187 @@
+"""Translating sentences with a trained `Seq2SeqTransformer` or `LSTMSeq2Seq`: greedy or beam search.
+
+The encoder runs once per batch; the decoder advances one token per step through an `IncrementalDecoder`
+adapter that carries the model's own incremental state (KV + cross-attention caches, or the LSTM state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genloom.data.translation import SpecialIds, encode_source, pad_sequences
+from genloom.errors import GenloomError
+from genloom.generate.beam import IncrementalDecoder, beam_search
+from genloom.models.lstm import LSTMSeq2Seq, State
+from genloom.models.seq2seq import Seq2SeqTransformer
+from genloom.tokenizers import Tokenizer
+
+# Beam search only ever continues a hypothesis of the same input, and every input's rows share one memory,
+# so the adapters never reorder the memory or its padding mask: rows i and indices[i] hold the same one.
+
+
+class TransformerDecoder:
+    """Incremental decoding with the KV caches (self-attention) and projected memory (cross-attention).
+
+    recompute=True re-runs the decoder over the whole prefix at every step instead, without any cache: the
+    same numbers, for measuring what the cache saves.
+    """
+
+    def __init__(
+        self, model: Seq2SeqTransformer, memory: Tensor, src_key_valid: Tensor, max_len: int, recompute: bool = False
+    ) -> None:
+        self.model, self.memory, self.src_key_valid = model, memory, src_key_valid
+        self.cache = None if recompute else model.make_kv_caches(memory.shape[0], max_len)
+        self.prefix: Tensor | None = None  # (N, t) for recompute
+
+    def step(self, tokens: Tensor) -> Tensor:
+        tokens = tokens.to(self.memory.device)[:, None]  # (N, 1)
+        if self.cache is not None:
+            logits = self.model.decode(tokens, self.memory, self.src_key_valid, self.cache)[:, -1]
+        else:
+            self.prefix = tokens if self.prefix is None else torch.cat([self.prefix, tokens], dim=1)
+            logits = self.model.decode(self.prefix, self.memory, self.src_key_valid)[:, -1]
+        return F.log_softmax(logits.float(), dim=-1)  # (N, V)
+
+    def reorder(self, indices: Tensor) -> None:
+        indices = indices.to(self.memory.device)
+        if self.cache is not None:
+            self.cache.reorder(indices)
+        elif self.prefix is not None:
+            self.prefix = self.prefix.index_select(0, indices)
+
+
+class LSTMDecoder:
+    """Incremental decoding with the LSTM's (h, c) state."""
+
+    def __init__(self, model: LSTMSeq2Seq, memory: Tensor, src_key_valid: Tensor) -> None:
+        self.model, self.memory, self.src_key_valid = model, memory, src_key_valid
+        self.state: State | None = None
+
+    def step(self, tokens: Tensor) -> Tensor:
+        tokens = tokens.to(self.memory.device)[:, None]  # (N, 1)
+        logits, self.state = self.model.decode_step(tokens, self.state, self.memory, self.src_key_valid)
+        return F.log_softmax(logits.float(), dim=-1)  # (N, V)
+
+    def reorder(self, indices: Tensor) -> None:
+        if self.state is not None:
+            indices = indices.to(self.memory.device)
+            h, c = self.state  # each (L, N, hidden)
+            self.state = (h.index_select(1, indices), c.index_select(1, indices))
+
+
+@torch.no_grad()
+def greedy_search(
+    decoder: IncrementalDecoder, batch_size: int, bos_id: int, eos_id: int, max_lengths: Sequence[int]
+) -> list[list[int]]:
+    """The most likely next token at every step until EOS or the input's max length (EOS not included)."""
+    tokens = torch.full((batch_size,), bos_id, dtype=torch.long)
+    outputs: list[list[int]] = [[] for _ in range(batch_size)]
+    done = [False] * batch_size
+    for t in range(max(max_lengths)):
+        tokens = decoder.step(tokens).argmax(dim=-1).cpu()  # (B,); finished rows keep decoding, ignored
+        for b, token in enumerate(tokens.tolist()):
+            if done[b]:
+                continue
+            if token == eos_id:
+                done[b] = True
+                continue
+            outputs[b].append(token)
+            done[b] = t + 1 >= max_lengths[b]
+        if all(done):
+            break
+    return outputs
+
+
+def make_decoder(model: nn.Module, memory: Tensor, src_key_valid: Tensor, max_len: int, recompute: bool = False
+                 ) -> IncrementalDecoder:
+    if isinstance(model, Seq2SeqTransformer):
+        return TransformerDecoder(model, memory, src_key_valid, max_len, recompute)
+    if isinstance(model, LSTMSeq2Seq):
+        if recompute:
+            raise GenloomError("recompute applies only to the Transformer (the LSTM has no KV cache)")
+        return LSTMDecoder(model, memory, src_key_valid)
+    raise GenloomError(f"cannot translate with a {type(model).__name__}; need a seq2seq or lstm model")
+
+
+def _check_source_lengths(model: nn.Module, sources: Sequence[Sequence[int]]) -> int | None:
+    """The model's max length (None: unlimited); GenloomError if a source is longer."""
+    limit: int | None = getattr(model.config, "max_len", None)
+    longest = max((len(s) for s in sources), default=0)
+    if limit is not None and longest > limit:
+        raise GenloomError(f"a source of {longest} tokens (with </s>) exceeds the model's max_len {limit}")
+    return limit
+
+
+@torch.no_grad()
+def translate_ids(
+    model: nn.Module,
+    sources: Sequence[Sequence[int]],
+    ids: SpecialIds,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    recompute: bool = False,
+) -> list[list[int]]:
+    """Target ids (no BOS/EOS) for one batch of encoded sources; the model must be in eval mode."""
+    if not isinstance(model, Seq2SeqTransformer | LSTMSeq2Seq):
+        raise GenloomError(f"cannot translate with a {type(model).__name__}; need a seq2seq or lstm model")
+    if beam_size < 1:
+        raise GenloomError(f"beam size ({beam_size}) must be at least 1")
+    limit = _check_source_lengths(model, sources)
+    # The target may be max_len_a * |source| + max_len_b tokens long (fairseq's rule), EOS included.
+    max_lengths = [max(1, math.floor(max_len_a * (len(s) - 1) + max_len_b)) for s in sources]
+    if limit is not None:
+        max_lengths = [min(n, limit) for n in max_lengths]
+    device = next(model.parameters()).device
+    src = pad_sequences(sources, ids.pad).to(device)  # (B, S)
+    src_key_valid = model.source_key_valid(src)
+    memory = model.encode(src, src_key_valid)  # (B, S, d)
+    if beam_size > 1:
+        memory = memory.repeat_interleave(beam_size, dim=0)  # (B*k, S, d): row b*k + j is input b's beam j
+        src_key_valid = src_key_valid.repeat_interleave(beam_size, dim=0)
+    decoder = make_decoder(model, memory, src_key_valid, max(max_lengths), recompute)
+    if beam_size == 1:
+        return greedy_search(decoder, len(sources), ids.bos, ids.eos, max_lengths)
+    hyps = beam_search(decoder, len(sources), beam_size, ids.bos, ids.eos, max_lengths, alpha)
+    return [h.tokens for h in hyps]
+
+
+def translate(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    sources: Sequence[str],
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    batch_size: int = 32,
+    recompute: bool = False,
+) -> list[str]:
+    """Translations of `sources`, in input order. beam_size 1 is greedy decoding; alpha is GNMT's length
+    penalty. Sources are batched by length, so batch_size changes speed, not results (up to float noise)."""
+    if batch_size < 1:
+        raise GenloomError(f"batch size ({batch_size}) must be at least 1")
+    ids = SpecialIds.of(tokenizer)
+    encoded = [encode_source(tokenizer, ids, text) for text in sources]
+    _check_source_lengths(model, encoded)  # before any work, not after the shorter batches
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[str] = [""] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            outputs = translate_ids(
+                model, [encoded[i] for i in chunk], ids, beam_size, alpha, max_len_a, max_len_b, recompute
+            )
+            for i, out in zip(chunk, outputs, strict=True):
+                results[i] = tokenizer.decode(out)
+    finally:
+        model.train(was_training)
+    return results
