@@ -25,6 +25,16 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
         raise GenloomError(f"invalid {cls.__name__}: {e}") from None
 
 
+def from_presets(presets: dict[str, C], name: str, **overrides: object) -> C:
+    """A copy of preset `name` with `overrides` applied (e.g. vocab_size from the tokenizer)."""
+    if name not in presets:
+        raise GenloomError(f"unknown preset {name!r}; choose from: {', '.join(sorted(presets))}")
+    try:
+        return dataclasses.replace(presets[name], **overrides)  # type: ignore[type-var]
+    except (TypeError, ValueError) as e:
+        raise GenloomError(f"invalid settings for preset {name!r}: {e}") from None
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 

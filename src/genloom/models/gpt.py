@@ -7,13 +7,14 @@ Presets cover GPT-2 (small … xl) and the eight GPT-3 sizes of the GPT-3 paper,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genloom.config import from_presets
 from genloom.errors import GenloomError
 from genloom.nn import (
     BlockConfig,
@@ -113,12 +114,7 @@ PRESETS["gpt3-1.3b"] = PRESETS["gpt3-xl"]
 
 def preset(name: str, **overrides: object) -> GPTConfig:
     """A copy of preset `name` with `overrides` applied (e.g. vocab_size from the tokenizer)."""
-    if name not in PRESETS:
-        raise GenloomError(f"unknown preset {name!r}; choose from: {', '.join(sorted(PRESETS))}")
-    try:
-        return replace(PRESETS[name], **overrides)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as e:
-        raise GenloomError(f"invalid settings for preset {name!r}: {e}") from None
+    return from_presets(PRESETS, name, **overrides)
 
 
 class GPT(nn.Module):

@@ -9,14 +9,14 @@ generation code serve both; `decode_step` carries the recurrent state for increm
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from genloom.errors import GenloomError
+from genloom.config import from_presets
 from genloom.nn.layers import Linear, dropout_layer
 
 State = tuple[Tensor, Tensor]  # LSTM (h, c), each (n_decoder_layers, B, hidden_size)
@@ -61,12 +61,7 @@ PRESETS: dict[str, LSTMConfig] = {
 
 def preset(name: str, **overrides: object) -> LSTMConfig:
     """A copy of preset `name` with `overrides` applied (e.g. vocab_size from the tokenizer)."""
-    if name not in PRESETS:
-        raise GenloomError(f"unknown preset {name!r}; choose from: {', '.join(sorted(PRESETS))}")
-    try:
-        return replace(PRESETS[name], **overrides)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as e:
-        raise GenloomError(f"invalid settings for preset {name!r}: {e}") from None
+    return from_presets(PRESETS, name, **overrides)
 
 
 class AdditiveAttention(nn.Module):

@@ -8,12 +8,13 @@ over the target with cross-attention to the encoder output ("memory"). Presets `
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genloom.config import from_presets
 from genloom.errors import GenloomError
 from genloom.nn import (
     BlockConfig,
@@ -84,12 +85,7 @@ PRESETS: dict[str, Seq2SeqConfig] = {
 
 def preset(name: str, **overrides: object) -> Seq2SeqConfig:
     """A copy of preset `name` with `overrides` applied (e.g. vocab_size from the tokenizer)."""
-    if name not in PRESETS:
-        raise GenloomError(f"unknown preset {name!r}; choose from: {', '.join(sorted(PRESETS))}")
-    try:
-        return replace(PRESETS[name], **overrides)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as e:
-        raise GenloomError(f"invalid settings for preset {name!r}: {e}") from None
+    return from_presets(PRESETS, name, **overrides)
 
 
 @dataclass
