@@ -13,10 +13,17 @@ from typing import TYPE_CHECKING, NoReturn
 from genloom.errors import GenloomError
 
 if TYPE_CHECKING:  # the heavy imports (torch) wait until a command needs them, so --help is instant
+    from torch import nn
+
     from genloom.generate import SamplingConfig
+    from genloom.tokenizers import Tokenizer
     from genloom.train.config import TrainConfig
 
 QUICKSTART_DIR = "runs/quickstart"
+QUICKSTART_LM_STEPS = 1500
+QUICKSTART_TRANSLATE_STEPS = 1200
+QUICKSTART_TRANSLATE_LR = 2e-3
+QUICKSTART_TRANSLATE_MAX_TOKENS = 2048
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,6 +129,138 @@ def _cmd_train_lm(args: argparse.Namespace) -> None:
         shutdown_distributed()
     if result.val_loss is not None and os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
         print(f"done: step {result.step}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
+
+
+# ---- train translate ------------------------------------------------------------------------------------
+
+TRANSLATION_FAMILY = {"transformer": "seq2seq", "lstm": "lstm"}  # CLI name -> registry family
+DEFAULT_TRANSLATION_PRESET = {"transformer": "transformer-small", "lstm": "lstm-small"}
+DATA_HELP = "builtin:numbers | builtin:emoji | builtin:dates | builtin:quantities | TSV file | SRC_FILE,TGT_FILE"
+
+
+def _add_parallel_data_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--src-lang", default="en", help="source language (built-in corpora)")
+    p.add_argument("--tgt-lang", default="de", help="target language (built-in corpora)")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of a file corpus held out for validation (and as much again for test)")
+
+
+def _add_train_translate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("translate", help="train a translation model (Transformer or LSTM) on parallel text")
+    d = p.add_argument_group("data")
+    _add_parallel_data_flags(d)
+    d.add_argument("--vocab-size", type=_positive_int, default=8000, help="shared source/target BPE size")
+    m = p.add_argument_group("model")
+    m.add_argument("--family", choices=sorted(TRANSLATION_FAMILY), default="transformer")
+    m.add_argument("--preset", help="transformer-tiny, transformer-small, transformer-base, lstm-small, ... "
+                   "(default: transformer-small or lstm-small)")
+    m.add_argument("--no-attention", action="store_true", help="lstm: no attention (the last encoder state only)")
+    m.add_argument("--dropout", type=_non_negative_float)
+    t = p.add_argument_group("training")
+    t.add_argument("--out", default="runs/translate", help="run directory (checkpoints, metrics.jsonl)")
+    t.add_argument("--steps", type=_positive_int, default=2000)
+    t.add_argument("--max-tokens", type=_positive_int, default=4096, help="padded tokens per batch")
+    t.add_argument("--grad-accum", type=_positive_int, default=1)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (inverse_sqrt schedule)")
+    t.add_argument("--schedule", choices=["inverse_sqrt", "cosine", "constant"], default="inverse_sqrt")
+    t.add_argument("--warmup", type=int, default=200)
+    t.add_argument("--label-smoothing", type=_non_negative_float, default=0.1)
+    t.add_argument("--weight-decay", type=_non_negative_float, default=0.0)
+    t.add_argument("--grad-clip", type=_non_negative_float, default=1.0)
+    t.add_argument("--eval-interval", type=_positive_int, default=250)
+    t.add_argument("--eval-batches", type=_positive_int, default=20)
+    t.add_argument("--keep-last", type=_positive_int, default=2)
+    t.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train_translate)
+
+
+def _cmd_train_translate(args: argparse.Namespace) -> None:
+    from genloom.data.parallel import load_parallel_splits
+    from genloom.train.config import TrainConfig
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.translate import train_translation
+
+    family = TRANSLATION_FAMILY[args.family]
+    preset_name = args.preset or DEFAULT_TRANSLATION_PRESET[args.family]
+    if args.no_attention and family != "lstm":
+        raise GenloomError("--no-attention applies only to --family lstm")
+    splits = load_parallel_splits(args.data, args.src_lang, args.tgt_lang, val_fraction=args.val_fraction)
+    overrides: dict[str, object] = {"dropout": args.dropout}
+    if args.no_attention:
+        overrides["attention"] = False
+    try:
+        cfg = TrainConfig(
+            out_dir=args.out, max_steps=args.steps, grad_accum=args.grad_accum, lr=args.lr, min_lr=0.0,
+            warmup_steps=args.warmup, schedule=args.schedule, weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip, eval_interval=args.eval_interval, eval_batches=args.eval_batches,
+            keep_last=args.keep_last, device=args.device, seed=args.seed, progress=not args.no_progress,
+        )
+    except ValueError as e:
+        raise GenloomError(str(e)) from None
+    try:
+        _, _, result = train_translation(
+            splits.train, splits.val, family, preset_name, cfg, vocab_size=args.vocab_size,
+            max_tokens=args.max_tokens, label_smoothing=args.label_smoothing, model_overrides=overrides,
+            resume=args.resume,
+        )
+    finally:
+        shutdown_distributed()
+    if result.val_loss is not None and os.environ.get("RANK", "0") == "0":
+        print(f"done: step {result.step}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
+
+
+# ---- translate, eval translate --------------------------------------------------------------------------
+
+
+def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-size", type=_positive_int, default=4, help="1 means greedy")
+    p.add_argument("--alpha", type=_non_negative_float, default=0.6, help="GNMT length penalty")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="sentences decoded together")
+    p.add_argument("--device", default="auto")
+
+
+def _load_translation(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
+    from genloom.models.registry import load_translation_model
+    from genloom.train.distributed import pick_device
+
+    loaded = load_translation_model(Path(args.checkpoint))
+    return loaded.model.to(pick_device(args.device)), loaded.tokenizer
+
+
+def _cmd_translate(args: argparse.Namespace) -> None:
+    from genloom.generate.translate import translate
+
+    if args.text is None or args.text == "-":
+        sources = [line.strip() for line in sys.stdin if line.strip()]
+        if not sources:
+            raise GenloomError("nothing to translate: pass TEXT or lines on stdin")
+    else:
+        sources = [args.text]
+    model, tokenizer = _load_translation(args)
+    outputs = translate(model, tokenizer, sources, beam_size=args.beam_size, alpha=args.alpha,
+                        batch_size=args.batch_size)
+    for line in outputs:
+        print(line)
+
+
+def _cmd_eval_translate(args: argparse.Namespace) -> None:
+    from genloom.data.parallel import load_parallel_splits
+    from genloom.eval.translation import evaluate_translation
+
+    splits = load_parallel_splits(args.data, args.src_lang, args.tgt_lang, val_fraction=args.val_fraction)
+    pairs = getattr(splits, args.split)
+    model, tokenizer = _load_translation(args)
+    hyps, scores = evaluate_translation(model, tokenizer, pairs, beam_size=args.beam_size,
+                                        alpha=args.alpha, batch_size=args.batch_size, tokenize=args.tokenize)
+    print(f"{args.split} split of {args.data} ({args.src_lang}->{args.tgt_lang}), beam {args.beam_size}")
+    print(scores.format_report())
+    if args.out:
+        Path(args.out).write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
+        print(f"wrote {len(hyps)} hypotheses to {args.out}")
 
 
 # ---- generate -----------------------------------------------------------------------------------------
@@ -237,10 +376,15 @@ def _cmd_average(args: argparse.Namespace) -> None:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> None:
+    if args.what == "translate":
+        _quickstart_translate(args)
+        return
     from genloom.generate import SamplingConfig, generate
     from genloom.train.config import TrainConfig
     from genloom.train.lm import DataSpec, build_model_config, train_lm
 
+    args.out = args.out if args.out is not None else QUICKSTART_DIR
+    args.steps = args.steps if args.steps is not None else QUICKSTART_LM_STEPS
     print("genloom quickstart: a character-level GPT on the Python documentation (pydoc_data), on the CPU.")
     start = time.perf_counter()
     # nanoGPT's small CPU model with a longer context and the higher learning rate that suits it
@@ -264,12 +408,70 @@ def _cmd_quickstart(args: argparse.Namespace) -> None:
     print(f"saved to {args.out}; try: genloom generate {args.out} \"The with statement\"")
 
 
+QUICKSTART_TRANSLATE_DIR = "runs/quickstart-translate"
+
+
+def _quickstart_translate(args: argparse.Namespace) -> None:
+    from genloom.data.parallel import load_parallel_splits
+    from genloom.eval.translation import evaluate_translation
+    from genloom.generate.translate import translate
+    from genloom.train.config import TrainConfig
+    from genloom.train.translate import train_translation
+
+    out = args.out if args.out is not None else QUICKSTART_TRANSLATE_DIR
+    steps = args.steps if args.steps is not None else QUICKSTART_TRANSLATE_STEPS
+    print("genloom quickstart translate: a tiny Transformer translating English number words to German "
+          "(builtin:numbers, en->de), on the CPU.")
+    start = time.perf_counter()
+    splits = load_parallel_splits("builtin:numbers", "en", "de")
+    train = TrainConfig(
+        out_dir=out, max_steps=steps, lr=QUICKSTART_TRANSLATE_LR, min_lr=0.0, warmup_steps=100,
+        schedule="inverse_sqrt", weight_decay=0.0, eval_interval=max(1, steps // 4), eval_batches=5, device="cpu",
+    )
+    model, tokenizer, result = train_translation(
+        splits.train, splits.val, "seq2seq", "transformer-tiny", train, vocab_size=1000,
+        max_tokens=QUICKSTART_TRANSLATE_MAX_TOKENS, model_overrides={"dropout": 0.0},
+    )
+    print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; val loss {result.val_loss:.3f}")
+    test = splits.test
+    # Character-level BLEU: each German target is one compound word ("vierunddreißig"), and word-level BLEU
+    # has no 4-grams to match in a one-word sentence, so it scores 0 even for perfect output.
+    _, scores = evaluate_translation(model, tokenizer, test, beam_size=4, tokenize="char")
+    print(f"held-out test split ({len(test)} numbers never seen in training), beam 4, character-level BLEU "
+          "(the German targets are single compound words):")
+    print(scores.format_report())
+    examples = test[:: max(1, len(test) // 6)][:6]
+    for (src, ref), hyp in zip(examples, translate(model, tokenizer, [s for s, _ in examples]), strict=True):
+        print(f"  {src}  ->  {hyp}   (reference: {ref})")
+    print(f"done in {time.perf_counter() - start:.0f} s; saved to {out}; "
+          f"try: genloom translate {out} \"forty-two\"")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="genloom", description="Generative models built from one Transformer core.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model")
-    _add_train_lm(train.add_subparsers(dest="family", required=True, parser_class=_Parser))
+    train_sub = train.add_subparsers(dest="family", required=True, parser_class=_Parser)
+    _add_train_lm(train_sub)
+    _add_train_translate(train_sub)
+
+    tr = sub.add_parser("translate", help="translate text with a trained translation model")
+    tr.add_argument("checkpoint", help="genloom checkpoint or run directory of a seq2seq or lstm model")
+    tr.add_argument("text", nargs="?", help="the source text; omit or '-' to read one sentence per line on stdin")
+    _add_decoding_flags(tr)
+    tr.set_defaults(func=_cmd_translate)
+
+    ev = sub.add_parser("eval", help="score a model on held-out data")
+    ev_sub = ev.add_subparsers(dest="task", required=True, parser_class=_Parser)
+    evt = ev_sub.add_parser("translate", help="BLEU, chrF and exact match of a translation model")
+    evt.add_argument("checkpoint")
+    _add_parallel_data_flags(evt)
+    evt.add_argument("--split", choices=["train", "val", "test"], default="test")
+    evt.add_argument("--out", help="write the hypotheses here, one line per source")
+    evt.add_argument("--tokenize", default="13a", help="sacreBLEU tokenizer: 13a, intl, char, zh, ...")
+    _add_decoding_flags(evt)
+    evt.set_defaults(func=_cmd_eval_translate)
 
     gen = sub.add_parser("generate", help="continue a prompt with a language model")
     gen.add_argument("checkpoint", help="genloom checkpoint, run directory or Hugging Face GPT-2 directory")
@@ -303,8 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     average.set_defaults(func=_cmd_average)
 
     quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
-    quick.add_argument("--out", default=QUICKSTART_DIR)
-    quick.add_argument("--steps", type=_positive_int, default=1500)
+    quick.add_argument("what", nargs="?", choices=["lm", "translate"], default="lm",
+                       help="lm: a character-level GPT (default); translate: English number words to German")
+    quick.add_argument("--out", help=f"run directory (default {QUICKSTART_DIR} or {QUICKSTART_TRANSLATE_DIR})")
+    quick.add_argument("--steps", type=_positive_int, help="training steps (default 1500 for lm)")
     quick.set_defaults(func=_cmd_quickstart)
     return parser
 

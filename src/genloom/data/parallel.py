@@ -135,3 +135,38 @@ def add_task_prefix(pairs: Sequence[tuple[str, str]], prefix: str) -> list[Paral
     if not prefix:
         raise GenloomError("the task prefix is empty")
     return [ParallelExample(prefix + src, tgt) for src, tgt in pairs]
+
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def load_parallel_splits(
+    data: str,
+    src_lang: str,
+    tgt_lang: str,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+) -> ParallelSplits:
+    """Train / validation / test pairs from a data spec, as the `train translate` and `eval translate`
+    commands take it: `builtin:NAME` (a built-in corpus in `src_lang` -> `tgt_lang`, with its own fixed
+    splits; the fractions are ignored), `SRC_FILE,TGT_FILE` (two line-aligned files) or a TSV file. Files
+    are cut by `split_pairs` with `seed`, so the same arguments always give the same test set.
+    """
+    if data.startswith(BUILTIN_PREFIX):
+        from genloom.data.builtin_parallel import builtin_pairs
+
+        name = data[len(BUILTIN_PREFIX) :]
+        parts = {
+            split: [ParallelExample(*p) for p in builtin_pairs(name, src_lang, tgt_lang, split)]
+            for split in ("train", "val", "test")
+        }
+        return ParallelSplits(train=parts["train"], val=parts["val"], test=parts["test"])
+    if "," in data:
+        src_file, _, tgt_file = data.partition(",")
+        if not src_file or not tgt_file or "," in tgt_file:
+            raise GenloomError(f"expected SRC_FILE,TGT_FILE (two paths, one comma), got {data!r}")
+        pairs = load_parallel(Path(src_file), Path(tgt_file))
+    else:
+        pairs = load_parallel(Path(data))
+    return split_pairs(pairs, val_fraction, test_fraction, seed)

@@ -57,3 +57,14 @@ def load_language_model(path: Path) -> tuple[GPT, Tokenizer]:
     if not isinstance(loaded.model, GPT):
         raise GenloomError(f"{path} is a {loaded.family} model, not a language model")
     return loaded.model, loaded.tokenizer
+
+
+TRANSLATION_FAMILIES = ("seq2seq", "lstm")
+
+
+def load_translation_model(path: Path) -> LoadedModel:
+    """A seq2seq or LSTM translation model with its tokenizer, or a one-line error for any other model."""
+    loaded = load_pretrained(path)
+    if loaded.family not in TRANSLATION_FAMILIES:
+        raise GenloomError(f"{path} is a {loaded.family} model, not a translation model (seq2seq or lstm)")
+    return loaded
