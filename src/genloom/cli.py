@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the heavy imports (torch) wait until a command needs them, 
     from genloom.generate import SamplingConfig
     from genloom.tokenizers import Tokenizer
     from genloom.train.config import TrainConfig
+    from genloom.train.trainer import TrainResult
 
 QUICKSTART_DIR = "runs/quickstart"
 QUICKSTART_LM_STEPS = 1500
@@ -73,43 +74,56 @@ def _add_train_lm(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--activation", choices=["gelu", "gelu_tanh", "relu", "swiglu"])
     m.add_argument("--norm", choices=["layernorm", "rmsnorm"])
     m.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None)
-    t = p.add_argument_group("training")
-    t.add_argument("--out", default="runs/lm", help="run directory (checkpoints, metrics.jsonl)")
-    t.add_argument("--steps", type=_positive_int, default=2000)
+    t = _add_training_flags(p, out="runs/lm", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
     t.add_argument("--batch-size", type=_positive_int, default=12, help="sequences per micro-batch per process")
-    t.add_argument("--grad-accum", type=_positive_int, default=1)
-    t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--min-lr", type=float, default=1e-4)
-    t.add_argument("--warmup", type=int, default=100)
-    t.add_argument("--weight-decay", type=_non_negative_float, default=0.1)
     t.add_argument("--beta2", type=float, default=0.99)
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.set_defaults(func=_cmd_train_lm)
+
+
+def _add_training_flags(
+    p: argparse.ArgumentParser, out: str, lr_help: str, warmup: int, weight_decay: float
+) -> argparse._ArgumentGroup:
+    """The flags every `train` family shares; each family adds its own to the returned group."""
+    t = p.add_argument_group("training")
+    t.add_argument("--out", default=out, help="run directory (checkpoints, metrics.jsonl)")
+    t.add_argument("--steps", type=_positive_int, default=2000)
+    t.add_argument("--grad-accum", type=_positive_int, default=1)
+    t.add_argument("--lr", type=float, default=1e-3, help=lr_help)
+    t.add_argument("--warmup", type=int, default=warmup)
+    t.add_argument("--weight-decay", type=_non_negative_float, default=weight_decay)
     t.add_argument("--grad-clip", type=_non_negative_float, default=1.0)
     t.add_argument("--eval-interval", type=_positive_int, default=250)
     t.add_argument("--eval-batches", type=_positive_int, default=20)
     t.add_argument("--keep-last", type=_positive_int, default=2)
     t.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_train_lm)
+    return t
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
+def _train_config(args: argparse.Namespace, **family_settings: object) -> TrainConfig:
+    """TrainConfig from the shared training flags plus a family's own settings."""
     from genloom.train.config import TrainConfig
 
     try:
         return TrainConfig(
-            out_dir=args.out, max_steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-            lr=args.lr, min_lr=min(args.min_lr, args.lr), warmup_steps=args.warmup,
-            weight_decay=args.weight_decay, beta2=args.beta2, grad_clip=args.grad_clip,
+            out_dir=args.out, max_steps=args.steps, grad_accum=args.grad_accum, lr=args.lr,
+            warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
             eval_interval=args.eval_interval, eval_batches=args.eval_batches, keep_last=args.keep_last,
-            dtype=args.dtype, compile=args.compile, device=args.device, seed=args.seed,
-            progress=not args.no_progress,
+            device=args.device, seed=args.seed, progress=not args.no_progress,
+            **family_settings,  # type: ignore[arg-type]
         )
     except ValueError as e:
         raise GenloomError(str(e)) from None
+
+
+def _report_done(result: TrainResult) -> None:
+    if result.val_loss is not None and os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+        print(f"done: step {result.step}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
 
 
 def _cmd_train_lm(args: argparse.Namespace) -> None:
@@ -124,11 +138,14 @@ def _cmd_train_lm(args: argparse.Namespace) -> None:
         activation=args.activation, norm=args.norm, qk_norm=args.qk_norm,
     )
     try:
-        _, result = train_lm(data, model_config, _train_config(args), resume=args.resume)
+        train = _train_config(
+            args, batch_size=args.batch_size, min_lr=min(args.min_lr, args.lr), beta2=args.beta2, dtype=args.dtype,
+            compile=args.compile,
+        )
+        _, result = train_lm(data, model_config, train, resume=args.resume)
     finally:
         shutdown_distributed()
-    if result.val_loss is not None and os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
-        print(f"done: step {result.step}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
+    _report_done(result)
 
 
 # ---- train translate ------------------------------------------------------------------------------------
@@ -157,30 +174,17 @@ def _add_train_translate(sub: argparse._SubParsersAction) -> None:
                    "(default: transformer-small or lstm-small)")
     m.add_argument("--no-attention", action="store_true", help="lstm: no attention (the last encoder state only)")
     m.add_argument("--dropout", type=_non_negative_float)
-    t = p.add_argument_group("training")
-    t.add_argument("--out", default="runs/translate", help="run directory (checkpoints, metrics.jsonl)")
-    t.add_argument("--steps", type=_positive_int, default=2000)
+    t = _add_training_flags(
+        p, out="runs/translate", lr_help="peak learning rate (inverse_sqrt schedule)", warmup=200, weight_decay=0.0
+    )
     t.add_argument("--max-tokens", type=_positive_int, default=4096, help="padded tokens per batch")
-    t.add_argument("--grad-accum", type=_positive_int, default=1)
-    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (inverse_sqrt schedule)")
     t.add_argument("--schedule", choices=["inverse_sqrt", "cosine", "constant"], default="inverse_sqrt")
-    t.add_argument("--warmup", type=int, default=200)
     t.add_argument("--label-smoothing", type=_non_negative_float, default=0.1)
-    t.add_argument("--weight-decay", type=_non_negative_float, default=0.0)
-    t.add_argument("--grad-clip", type=_non_negative_float, default=1.0)
-    t.add_argument("--eval-interval", type=_positive_int, default=250)
-    t.add_argument("--eval-batches", type=_positive_int, default=20)
-    t.add_argument("--keep-last", type=_positive_int, default=2)
-    t.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
-    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    t.add_argument("--seed", type=int, default=1337)
-    t.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train_translate)
 
 
 def _cmd_train_translate(args: argparse.Namespace) -> None:
     from genloom.data.parallel import load_parallel_splits
-    from genloom.train.config import TrainConfig
     from genloom.train.distributed import shutdown_distributed
     from genloom.train.translate import train_translation
 
@@ -192,15 +196,7 @@ def _cmd_train_translate(args: argparse.Namespace) -> None:
     overrides: dict[str, object] = {"dropout": args.dropout}
     if args.no_attention:
         overrides["attention"] = False
-    try:
-        cfg = TrainConfig(
-            out_dir=args.out, max_steps=args.steps, grad_accum=args.grad_accum, lr=args.lr, min_lr=0.0,
-            warmup_steps=args.warmup, schedule=args.schedule, weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip, eval_interval=args.eval_interval, eval_batches=args.eval_batches,
-            keep_last=args.keep_last, device=args.device, seed=args.seed, progress=not args.no_progress,
-        )
-    except ValueError as e:
-        raise GenloomError(str(e)) from None
+    cfg = _train_config(args, min_lr=0.0, schedule=args.schedule)
     try:
         _, _, result = train_translation(
             splits.train, splits.val, family, preset_name, cfg, vocab_size=args.vocab_size,
@@ -209,8 +205,7 @@ def _cmd_train_translate(args: argparse.Namespace) -> None:
         )
     finally:
         shutdown_distributed()
-    if result.val_loss is not None and os.environ.get("RANK", "0") == "0":
-        print(f"done: step {result.step}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
+    _report_done(result)
 
 
 # ---- translate, eval translate --------------------------------------------------------------------------
