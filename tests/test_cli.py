@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import cli_ok, one_error_line, run_cli
 
 from genloom.cli import main
 from genloom.models.gpt import count_parameters
@@ -92,26 +93,6 @@ def bpe_run(workspace: Workspace) -> Path:
     return run
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop anything printed before
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _ok(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
-    rc, out, err = _cli(capsys, *argv)
-    assert rc == 0, err
-    return out
-
-
-def _assert_one_line(err: str) -> None:
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("genloom"), err
-
-
 def _metrics(run: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
@@ -120,12 +101,12 @@ def _metrics(run: Path) -> list[dict[str, float]]:
 
 
 def test_info_preset_gpt2(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _ok(capsys, "info", "--preset", "gpt2")
+    out = cli_ok(capsys, "info", "--preset", "gpt2")
     assert "124,439,808" in out
 
 
 def test_info_preset_gpt3_175b(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _ok(capsys, "info", "--preset", "gpt3-175b")
+    out = cli_ok(capsys, "info", "--preset", "gpt3-175b")
     match = re.search(r"parameters:\s+([\d,]+)", out)
     assert match is not None, out
     assert 170e9 < int(match.group(1).replace(",", "")) < 180e9
@@ -152,8 +133,8 @@ def test_train_writes_run_directory(char_run: tuple[Path, str]) -> None:
 
 def test_generate_prints_prompt_and_is_seeded(char_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
     run, _ = char_run
-    first = _ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 10, "--seed", 0)
-    second = _ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 10, "--seed", 0)
+    first = cli_ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 10, "--seed", 0)
+    second = cli_ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 10, "--seed", 0)
     assert first.startswith(PROMPT)
     assert first == second
     assert len(first) == len(PROMPT) + 10 + 1  # char tokenizer: one character per token, then a newline
@@ -161,8 +142,8 @@ def test_generate_prints_prompt_and_is_seeded(char_run: tuple[Path, str], capsys
 
 def test_generate_greedy(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = char_run
-    first = _ok(capsys, "generate", run, PROMPT, "--temperature", 0, "--max-new-tokens", 8)
-    second = _ok(capsys, "generate", run, PROMPT, "--temperature", 0, "--max-new-tokens", 8)
+    first = cli_ok(capsys, "generate", run, PROMPT, "--temperature", 0, "--max-new-tokens", 8)
+    second = cli_ok(capsys, "generate", run, PROMPT, "--temperature", 0, "--max-new-tokens", 8)
     assert first.startswith(PROMPT) and first == second
     assert len(first) == len(PROMPT) + 8 + 1
 
@@ -172,7 +153,7 @@ def test_generate_prompts_on_stdin(
 ) -> None:
     run, _ = char_run
     monkeypatch.setattr(sys, "stdin", io.StringIO("To be\nThe fox\n"))
-    out = _ok(capsys, "generate", run, "--max-new-tokens", 6, "--seed", 0)
+    out = cli_ok(capsys, "generate", run, "--max-new-tokens", 6, "--seed", 0)
     completions = [block.strip("\n") for block in out.split("-" * 40) if block.strip()]
     assert len(completions) == 2
     assert completions[0].startswith("To be") and completions[1].startswith("The fox")
@@ -181,13 +162,13 @@ def test_generate_prompts_on_stdin(
 def test_generate_leaves_grad_mode_alone(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     # main() called in-process (tests, notebooks) must not switch autograd off for the caller.
     run, _ = char_run
-    _ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 2, "--seed", 0)
+    cli_ok(capsys, "generate", run, PROMPT, "--max-new-tokens", 2, "--seed", 0)
     assert torch.is_grad_enabled()
 
 
 def test_info_checkpoint(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = char_run
-    out = _ok(capsys, "info", run)
+    out = cli_ok(capsys, "info", run)
     n = count_parameters(load_pretrained(run).config)
     assert f"{n:,}" in out
     assert str(run / "best") in out
@@ -195,7 +176,7 @@ def test_info_checkpoint(char_run: tuple[Path, str], capsys: pytest.CaptureFixtu
 
 def test_plot_writes_png(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = char_run
-    out = _ok(capsys, "plot", run)
+    out = cli_ok(capsys, "plot", run)
     png = run / "curves.png"
     assert str(png) in out
     assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -206,7 +187,7 @@ def test_resume_continues_to_more_steps(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(char_run[0], run)
-    out = _ok(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--steps", 30, "--eval-interval", 10,
+    out = cli_ok(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--steps", 30, "--eval-interval", 10,
               "--out", run, "--resume")
     assert "done: step 30" in out
     records = _metrics(run)
@@ -220,17 +201,17 @@ def test_resume_with_another_tokenizer_is_a_user_error(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(char_run[0], run)
-    rc, _, err = _cli(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--tokenizer", "bpe",
+    rc, _, err = run_cli(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--tokenizer", "bpe",
                       "--vocab-size", 300, "--steps", 30, "--out", run, "--resume")
     assert rc == 1
-    _assert_one_line(err)
+    one_error_line(err)
     assert "same --data and --tokenizer" in err
 
 
 def test_train_bpe(bpe_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (bpe_run / "best" / "tokenizer.json").is_file()
     assert _metrics(bpe_run)[-1]["step"] == 20
-    out = _ok(capsys, "generate", bpe_run, "The quick", "--max-new-tokens", 4, "--seed", 0)
+    out = cli_ok(capsys, "generate", bpe_run, "The quick", "--max-new-tokens", 4, "--seed", 0)
     assert out.startswith("The quick")
 
 
@@ -243,7 +224,7 @@ def test_export_hf_loads_in_transformers(
     transformers = pytest.importorskip("transformers")
     run, _ = char_run
     out_dir = tmp_path / "hf"
-    out = _ok(capsys, "export", "hf", run, out_dir)
+    out = cli_ok(capsys, "export", "hf", run, out_dir)
     assert len(out.strip().splitlines()) == 1
     hf = transformers.GPT2LMHeadModel.from_pretrained(out_dir).eval()
     ours = load_pretrained(run).model
@@ -259,28 +240,28 @@ def test_export_hf_never_replaces_other_files(
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    rc, _, err = _cli(capsys, "export", "hf", run, mine)
+    rc, _, err = run_cli(capsys, "export", "hf", run, mine)
     assert rc == 1
-    _assert_one_line(err)
+    one_error_line(err)
     assert (mine / "notes.txt").read_text() == "keep me"
     (tmp_path / "file").write_text("keep me too")
-    rc, _, err = _cli(capsys, "export", "hf", run, tmp_path / "file")
+    rc, _, err = run_cli(capsys, "export", "hf", run, tmp_path / "file")
     assert rc == 1
-    _assert_one_line(err)
+    one_error_line(err)
     assert (tmp_path / "file").read_text() == "keep me too"
     # A new directory, an empty one, and an earlier export (replaced) are all fine.
     (tmp_path / "empty").mkdir()
     for out_dir in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):
-        _ok(capsys, "export", "hf", run, out_dir)
+        cli_ok(capsys, "export", "hf", run, out_dir)
         assert (out_dir / "model.safetensors").is_file()
 
 
 def _generate_same_from_export(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], prompt: str) -> None:
     out_dir = tmp_path / "hf"
-    _ok(capsys, "export", "hf", run, out_dir)
+    cli_ok(capsys, "export", "hf", run, out_dir)
     flags = ["--temperature", 0, "--max-new-tokens", 5]
-    from_run = _ok(capsys, "generate", run, prompt, *flags)
-    from_hf = _ok(capsys, "generate", out_dir, prompt, *flags)
+    from_run = cli_ok(capsys, "generate", run, prompt, *flags)
+    from_hf = cli_ok(capsys, "generate", out_dir, prompt, *flags)
     assert from_run.startswith(prompt)
     assert from_hf == from_run
 
@@ -299,11 +280,11 @@ def test_export_hf_refuses_what_gpt2_cannot_express(
     workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "modern"
-    _ok(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--preset", "tiny-modern",
+    cli_ok(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--preset", "tiny-modern",
         "--steps", 2, "--eval-interval", 2, "--out", run)
-    rc, _, err = _cli(capsys, "export", "hf", run, tmp_path / "hf")
+    rc, _, err = run_cli(capsys, "export", "hf", run, tmp_path / "hf")
     assert rc == 1
-    _assert_one_line(err)
+    one_error_line(err)
     assert "rotary" in err
     assert not (tmp_path / "hf").exists()
 
@@ -377,14 +358,14 @@ def test_user_error_is_one_line(
         rc = main(argv)
     err = capsys.readouterr().err
     assert rc == code, err
-    _assert_one_line(err)
+    one_error_line(err)
     assert word in err
 
 
 def test_stop_string_escape_means_newline(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = char_run
     flags = ["--max-new-tokens", 11, "--temperature", 0]
-    typed = _ok(capsys, "generate", run, "To be\\nor", *flags, "--stop", "\\n")
-    real = _ok(capsys, "generate", run, "To be\nor", *flags, "--stop", "\n")
+    typed = cli_ok(capsys, "generate", run, "To be\\nor", *flags, "--stop", "\\n")
+    real = cli_ok(capsys, "generate", run, "To be\nor", *flags, "--stop", "\n")
     assert typed == real
     assert typed.startswith("To be\nor")  # the prompt's typed \n became a newline too

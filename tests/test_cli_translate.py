@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_ok, one_error_line, run_cli
 
 from genloom.cli import main
 
@@ -20,27 +21,12 @@ TINY = [
 ]
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _ok(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
-    rc, out, err = _cli(capsys, *argv)
-    assert rc == 0, err
-    return out
-
-
 def _fails(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
-    rc, out, err = _cli(capsys, *argv)
+    rc, out, err = run_cli(capsys, *argv)
     assert rc == 1, (out, err)
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("genloom: error: ")
-    return lines[0]
+    line = one_error_line(err)
+    assert line.startswith("genloom: error: ")
+    return line
 
 
 @pytest.fixture(autouse=True)
@@ -68,15 +54,15 @@ def test_train_translate_then_translate_and_eval(
     assert "done: step 30" in printed
     assert (run_dir / "metrics.jsonl").is_file()
 
-    out = _ok(capsys, "translate", run_dir, "42", "--beam-size", "2")
+    out = cli_ok(capsys, "translate", run_dir, "42", "--beam-size", "2")
     assert len(out.splitlines()) == 1
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("7\n\n1234\n99\n"))
-    out = _ok(capsys, "translate", run_dir, "--batch-size", "2")
+    out = cli_ok(capsys, "translate", run_dir, "--batch-size", "2")
     assert len(out.splitlines()) == 3  # the blank line is skipped; one translation per source, in order
 
     hyps = tmp_path / "hyps.txt"
-    out = _ok(capsys, "eval", "translate", run_dir, *DATA, "--split", "val", "--beam-size", "1", "--out", hyps)
+    out = cli_ok(capsys, "eval", "translate", run_dir, *DATA, "--split", "val", "--beam-size", "1", "--out", hyps)
     assert "BLEU " in out and "chrF " in out and "exact match" in out
     assert "nrefs:1" in out  # the sacreBLEU signature
     n_val = int(next(line for line in out.splitlines() if line.startswith("sentences")).split()[1])
@@ -89,13 +75,13 @@ def test_too_long_source_is_one_line(run: tuple[Path, str], capsys: pytest.Captu
 
 
 def test_lstm_family_trains(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    out = _ok(
+    out = cli_ok(
         capsys, "train", "translate", *DATA, "--family", "lstm", "--no-attention", "--steps", "3",
         "--max-tokens", "128", "--vocab-size", "300", "--eval-batches", "1", "--device", "cpu", "--no-progress",
         "--out", tmp_path / "lstm",
     )
     assert "done: step 3" in out
-    out = _ok(capsys, "translate", tmp_path / "lstm", "5", "--beam-size", "1")
+    out = cli_ok(capsys, "translate", tmp_path / "lstm", "5", "--beam-size", "1")
     assert len(out.splitlines()) == 1
 
 
@@ -114,7 +100,7 @@ def test_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: 
 def test_translate_refuses_a_language_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")
-    _ok(
+    cli_ok(
         capsys, "train", "lm", "--data", corpus, "--n-layers", "1", "--d-model", "16", "--n-heads", "2",
         "--context-length", "16", "--batch-size", "2", "--steps", "2", "--eval-batches", "1", "--no-progress",
         "--device", "cpu", "--out", tmp_path / "gpt",
