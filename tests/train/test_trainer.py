@@ -134,3 +134,55 @@ def test_invalid_train_config_values():
         TrainConfig(max_steps=0)
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-4, min_lr=1e-3)
+
+
+class ScriptedMetricTask(LanguageModelTask):
+    """Reports a scripted `score` at each validation, to drive best/ selection and early stopping."""
+
+    def __init__(self, *args, scores: list[float], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.scores = iter(scores)
+
+    def validation_metrics(self, model):
+        return {"score": next(self.scores)}
+
+
+def test_best_metric_picks_best_and_patience_stops_early(corpus, tiny_config, tmp_path):
+    cfg = _config(tmp_path / "run", max_steps=100, eval_interval=5, best_metric="score", patience=2)
+    torch.manual_seed(0)
+    task = ScriptedMetricTask(tiny_config, corpus.tokenizer, corpus, cfg.batch_size, scores=[1.0, 3.0, 2.0, 2.5, 9.0])
+    result = Trainer(task, GPT(tiny_config), cfg).fit()
+
+    # score is maximized (only losses are minimized): best at step 10, then two validations without progress.
+    assert result.stop_reason == "early_stopping"
+    assert result.step == 20
+    assert result.best["step"] == 10 and result.best["score"] == 3.0
+    assert read_checkpoint_config(tmp_path / "run" / BEST_DIR)["score"] == 3.0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["score"] for m in logged if "score" in m] == [1.0, 3.0, 2.0, 2.5]
+
+
+def test_unknown_best_metric_is_a_user_error(corpus, tiny_config, tmp_path):
+    with pytest.raises(GenloomError, match="best metric 'bleu' is not measured"):
+        _train(corpus, tiny_config, _config(tmp_path / "run", best_metric="bleu"))
+
+
+def test_time_limit_stops_validates_and_saves(corpus, tiny_config, tmp_path, monkeypatch):
+    clock = iter(float(t) for t in range(10**6))  # every perf_counter() call is one second later
+    monkeypatch.setattr("genloom.train.trainer.time.perf_counter", lambda: next(clock))
+    result = _train(corpus, tiny_config, _config(tmp_path / "run", max_steps=1000, eval_interval=500,
+                                                  max_minutes=0.5))
+    assert result.stop_reason == "time_limit"
+    assert 1 < result.step < 30
+    assert result.val_losses[-1][0] == result.step  # the last step was validated and saved
+    assert list_checkpoints(tmp_path / "run")[-1].name == f"checkpoint-{result.step:07d}"
+
+
+def test_fresh_run_refuses_an_earlier_runs_checkpoints_unless_overwrite(corpus, tiny_config, tmp_path):
+    _train(corpus, tiny_config, _config(tmp_path / "run", max_steps=10))
+    with pytest.raises(GenloomError, match="earlier run; pass --resume"):
+        _train(corpus, tiny_config, _config(tmp_path / "run", max_steps=5))
+    result = _train(corpus, tiny_config, _config(tmp_path / "run", max_steps=5, overwrite=True))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-0000005"]
+    assert read_checkpoint_config(tmp_path / "run" / BEST_DIR)["step"] == 5
+    assert result.step == 5

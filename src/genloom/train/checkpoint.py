@@ -135,17 +135,36 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 class CheckpointManager:
-    """Keeps the last `keep_last` step checkpoints of a run, plus `best/` by validation loss."""
+    """Keeps the last `keep_last` step checkpoints of a run, plus `best/` (which one is best, the trainer
+    decides: by validation loss, or by a metric such as BLEU)."""
 
     def __init__(self, run_dir: Path, keep_last: int = 2) -> None:
         if keep_last < 1:
             raise GenloomError(f"keep_last ({keep_last}) must be at least 1")
         self.run_dir = run_dir
         self.keep_last = keep_last
-        best_config = run_dir / BEST_DIR / CONFIG_FILE
-        self.best_val_loss = float("inf")
-        if best_config.is_file():
-            self.best_val_loss = float(read_json(best_config).get("val_loss", float("inf")))
+
+    def best_metadata(self) -> dict[str, Any]:
+        """The step and validation metrics stored with `best/` ({} before the first one)."""
+        best_config = self.run_dir / BEST_DIR / CONFIG_FILE
+        return dict(read_json(best_config)) if best_config.is_file() else {}
+
+    def clear(self, overwrite: bool) -> None:
+        """Make way for a fresh run: delete an earlier run's checkpoints if `overwrite`, else refuse.
+
+        Mixing runs would be silently wrong: keep_last would delete the new run's lower-numbered
+        checkpoints, and --resume would pick up the old ones.
+        """
+        earlier = [*list_checkpoints(self.run_dir), *[p for p in [self.run_dir / BEST_DIR] if p.exists()]]
+        if not earlier:
+            return
+        if not overwrite:
+            raise GenloomError(
+                f"{self.run_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
+                "--overwrite to replace it, or choose another --out"
+            )
+        for path in earlier:
+            shutil.rmtree(path)
 
     def latest(self) -> Path:
         """The newest resumable checkpoint (one with training state), for --resume."""
@@ -162,15 +181,16 @@ class CheckpointManager:
         model_config: Any,
         tokenizer: Tokenizer,
         training_state: dict[str, Any],
-        val_loss: float | None,
+        metrics: dict[str, float],
+        is_best: bool,
     ) -> Path:
-        metadata = {"step": step, "val_loss": val_loss}
+        """Write `checkpoint-<step>/` with the validation `metrics` in its config; also `best/` if `is_best`."""
+        metadata = {"step": step, **metrics}
         path = self.run_dir / f"checkpoint-{step:07d}"
         save_checkpoint(path, model, family, model_config, tokenizer, training_state, metadata)
-        if val_loss is not None and val_loss < self.best_val_loss:
+        if is_best:
             # best/ carries no training state: it is for inference and export, not for resuming.
             save_checkpoint(self.run_dir / BEST_DIR, model, family, model_config, tokenizer, None, metadata)
-            self.best_val_loss = val_loss
         for old in list_checkpoints(self.run_dir)[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return path

@@ -32,6 +32,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 1337
     progress: bool = True  # show a progress bar
+    max_minutes: float = 0.0  # wall-clock training budget; 0: none. The step that crosses it is the last.
+    patience: int = 0  # stop after this many validations without a better best_metric; 0: never stop early
+    best_metric: str = "val_loss"  # validation metric that picks best/ and drives patience (e.g. bleu)
+    overwrite: bool = False  # a fresh run may delete the checkpoints of an earlier run in out_dir
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
@@ -43,5 +47,17 @@ class TrainConfig:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be >= 0")
         if self.schedule not in ("cosine", "constant", "inverse_sqrt"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
+        if self.max_minutes < 0 or self.patience < 0:
+            raise ValueError(f"max_minutes ({self.max_minutes}) and patience ({self.patience}) must be >= 0")
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; expected fp32, bf16 or fp16")
+
+
+LOWER_IS_BETTER = frozenset({"val_loss", "val_ppl"})  # every other validation metric (bleu, chrf, ...) is maximized
+
+
+def is_improvement(metric: str, value: float, best: float | None) -> bool:
+    """Whether `value` of `metric` beats the best so far (None: nothing yet)."""
+    if best is None:
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best

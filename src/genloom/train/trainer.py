@@ -26,7 +26,7 @@ from genloom.config import config_to_dict
 from genloom.errors import GenloomError
 from genloom.tokenizers import Tokenizer
 from genloom.train.checkpoint import CheckpointManager, load_training_state, load_weights
-from genloom.train.config import TrainConfig
+from genloom.train.config import TrainConfig, is_improvement
 from genloom.train.distributed import DistributedContext, init_distributed
 from genloom.train.metrics import MetricsLog
 from genloom.train.optim import learning_rate, make_optimizer
@@ -60,6 +60,11 @@ class Task(Protocol):
     def count_tokens(self, batch: Batch) -> int: ...
 
 
+# A task may also define `validation_metrics(model) -> dict[str, float]`: metrics beyond the loss (e.g. BLEU
+# of greedy translations), computed at every validation on every process (they must agree) and eligible as
+# `TrainConfig.best_metric`.
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -67,6 +72,8 @@ class TrainResult:
     train_losses: list[float] = field(default_factory=list)  # one per optimizer step of this run
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     run_dir: Path = Path()
+    stop_reason: str = "max_steps"  # max_steps | time_limit | early_stopping
+    best: dict[str, float] = field(default_factory=dict)  # step and metrics of best/
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
@@ -88,6 +95,9 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg, self.ctx.device.type)
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        # Early stopping: the best value of cfg.best_metric so far and validations since it last improved.
+        self.best_score: float | None = None
+        self.stale_evals = 0
 
     # ---- state -----------------------------------------------------------------------------------------
     def _training_state(self) -> dict[str, Any]:
@@ -98,6 +108,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "train_config": config_to_dict(self.cfg),
+            "stale_evals": self.stale_evals,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -114,6 +125,9 @@ class Trainer:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
+        self.stale_evals = int(state.get("stale_evals", 0))
+        best = self.checkpoints.best_metadata().get(self.cfg.best_metric)
+        self.best_score = None if best is None else float(best)
 
     # ---- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -131,6 +145,56 @@ class Trainer:
         self.model.train()
         return float(total[0] / total[1])
 
+    def validation_metrics(self) -> dict[str, float]:
+        """val_loss and val_ppl, plus whatever the task's optional `validation_metrics` adds."""
+        val_loss = self.evaluate()
+        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+        extra = getattr(self.task, "validation_metrics", None)
+        if extra is not None:
+            self.model.eval()
+            try:
+                metrics.update(extra(self.model))
+            finally:
+                self.model.train()
+        if self.cfg.best_metric not in metrics:
+            raise GenloomError(
+                f"best metric {self.cfg.best_metric!r} is not measured here; choose from: {', '.join(metrics)}"
+            )
+        return metrics
+
+    def _validate_and_save(self, result: TrainResult) -> bool:
+        """Validate, checkpoint, update best/; True when patience has run out."""
+        metrics = self.validation_metrics()
+        score = metrics[self.cfg.best_metric]
+        is_best = is_improvement(self.cfg.best_metric, score, self.best_score)
+        if is_best:
+            self.best_score, self.stale_evals = score, 0
+            result.best = {"step": self.step, **metrics}
+        else:
+            self.stale_evals += 1
+        result.val_loss = metrics["val_loss"]
+        result.val_losses.append((self.step, metrics["val_loss"]))
+        shown = ", ".join(f"{k.removeprefix('val_').replace('ppl', 'perplexity')} {v:.4g}" for k, v in metrics.items())
+        self._bar.write(f"step {self.step}: val {shown}" + (" (best)" if is_best else ""))
+        if self.ctx.is_main:
+            self._metrics.write({"step": self.step, **metrics})
+            self.checkpoints.save(
+                self.step, self.model, self.task.family, self.task.model_config, self.task.tokenizer,
+                self._training_state(), metrics, is_best,
+            )
+        if self.ctx.enabled:
+            dist.barrier()
+        return self.cfg.patience > 0 and self.stale_evals >= self.cfg.patience
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether the time budget is spent; under torchrun rank 0's clock decides, so all ranks stop together."""
+        if self.cfg.max_minutes <= 0:
+            return False
+        spent = torch.tensor(float(time.perf_counter() - started >= 60 * self.cfg.max_minutes), device=self.ctx.device)
+        if self.ctx.enabled:
+            dist.broadcast(spent, src=0)
+        return bool(spent)
+
     def _to_device(self, batch: Batch) -> list[Tensor]:
         return [t.to(self.ctx.device, non_blocking=True) for t in batch]
 
@@ -141,6 +205,10 @@ class Trainer:
         random.seed(cfg.seed)
         if resume:
             self._resume()
+        elif ctx.is_main:
+            self.checkpoints.clear(cfg.overwrite)
+        if ctx.enabled:
+            dist.barrier()  # no process starts while rank 0 may still be refusing or deleting
         metrics = MetricsLog(self.run_dir)
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,10 +222,12 @@ class Trainer:
         self.model.train()
 
         result = TrainResult(step=self.step, val_loss=None, run_dir=self.run_dir)
-        bar = tqdm(
+        self._metrics = metrics
+        self._bar = bar = tqdm(
             total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
             disable=not (ctx.is_main and cfg.progress),
         )
+        started = time.perf_counter()
         interval_loss, interval_tokens, interval_time = 0.0, 0, 0.0
         while self.step < cfg.max_steps:
             self.step += 1
@@ -193,7 +263,9 @@ class Trainer:
             result.train_losses.append(loss_value)
             bar.update(1)
 
-            if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+            out_of_time = self._out_of_time(started)
+            last = self.step == cfg.max_steps or out_of_time
+            if self.step % cfg.log_interval == 0 or last:
                 n = cfg.log_interval if self.step % cfg.log_interval == 0 else self.step % cfg.log_interval
                 tokens_per_s = interval_tokens / max(interval_time, 1e-9)
                 bar.set_postfix(loss=f"{interval_loss / n:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
@@ -204,19 +276,16 @@ class Trainer:
                     })
                 interval_loss, interval_tokens, interval_time = 0.0, 0, 0.0
 
-            if self.step % cfg.eval_interval == 0 or self.step == cfg.max_steps:
-                val_loss = self.evaluate()
-                result.val_loss = val_loss
-                result.val_losses.append((self.step, val_loss))
-                bar.write(f"step {self.step}: val loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.2f}")
-                if ctx.is_main:
-                    metrics.write({"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
-                    self.checkpoints.save(
-                        self.step, self.model, self.task.family, self.task.model_config, self.task.tokenizer,
-                        self._training_state(), val_loss,
-                    )
-                if ctx.enabled:
-                    dist.barrier()
+            if (self.step % cfg.eval_interval == 0 or last) and self._validate_and_save(result):
+                result.stop_reason = "early_stopping"
+                bar.write(f"early stopping: no better {cfg.best_metric} in {cfg.patience} validations")
+                break
+            if out_of_time:
+                result.stop_reason = "time_limit"
+                bar.write(f"time limit: stopping after {cfg.max_minutes:g} minutes at step {self.step}")
+                break
         bar.close()
         result.step = self.step
+        if not result.best:
+            result.best = self.checkpoints.best_metadata() if ctx.is_main else {}
         return result
