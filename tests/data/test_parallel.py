@@ -140,3 +140,41 @@ def test_task_prefix_only_on_source() -> None:
     assert [p.tgt for p in tagged] == [t for _, t in PAIRS]
     with pytest.raises(GenloomError, match="empty"):
         add_task_prefix(PAIRS, "")
+
+
+def test_parse_directions_and_language_patterns():
+    from genloom.data.parallel import expand_language_pattern, parse_directions
+
+    assert parse_directions("de-en, en-de,fr-en") == [("de", "en"), ("en", "de"), ("fr", "en")]
+    for bad in ("de", "de-", "de-en-fr", "en-en"):
+        with pytest.raises(GenloomError, match="bad direction"):
+            parse_directions(bad)
+    with pytest.raises(GenloomError, match="twice"):
+        parse_directions("de-en,de-en")
+    assert expand_language_pattern("d/train.{lang}.gz", "de", "en") == "d/train.de.gz,d/train.en.gz"
+    assert expand_language_pattern("a.tsv", "de", "en") == "a.tsv"
+    with pytest.raises(GenloomError, match="not both"):
+        expand_language_pattern("a.{lang},b", "de", "en")
+
+
+def test_load_directions_tags_each_direction_and_cuts_all_alike(tmp_path):
+    from genloom.data.parallel import load_directions
+
+    n = 60
+    for lang in ("de", "en", "fr"):
+        _write(tmp_path / f"c.{lang}.gz", "".join(f"{lang} sentence {i}\n" for i in range(n)))
+    pattern = str(tmp_path / "c.{lang}.gz")
+    one = load_directions(pattern, [("de", "en")], val_fraction=0.1)
+    assert len(one.train) + len(one.val) + len(one.test) == n and not one.train[0].src.startswith("<")
+
+    multi = load_directions(pattern, [("de", "en"), ("en", "de"), ("fr", "en")], val_fraction=0.1)
+    assert len(multi.train) == 3 * len(one.train)
+    assert {p.src.split()[0] for p in multi.val} == {"<de-en>", "<en-de>", "<fr-en>"}
+    # Sentence i is held out in every direction or in none: no direction trains on another's test sentence.
+    held = {p.src.split()[-1] for p in multi.val + multi.test}
+    assert held.isdisjoint({p.src.split()[-1] for p in multi.train})
+
+    _write(tmp_path / "dev.de", "de dev\n")
+    _write(tmp_path / "dev.en", "en dev\n")
+    with_dev = load_directions(pattern, [("de", "en")], val_data=str(tmp_path / "dev.{lang}"))
+    assert len(with_dev.train) == n and with_dev.val == [("de dev", "en dev")] and with_dev.test == []

@@ -103,3 +103,31 @@ def test_translate_keeps_training_mode_and_rejects_bad_input(trained):
     if hasattr(model.config, "max_len"):
         with pytest.raises(GenloomError, match="exceeds the model's max_len 24"):
             translate(model, tok, ["1 " * 30])
+
+
+def test_stream_keeps_input_order_and_blank_lines(trained):
+    from genloom.generate.translate import translate_stream
+
+    model, tok, _ = trained
+    sources = ["12", "", "7", "95", "  ", "3"]
+    expected = translate(model, tok, [s for s in sources if s.strip()], beam_size=2)
+    streamed = list(translate_stream(model, tok, iter(sources), window=2, beam_size=2))
+    assert [s for s in streamed if s] == expected
+    assert streamed[1] == streamed[4] == ""
+
+
+def test_direction_prefix_of_one_and_multi_task_tokenizers():
+    from genloom.data.parallel import add_task_prefix, task_tag
+    from genloom.data.translation import direction_prefix, model_task_tags, train_translation_tokenizer
+
+    plain = train_translation_tokenizer(TRAIN, 300)
+    assert model_task_tags(plain) == [] and direction_prefix(plain, "xx", "yy") == ""
+    multi = train_translation_tokenizer(
+        add_task_prefix(TRAIN, task_tag("digits", "en")) + add_task_prefix(TRAIN, task_tag("en", "digits")), 300
+    )
+    assert model_task_tags(multi) == ["<digits-en>", "<en-digits>"]
+    assert direction_prefix(multi, "en", "digits") == "<en-digits> "
+    with pytest.raises(GenloomError, match=r"unknown language pair de-en.*serves digits-en, en-digits"):
+        direction_prefix(multi, "de", "en")
+    with pytest.raises(GenloomError, match="pass --src-lang"):
+        direction_prefix(multi, None, None)

@@ -136,3 +136,22 @@ def test_resume_continues_the_same_run(tmp_path):
     _, _, resumed = train_translation(TRAIN, VAL, "seq2seq", "transformer-tiny", cfg("cut", 10), vocab_size=300,
                                       max_tokens=128, model_overrides=overrides, resume=True)
     assert resumed.train_losses == full.train_losses[5:]
+
+
+def test_validation_metrics_are_bleu_and_chrf_of_the_first_pairs_that_fit():
+    tok = train_translation_tokenizer(TRAIN, 300)
+    config = Seq2SeqConfig(vocab_size=tok.vocab_size, pad_id=SpecialIds.of(tok).pad, d_model=16, n_heads=2,
+                           d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=12)
+    long_pair = ("1 " * 20, "one " * 20)  # longer than max_len: dropped from validation and from BLEU alike
+    val = [long_pair, *VAL[:9]]
+    task = TranslationTask("seq2seq", config, tok, encode_pairs(tok, TRAIN), encode_pairs(tok, val), 256,
+                           val_texts=val, bleu_sentences=5)
+    assert task.bleu_pairs == VAL[:5]
+    from genloom.models.seq2seq import Seq2SeqTransformer
+
+    model = Seq2SeqTransformer(config).eval()
+    metrics = task.validation_metrics(model)
+    assert set(metrics) == {"bleu", "chrf"} and all(0.0 <= v <= 100.0 for v in metrics.values())
+    with pytest.raises(GenloomError, match="validation texts"):
+        TranslationTask("seq2seq", config, tok, encode_pairs(tok, TRAIN), encode_pairs(tok, val), 256,
+                        val_texts=val[:3], bleu_sentences=5)

@@ -138,6 +138,30 @@ def add_task_prefix(pairs: Sequence[tuple[str, str]], prefix: str) -> list[Paral
 
 
 BUILTIN_PREFIX = "builtin:"
+LANG_PLACEHOLDER = "{lang}"
+
+
+def expand_language_pattern(data: str, src_lang: str, tgt_lang: str) -> str:
+    """`train.{lang}.gz` -> `train.de.gz,train.en.gz`: one pattern names a corpus's line-aligned files for
+    every language, so each direction of a multi-task model reads its own pair of files."""
+    if LANG_PLACEHOLDER not in data:
+        return data
+    if "," in data:
+        raise GenloomError(f"use either SRC_FILE,TGT_FILE or one pattern with {LANG_PLACEHOLDER}, not both: {data!r}")
+    return f"{data.replace(LANG_PLACEHOLDER, src_lang)},{data.replace(LANG_PLACEHOLDER, tgt_lang)}"
+
+
+def parse_directions(text: str) -> list[tuple[str, str]]:
+    """`de-en,en-de,fr-en` -> [("de", "en"), ("en", "de"), ("fr", "en")]."""
+    directions = []
+    for item in text.split(","):
+        src, sep, tgt = item.strip().partition("-")
+        if not sep or not src or not tgt or "-" in tgt or src == tgt:
+            raise GenloomError(f"bad direction {item.strip()!r} in {text!r}; expected SRC-TGT pairs like de-en,fr-en")
+        directions.append((src, tgt))
+    if len(set(directions)) != len(directions):
+        raise GenloomError(f"a direction is listed twice in {text!r}")
+    return directions
 
 
 def load_parallel_splits(
@@ -153,6 +177,7 @@ def load_parallel_splits(
     splits; the fractions are ignored), `SRC_FILE,TGT_FILE` (two line-aligned files) or a TSV file. Files
     are cut by `split_pairs` with `seed`, so the same arguments always give the same test set.
     """
+    data = expand_language_pattern(data, src_lang, tgt_lang)
     if data.startswith(BUILTIN_PREFIX):
         from genloom.data.builtin_parallel import builtin_pairs
 
@@ -170,3 +195,40 @@ def load_parallel_splits(
     else:
         pairs = load_parallel(Path(data))
     return split_pairs(pairs, val_fraction, test_fraction, seed)
+
+
+def load_directions(
+    data: str,
+    directions: Sequence[tuple[str, str]],
+    val_fraction: float = 0.05,
+    val_data: str | None = None,
+    seed: int = 0,
+) -> ParallelSplits:
+    """Training data for one direction (plain pairs) or several (a multi-task model: every source is led by
+    its direction's task tag, and all directions are mixed into each split).
+
+    With `val_data` (a second data spec, e.g. a corpus's official dev set) every pair of `data` trains and
+    `val_data` validates; otherwise `data` is split by `load_parallel_splits`. File patterns with `{lang}`
+    give each direction its own files; a line-aligned corpus in several languages is cut the same way for
+    every direction, so no sentence is held out in one direction and trained on in another.
+    """
+    if not directions:
+        raise GenloomError("no translation direction given")
+    parts = []
+    for src, tgt in directions:
+        if val_data is None:
+            parts.append(load_parallel_splits(data, src, tgt, val_fraction, seed=seed))
+        else:
+            train, val = (load_parallel_splits(d, src, tgt, 0.0, 0.0, seed).train for d in (data, val_data))
+            parts.append(ParallelSplits(train=train, val=val, test=[]))
+    if len(directions) == 1:
+        return parts[0]
+    tagged = [
+        {name: add_task_prefix(getattr(part, name), task_tag(src, tgt)) if getattr(part, name) else []
+         for name in ("train", "val", "test")}
+        for part, (src, tgt) in zip(parts, directions, strict=True)
+    ]
+    merged = ParallelSplits(**{name: [p for t in tagged for p in t[name]] for name in ("train", "val", "test")})
+    # Shuffled, so that the first validation pairs (those scored by BLEU during training) cover every direction.
+    random.Random(seed).shuffle(merged.val)
+    return merged

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from genloom.data.parallel import task_tag
 from genloom.errors import GenloomError
 from genloom.tokenizers import BPETokenizer, Tokenizer
 
@@ -47,6 +48,27 @@ def find_task_tags(sources: Iterable[str]) -> list[str]:
         if match:
             tags[match.group(1)] = None
     return list(tags)
+
+
+def model_task_tags(tokenizer: Tokenizer) -> list[str]:
+    """The task tags a multi-task model's tokenizer was trained with (`<de-en>`, ...); [] for one direction."""
+    specials = tokenizer.special_tokens if isinstance(tokenizer, BPETokenizer) else []
+    return [t for t in specials if _TAG.fullmatch(t)]
+
+
+def direction_prefix(tokenizer: Tokenizer, src_lang: str | None, tgt_lang: str | None) -> str:
+    """What to put before each source to ask for `src_lang` -> `tgt_lang`: the task tag of a multi-task model,
+    nothing for a one-direction model (which translates whatever it was trained on, languages unchecked)."""
+    tags = model_task_tags(tokenizer)
+    if not tags:
+        return ""
+    served = ", ".join(t[1:-1] for t in tags)
+    if src_lang is None or tgt_lang is None:
+        raise GenloomError(f"this multi-task model serves {served}; pass --src-lang and --tgt-lang")
+    prefix = task_tag(src_lang, tgt_lang)
+    if prefix.strip() not in tags:
+        raise GenloomError(f"unknown language pair {src_lang}-{tgt_lang} for this multi-task model; it serves {served}")
+    return prefix
 
 
 def train_translation_tokenizer(

@@ -6,8 +6,9 @@ adapter that carries the model's own incremental state (KV + cross-attention cac
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,11 +61,12 @@ class LSTMDecoder:
 
     def __init__(self, model: LSTMSeq2Seq, memory: Tensor, src_key_valid: Tensor) -> None:
         self.model, self.memory, self.src_key_valid = model, memory, src_key_valid
+        self.keys = model.project_keys(memory)  # the attention's keys, once per batch rather than per step
         self.state: State | None = None
 
     def step(self, tokens: Tensor) -> Tensor:
         tokens = tokens.to(self.memory.device)[:, None]  # (N, 1)
-        logits, self.state = self.model.decode_step(tokens, self.state, self.memory, self.src_key_valid)
+        logits, self.state = self.model.decode_step(tokens, self.state, self.memory, self.src_key_valid, self.keys)
         return F.log_softmax(logits.float(), dim=-1)  # (N, V)
 
     def reorder(self, indices: Tensor) -> None:
@@ -185,3 +187,24 @@ def translate(
     finally:
         model.train(was_training)
     return results
+
+
+def translate_stream(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    sources: Iterable[str],
+    window: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    batch_size: int = 32,
+) -> Iterator[str]:
+    """Translations of `sources` in input order, produced as they are ready: `sources` is read lazily, `window`
+    at a time (each window length-sorted into batches), so a long or endless input (stdin) starts printing
+    after its first window. A blank source gives a blank translation, keeping output line n = input line n."""
+    if window < 1:
+        raise GenloomError(f"window ({window}) must be at least 1")
+    iterator = iter(sources)
+    while chunk := list(itertools.islice(iterator, window)):
+        texts = [text for text in chunk if text.strip()]
+        done = iter(translate(model, tokenizer, texts, beam_size, alpha, batch_size=batch_size) if texts else [])
+        yield from (next(done) if text.strip() else "" for text in chunk)

@@ -160,9 +160,10 @@ class LSTMSeq2Seq(nn.Module):
         features = out if context is None else torch.cat([out, context], dim=-1)
         return self.output(self.dropout(torch.tanh(self.pre_output(features))))
 
-    def _step(
+    def _recur(
         self, tokens: Tensor, state: State, memory: Tensor, keys: Tensor | None, src_key_valid: Tensor | None
-    ) -> tuple[Tensor, State]:
+    ) -> tuple[Tensor, Tensor | None, State]:
+        """One step of the recurrence: tokens (B, 1) -> decoder output (B, hidden), context (B, encoder_dim)."""
         x = self.dropout(self.tgt_embedding(tokens))  # (B, 1, embed_dim)
         context = None
         if self.attention is not None:
@@ -170,16 +171,28 @@ class LSTMSeq2Seq(nn.Module):
             context = self.attention(state[0][-1], keys, memory, src_key_valid)  # from s_{t-1}: (B, encoder_dim)
             x = torch.cat([x, context[:, None, :]], dim=-1)
         out, state = self.decoder(x, state)  # (B, 1, hidden)
-        return self._logits(out[:, 0], context), state
+        return out[:, 0], context, state
+
+    def project_keys(self, memory: Tensor) -> Tensor | None:
+        """The attention's keys for `memory` (None without attention); pass them to every `decode_step`."""
+        return self.attention.project_keys(memory) if self.attention is not None else None
 
     def decode_step(
-        self, tokens: Tensor, state: State | None, memory: Tensor, src_key_valid: Tensor | None
+        self,
+        tokens: Tensor,
+        state: State | None,
+        memory: Tensor,
+        src_key_valid: Tensor | None,
+        keys: Tensor | None = None,
     ) -> tuple[Tensor, State]:
-        """One target step: tokens (B, 1) -> logits (B, vocab_size) and the new state (None: `init_state`)."""
+        """One target step: tokens (B, 1) -> logits (B, vocab_size) and the new state (None: `init_state`).
+        keys: `project_keys(memory)`, computed once per batch by the caller (recomputed here if None)."""
         if state is None:
             state = self.init_state(memory, src_key_valid)
-        keys = self.attention.project_keys(memory) if self.attention is not None else None
-        return self._step(tokens, state, memory, keys, src_key_valid)
+        if keys is None:
+            keys = self.project_keys(memory)
+        out, context, state = self._recur(tokens, state, memory, keys, src_key_valid)
+        return self._logits(out, context), state
 
     def decode(
         self, tgt: Tensor, memory: Tensor, src_key_valid: Tensor | None, state: State | None = None
@@ -192,13 +205,16 @@ class LSTMSeq2Seq(nn.Module):
             # Without attention nothing couples the steps but the LSTM itself, so cuDNN/MKL runs them all.
             out, _ = self.decoder(self.dropout(self.tgt_embedding(tgt)), state)  # (B, T, hidden)
             return self._logits(out, None)
-        # Each step's attention reads the previous step's state, so the decoder is an explicit loop.
-        keys = self.attention.project_keys(memory)
-        logits = []
+        # Each step's attention reads the previous step's state, so the recurrence is an explicit loop; the
+        # output layers (the vocabulary projection is most of the work) then run once over all steps.
+        keys = self.project_keys(memory)
+        outs, contexts = [], []
         for t in range(tgt.shape[1]):
-            step_logits, state = self._step(tgt[:, t : t + 1], state, memory, keys, src_key_valid)
-            logits.append(step_logits)
-        return torch.stack(logits, dim=1)
+            out, context, state = self._recur(tgt[:, t : t + 1], state, memory, keys, src_key_valid)
+            assert context is not None
+            outs.append(out)
+            contexts.append(context)
+        return self._logits(torch.stack(outs, dim=1), torch.stack(contexts, dim=1))  # (B, T, vocab_size)
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, vocab_size): src (B, S), tgt_in (B, T) = BOS + target[:-1]."""

@@ -81,6 +81,12 @@ class BPETokenizer:
     def eos_id(self) -> int | None:
         return self._eos_id
 
+    @property
+    def special_tokens(self) -> list[str]:
+        """Tokens that always encode to one id (`<|endoftext|>`, `<pad>`, task tags, ...), by id."""
+        added = self.tokenizer.get_added_tokens_decoder()
+        return [added[i].content for i in sorted(added) if added[i].special]
+
     def token_id(self, name: str) -> int:
         """The id of a single-token string such as `<pad>` or `<de-en>`; GenloomError if it is not one token."""
         token_id = self.tokenizer.token_to_id(name)

@@ -80,6 +80,8 @@ class TranslationTask:
         val: Sequence[TokenPair],
         max_tokens: int,
         label_smoothing: float = 0.1,
+        val_texts: Sequence[tuple[str, str]] = (),
+        bleu_sentences: int = 0,
     ) -> None:
         if family not in TRANSLATION_FAMILIES:
             raise GenloomError(f"unknown translation family {family!r}; choose from: {', '.join(TRANSLATION_FAMILIES)}")
@@ -98,7 +100,12 @@ class TranslationTask:
         limit = model_max_len(model_config)
         # Pairs longer than the model's positions are dropped, as fairseq's --skip-invalid-size-inputs does.
         self.train = [p for p in train if limit is None or example_cost(p) <= limit]
-        self.val = [p for p in val if limit is None or example_cost(p) <= limit]
+        fits = [limit is None or example_cost(p) <= limit for p in val]
+        self.val = [p for p, ok in zip(val, fits, strict=True) if ok]
+        if bleu_sentences and len(val_texts) != len(val):
+            raise GenloomError(f"BLEU during training needs the {len(val)} validation texts, got {len(val_texts)}")
+        # The first `bleu_sentences` validation pairs (as text) that fit, translated greedily at each validation.
+        self.bleu_pairs = [pair for pair, ok in zip(val_texts, fits, strict=False) if ok][:bleu_sentences]
         self.skipped = len(train) + len(val) - len(self.train) - len(self.val)
         for split, pairs in (("training", self.train), ("validation", self.val)):
             if not pairs:
@@ -131,6 +138,15 @@ class TranslationTask:
         return label_smoothed_cross_entropy(
             logits.reshape(-1, logits.size(-1)), tgt_out.reshape(-1), self.label_smoothing, self.ids.pad
         )
+
+    def validation_metrics(self, model: nn.Module) -> dict[str, float]:
+        """sacreBLEU BLEU and chrF of greedy translations of `bleu_pairs` ({} when there are none)."""
+        if not self.bleu_pairs:
+            return {}
+        from genloom.eval.translation import evaluate_translation
+
+        _, scores = evaluate_translation(model, self.tokenizer, self.bleu_pairs, beam_size=1, batch_size=64)
+        return {"bleu": scores.bleu, "chrf": scores.chrf}
 
     def count_tokens(self, batch: Batch) -> int:
         """Real (non-padding) source and target tokens."""
@@ -169,8 +185,12 @@ def train_translation(
     label_smoothing: float = 0.1,
     model_overrides: dict[str, object] | None = None,
     resume: bool = False,
+    bleu_sentences: int = 0,
 ) -> tuple[nn.Module, Tokenizer, TrainResult]:
     """Train (or take) the shared BPE, build the model from a preset, train it with the shared Trainer.
+
+    `bleu_sentences` > 0 also scores greedy translations of that many validation pairs at every validation
+    (metrics `bleu` and `chrf`, usable as `train_config.best_metric`).
 
     On resume the run's saved tokenizer and model config win, so the data and model match the checkpoint.
     """
@@ -197,7 +217,7 @@ def train_translation(
         model_config = model.config
     task = TranslationTask(
         family, model_config, tokenizer, encode_pairs(tokenizer, pairs_train), encode_pairs(tokenizer, pairs_val),
-        max_tokens, label_smoothing,
+        max_tokens, label_smoothing, val_texts=pairs_val, bleu_sentences=bleu_sentences,
     )
     result = Trainer(task, model, train_config).fit(resume=resume)
     return model, tokenizer, result
