@@ -52,6 +52,7 @@ def test_train_translate_then_translate_and_eval(
 ) -> None:
     run_dir, printed = run
     assert "done: step 30" in printed
+    assert "bleu" in printed and "best (step 30" in printed  # BLEU measured at validation, best/ chosen by it
     assert (run_dir / "metrics.jsonl").is_file()
 
     out = cli_ok(capsys, "translate", run_dir, "42", "--beam-size", "2")
@@ -59,7 +60,9 @@ def test_train_translate_then_translate_and_eval(
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("7\n\n1234\n99\n"))
     out = cli_ok(capsys, "translate", run_dir, "--batch-size", "2")
-    assert len(out.splitlines()) == 3  # the blank line is skipped; one translation per source, in order
+    lines = out.splitlines()
+    assert len(lines) == 4 and lines[1] == ""  # output line n is input line n; a blank line stays blank
+    assert lines[0] == cli_ok(capsys, "translate", run_dir, "7").rstrip("\n")  # the same alone as in a stream
 
     hyps = tmp_path / "hyps.txt"
     out = cli_ok(capsys, "eval", "translate", run_dir, *DATA, "--split", "val", "--beam-size", "1", "--out", hyps)
@@ -67,6 +70,41 @@ def test_train_translate_then_translate_and_eval(
     assert "nrefs:1" in out  # the sacreBLEU signature
     n_val = int(next(line for line in out.splitlines() if line.startswith("sentences")).split()[1])
     assert len(hyps.read_text(encoding="utf-8").splitlines()) == n_val > 0
+
+
+def test_multi_task_model_serves_each_direction_by_tag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = cli_ok(
+        capsys, "train", "translate", "--data", "builtin:numbers", "--directions", "digits-en,digits-de", *TINY,
+        "--out", tmp_path / "multi",
+    )
+    assert "done: step 30" in out
+    assert len(cli_ok(capsys, "translate", tmp_path / "multi", "12", "--src-lang", "digits", "--tgt-lang", "de")
+               .splitlines()) == 1
+    assert "pass --src-lang and --tgt-lang" in _fails(capsys, "translate", tmp_path / "multi", "12")
+    err = _fails(capsys, "translate", tmp_path / "multi", "12", "--src-lang", "digits", "--tgt-lang", "fr")
+    assert "unknown language pair digits-fr" in err and "digits-en, digits-de" in err
+    out = cli_ok(capsys, "eval", "translate", tmp_path / "multi", "--data", "builtin:numbers", "--src-lang", "digits",
+                 "--tgt-lang", "de", "--split", "val", "--beam-size", "1")
+    assert "(digits->de)" in out and "BLEU " in out
+
+
+def test_language_pattern_files_with_separate_validation_set(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    numbers = {"en": ["one", "two", "three", "four", "five", "six"],
+               "de": ["eins", "zwei", "drei", "vier", "fünf", "sechs"]}
+    for lang, words in numbers.items():
+        (tmp_path / f"train.{lang}").write_text("\n".join(words * 5) + "\n", encoding="utf-8")
+        (tmp_path / f"dev.{lang}").write_text("\n".join(words[:2]) + "\n", encoding="utf-8")
+    out = cli_ok(
+        capsys, "train", "translate", "--data", tmp_path / "train.{lang}", "--val-data", tmp_path / "dev.{lang}",
+        "--src-lang", "en", "--tgt-lang", "de", *TINY, "--steps", "5", "--eval-interval", "5",
+        "--out", tmp_path / "run",
+    )
+    assert "done: step 5" in out
+    out = cli_ok(capsys, "eval", "translate", tmp_path / "run", "--data", tmp_path / "dev.{lang}", "--src-lang",
+                 "en", "--tgt-lang", "de", "--split", "all", "--beam-size", "1")
+    assert "sentences    2" in out
 
 
 def test_too_long_source_is_one_line(run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,6 +133,10 @@ def test_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert "line-aligned" in _fails(capsys, *base, "--data", f"{src},{tgt}")
     assert "lstm" in _fails(capsys, *base, "--data", "builtin:numbers", "--no-attention")
     assert "nothing to translate" not in _fails(capsys, "translate", tmp_path / "missing", "hi")
+    assert "bad direction" in _fails(capsys, *base, "--data", "builtin:numbers", "--directions", "en-de,deen")
+    assert "--bleu-sentences" in _fails(capsys, *base, "--data", "builtin:numbers", "--bleu-sentences", "0",
+                                        "--best-metric", "bleu")
+    assert "patience" in _fails(capsys, *base, "--data", "builtin:numbers", "--patience", "-1")
 
 
 def test_translate_refuses_a_language_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
