@@ -13,13 +13,15 @@ from genloom.errors import GenloomError
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.lstm import LSTMConfig, LSTMSeq2Seq
 from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from genloom.tokenizers import Tokenizer, load_tokenizer
+from genloom.models.vqvae import VQVAE, VQConfig
+from genloom.tokenizers import Tokenizer, find_tokenizer
 from genloom.train.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config, resolve_checkpoint
 
 FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "gpt": (GPTConfig, GPT),
     "seq2seq": (Seq2SeqConfig, Seq2SeqTransformer),
     "lstm": (LSTMConfig, LSTMSeq2Seq),
+    "vqvae": (VQConfig, VQVAE),
 }
 
 
@@ -27,9 +29,22 @@ FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {
 class LoadedModel:
     model: nn.Module
     config: Any
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None  # None for a model that reads no text (the VQ image tokenizer)
     family: str
     path: Path
+
+
+@dataclass
+class LoadedTextModel(LoadedModel):
+    """A loaded model that reads text: its tokenizer is always there."""
+
+    tokenizer: Tokenizer
+
+
+def _with_tokenizer(loaded: LoadedModel) -> LoadedTextModel:
+    if loaded.tokenizer is None:
+        raise GenloomError(f"{loaded.path} holds no tokenizer, which a {loaded.family} model needs")
+    return LoadedTextModel(loaded.model, loaded.config, loaded.tokenizer, loaded.family, loaded.path)
 
 
 def load_pretrained(path: Path) -> LoadedModel:
@@ -48,7 +63,7 @@ def load_pretrained(path: Path) -> LoadedModel:
     model = model_cls(config)
     load_weights(model, directory)
     model.eval()
-    return LoadedModel(model, config, load_tokenizer(directory), family, directory)
+    return LoadedModel(model, config, find_tokenizer(directory), family, directory)
 
 
 def load_language_model(path: Path) -> tuple[GPT, Tokenizer]:
@@ -56,15 +71,15 @@ def load_language_model(path: Path) -> tuple[GPT, Tokenizer]:
     loaded = load_pretrained(path)
     if not isinstance(loaded.model, GPT):
         raise GenloomError(f"{path} is a {loaded.family} model, not a language model")
-    return loaded.model, loaded.tokenizer
+    return loaded.model, _with_tokenizer(loaded).tokenizer
 
 
 TRANSLATION_FAMILIES = ("seq2seq", "lstm")
 
 
-def load_translation_model(path: Path) -> LoadedModel:
+def load_translation_model(path: Path) -> LoadedTextModel:
     """A seq2seq or LSTM translation model with its tokenizer, or a one-line error for any other model."""
     loaded = load_pretrained(path)
     if loaded.family not in TRANSLATION_FAMILIES:
         raise GenloomError(f"{path} is a {loaded.family} model, not a translation model (seq2seq or lstm)")
-    return loaded
+    return _with_tokenizer(loaded)

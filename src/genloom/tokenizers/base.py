@@ -24,9 +24,8 @@ class Tokenizer(Protocol):
     def save(self, directory: Path) -> None: ...
 
 
-def load_tokenizer(directory: Path) -> Tokenizer:
-    """Load whichever tokenizer `directory` holds (genloom char vocabulary, HF tokenizer.json, or GPT-2 files)."""
-    from genloom.errors import GenloomError
+def find_tokenizer(directory: Path) -> Tokenizer | None:
+    """The tokenizer `directory` holds (genloom char vocabulary, HF tokenizer.json, or GPT-2 files), or None."""
     from genloom.tokenizers.bpe import BPETokenizer
     from genloom.tokenizers.char import CHAR_FILE, CharTokenizer
 
@@ -34,4 +33,15 @@ def load_tokenizer(directory: Path) -> Tokenizer:
         return CharTokenizer.load(directory)
     if (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file():
         return BPETokenizer.load(directory)
-    raise GenloomError(f"{directory} holds no tokenizer ({CHAR_FILE}, tokenizer.json or vocab.json + merges.txt)")
+    return None
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    """Load whichever tokenizer `directory` holds, or a one-line error when it holds none."""
+    from genloom.errors import GenloomError
+    from genloom.tokenizers.char import CHAR_FILE
+
+    tokenizer = find_tokenizer(directory)
+    if tokenizer is None:
+        raise GenloomError(f"{directory} holds no tokenizer ({CHAR_FILE}, tokenizer.json or vocab.json + merges.txt)")
+    return tokenizer

@@ -1,5 +1,7 @@
 """Checkpoint directories: `model.safetensors` + `config.json` + the tokenizer (+ training state).
 
+Models that read no text (the VQ image tokenizer) have no tokenizer to save.
+
 Every write goes to a temporary sibling directory that is renamed into place only when complete, so a
 crash mid-save never leaves a half-written checkpoint where a good one was. Training state (optimizer,
 scheduler, step, RNG states, data position) is a separate file, read back with `weights_only=True`.
@@ -54,11 +56,11 @@ def save_checkpoint(
     model: nn.Module,
     family: str,
     model_config: Any,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | None,
     training_state: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Write a complete checkpoint directory atomically."""
+    """Write a complete checkpoint directory atomically; `tokenizer` None: a model that reads no text."""
 
     def write(tmp: Path) -> None:
         save_model(model, str(tmp / MODEL_FILE))  # deduplicates tied weights
@@ -69,7 +71,8 @@ def save_checkpoint(
             **(metadata or {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        tokenizer.save(tmp)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
 
@@ -179,7 +182,7 @@ class CheckpointManager:
         model: nn.Module,
         family: str,
         model_config: Any,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | None,
         training_state: dict[str, Any],
         metrics: dict[str, float],
         is_best: bool,

@@ -53,7 +53,8 @@ class TrainConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected fp32, bf16 or fp16")
 
 
-LOWER_IS_BETTER = frozenset({"val_loss", "val_ppl"})  # every other validation metric (bleu, chrf, ...) is maximized
+# Validation metrics where lower is better; every other one (bleu, chrf, psnr, ...) is maximized.
+LOWER_IS_BETTER = frozenset({"val_loss", "val_ppl", "val_mse"})
 
 
 def is_improvement(metric: str, value: float, best: float | None) -> bool:

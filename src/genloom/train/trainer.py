@@ -39,7 +39,11 @@ class Task(Protocol):
 
     family: str  # name in the model registry, saved in every checkpoint
     model_config: Any  # the model's config dataclass
-    tokenizer: Tokenizer
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """Saved with every checkpoint; None for a model that reads no text (the VQ image tokenizer)."""
+        ...
 
     def micro_batches(self, generator: torch.Generator, rank: int, world_size: int, n_micro: int) -> list[Batch]:
         """This process's `n_micro` micro-batches of one optimizer step, drawn from `generator`."""
