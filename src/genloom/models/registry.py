@@ -10,6 +10,7 @@ from torch import nn
 
 from genloom.config import config_from_dict, read_json
 from genloom.errors import GenloomError
+from genloom.models.dalle import Dalle, DalleConfig
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.lstm import LSTMConfig, LSTMSeq2Seq
 from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
@@ -22,6 +23,7 @@ FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "seq2seq": (Seq2SeqConfig, Seq2SeqTransformer),
     "lstm": (LSTMConfig, LSTMSeq2Seq),
     "vqvae": (VQConfig, VQVAE),
+    "dalle": (DalleConfig, Dalle),
 }
 
 
@@ -83,3 +85,38 @@ def load_translation_model(path: Path) -> LoadedTextModel:
     if loaded.family not in TRANSLATION_FAMILIES:
         raise GenloomError(f"{path} is a {loaded.family} model, not a translation model (seq2seq or lstm)")
     return _with_tokenizer(loaded)
+
+
+@dataclass
+class LoadedTextToImage:
+    """A text-to-image Transformer with its caption tokenizer and the VQ model that decodes its codes."""
+
+    model: Dalle
+    tokenizer: Tokenizer
+    vq: VQVAE
+    path: Path  # the text-to-image checkpoint directory
+
+
+def load_text_to_image_model(path: Path) -> LoadedTextToImage:
+    """A dalle checkpoint (or run directory) and the VQ model in `image_tokenizer/` beside it, in eval mode.
+
+    The VQ model is looked for in the checkpoint directory itself, then in its parent (the run directory).
+    """
+    from genloom.train.text_to_image import IMAGE_TOKENIZER_DIR, load_image_tokenizer
+
+    loaded = load_pretrained(path)
+    if not isinstance(loaded.model, Dalle):
+        raise GenloomError(f"{path} is a {loaded.family} model, not a text-to-image model (dalle)")
+    tokenizer = _with_tokenizer(loaded).tokenizer
+    candidates = [loaded.path / IMAGE_TOKENIZER_DIR, loaded.path.parent / IMAGE_TOKENIZER_DIR]
+    found = next((c for c in candidates if (c / CONFIG_FILE).is_file()), None)
+    if found is None:
+        raise GenloomError(f"no {IMAGE_TOKENIZER_DIR}/ (the VQ model that decodes the images) in {loaded.path} "
+                           f"or {loaded.path.parent}")
+    vq = load_image_tokenizer(found)
+    cfg = loaded.model.config
+    if (vq.config.codebook_size, vq.config.grid_size) != (cfg.image_vocab_size, cfg.grid_size):
+        raise GenloomError(f"{found} makes {vq.config.grid_size}x{vq.config.grid_size} grids of "
+                           f"{vq.config.codebook_size} codes; {loaded.path} expects {cfg.grid_size}x{cfg.grid_size} "
+                           f"of {cfg.image_vocab_size}")
+    return LoadedTextToImage(loaded.model, tokenizer, vq, loaded.path)

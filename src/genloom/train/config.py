@@ -54,7 +54,7 @@ class TrainConfig:
 
 
 # Validation metrics where lower is better; every other one (bleu, chrf, psnr, ...) is maximized.
-LOWER_IS_BETTER = frozenset({"val_loss", "val_ppl", "val_mse"})
+LOWER_IS_BETTER = frozenset({"val_loss", "val_ppl", "val_mse", "val_image_loss"})
 
 
 def is_improvement(metric: str, value: float, best: float | None) -> bool:

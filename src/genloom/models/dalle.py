@@ -1,0 +1,254 @@
+"""DALL-E style text-to-image: a decoder-only Transformer over [caption tokens ; image tokens] (Ramesh et al. 2021).
+
+The sequence is the caption, right-padded to a fixed `text_len`, followed by the `grid_size**2` codes of a
+VQ image tokenizer in raster order. Text and image tokens have separate embeddings and separate output heads
+(the two vocabularies never share ids), learned 1D positions for the caption and row + column embeddings for
+the image grid (DALL-E §2.2), and one causal stack over both.
+
+Caption layout: `<s>` caption `</s>` then `<pad>` up to `text_len`. Padding is an ordinary token, not masked:
+its position embedding makes each pad distinct (DALL-E learns a padding token per position for the same
+reason), and decoding needs no mask, so a cached step attends to every earlier position. The unconditional
+caption of classifier-free guidance is the EMPTY caption, `<s></s><pad>...`, which training shows the model by
+caption dropout (see `genloom.train.text_to_image`).
+
+Targets: text position t predicts text token t + 1 (pads ignored); the last text position predicts image
+token 0, and image position j predicts image token j + 1. So `forward` reads text (B, Lt) and image (B, N),
+feeds image[:, :-1], and returns logits for text[:, 1:] and image[:, :].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genloom.config import from_presets
+from genloom.errors import GenloomError
+from genloom.nn import BlockConfig, KVCache, TransformerStack, sinusoidal_2d_table
+from genloom.nn.layers import Activation, Linear, NormKind, dropout_layer
+from genloom.tokenizers import Tokenizer
+
+ImagePositional = Literal["learned", "sinusoidal"]
+
+
+@dataclass
+class DalleConfig:
+    text_vocab_size: int = 512  # caption tokenizer's vocabulary (set from the tokenizer)
+    text_len: int = 32  # caption positions: <s> + caption + </s>, right-padded with <pad>
+    image_vocab_size: int = 512  # = the VQ tokenizer's codebook size
+    grid_size: int = 8  # an image is grid_size x grid_size codes, fed in raster order
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    d_ff: int = 1024  # hidden width of each MLP
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches
+    image_loss_weight: float = 7.0  # text:image loss weighting 1:w (DALL-E uses 1:7, §2.2)
+    pad_id: int = 1  # the caption tokenizer's <pad>; its targets are ignored by the text loss
+    image_positional: ImagePositional = "learned"  # row + column embeddings, or fixed 2D sinusoids
+    activation: Activation = "gelu"
+    norm: NormKind = "layernorm"
+    bias: bool = True  # biases in Linear layers and LayerNorms
+
+    def __post_init__(self) -> None:
+        for name in ("text_vocab_size", "image_vocab_size", "grid_size", "d_model", "n_layers", "n_heads", "d_ff"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be positive")
+        if self.text_len < 2:
+            raise ValueError(f"text_len ({self.text_len}) must be at least 2 (<s> and </s>)")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout ({self.dropout}) must be in [0, 1)")
+        if self.image_loss_weight < 0:
+            raise ValueError(f"image_loss_weight ({self.image_loss_weight}) must be >= 0")
+        if not 0 <= self.pad_id < self.text_vocab_size:
+            raise ValueError(f"pad_id ({self.pad_id}) must be in [0, text_vocab_size {self.text_vocab_size})")
+        if self.image_positional not in ("learned", "sinusoidal"):
+            raise ValueError(f"unknown image_positional {self.image_positional!r}; expected learned or sinusoidal")
+        if self.image_positional == "sinusoidal" and self.d_model % 4:
+            raise ValueError(f"sinusoidal image positions need d_model ({self.d_model}) divisible by 4")
+
+    @property
+    def image_len(self) -> int:
+        """Image tokens per image: grid_size ** 2."""
+        return self.grid_size**2
+
+    @property
+    def seq_len(self) -> int:
+        """Longest sequence ever fed: the caption and all image tokens but the last (which is only predicted)."""
+        return self.text_len + self.image_len - 1
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff, activation=self.activation, norm=self.norm,
+            norm_first=True, bias=self.bias, dropout=self.dropout,
+        )
+
+
+PRESETS: dict[str, DalleConfig] = {
+    # Tests and the quickstart: 0.1M parameters in the trunk; vocabularies come from the tokenizers.
+    "dalle-tiny": DalleConfig(text_len=16, image_vocab_size=128, d_model=64, n_layers=2, n_heads=4, d_ff=256),
+    # 32x32 shapes / emoji through vq-small (8x8 grid of 512 codes): 4.7M trunk parameters, ~80 positions,
+    # sized for about 30 minutes of training on 2 CPU cores.
+    "dalle-small": DalleConfig(text_len=24, image_vocab_size=512, d_model=256, n_layers=6, n_heads=8, d_ff=1024),
+}
+
+
+def preset(name: str, **overrides: object) -> DalleConfig:
+    """A copy of preset `name` with `overrides` applied (vocabularies, grid and text_len from the data)."""
+    return from_presets(PRESETS, name, **overrides)
+
+
+def encode_captions(
+    tokenizer: Tokenizer, captions: list[str], text_len: int, pad_id: int, bos_id: int, eos_id: int
+) -> Tensor:
+    """Captions -> (B, text_len) long: <s> caption </s> <pad>...; a one-line GenloomError if one is too long."""
+    if isinstance(captions, str):
+        raise GenloomError("captions must be a list of strings, not one string")
+    out = torch.full((len(captions), text_len), pad_id, dtype=torch.long)
+    for row, caption in enumerate(captions):
+        ids = [bos_id, *tokenizer.encode(caption), eos_id]
+        if len(ids) > text_len:
+            shown = caption if len(caption) <= 60 else caption[:57] + "..."
+            raise GenloomError(
+                f"caption {shown!r} is {len(ids)} tokens with <s> and </s>, more than the model's {text_len}"
+            )
+        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+@dataclass
+class DalleLoss:
+    total: Tensor  # (text + w * image) / (1 + w): what is optimised
+    text: Tensor  # mean cross-entropy over non-pad caption targets
+    image: Tensor  # mean cross-entropy over image tokens
+
+
+def dalle_loss(
+    text_logits: Tensor, image_logits: Tensor, text: Tensor, image: Tensor, pad_id: int, image_loss_weight: float
+) -> DalleLoss:
+    """Weighted text + image cross-entropy of `forward`'s logits against text (B, Lt) and image (B, N).
+
+    Normalised by 1 + w so the total stays on the scale of a per-token loss whatever the weighting.
+    """
+    text_loss = F.cross_entropy(
+        text_logits.float().reshape(-1, text_logits.size(-1)), text[:, 1:].reshape(-1), ignore_index=pad_id
+    )
+    image_loss = F.cross_entropy(image_logits.float().reshape(-1, image_logits.size(-1)), image.reshape(-1))
+    total = (text_loss + image_loss_weight * image_loss) / (1.0 + image_loss_weight)
+    return DalleLoss(total, text_loss, image_loss)
+
+
+class Dalle(nn.Module):
+    """Caption (B, Lt) + image codes (B, N) -> text logits (B, Lt - 1, V_text), image logits (B, N, V_image)."""
+
+    image_rows: Tensor
+    image_cols: Tensor
+    image_pos_table: Tensor | None
+
+    def __init__(self, config: DalleConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, g = config.d_model, config.grid_size
+        self.text_embedding = nn.Embedding(config.text_vocab_size, d)
+        self.text_positions = nn.Embedding(config.text_len, d)
+        self.image_embedding = nn.Embedding(config.image_vocab_size, d)
+        # Raster order: token j sits at row j // g, column j % g.
+        index = torch.arange(config.image_len)
+        self.register_buffer("image_rows", index // g, persistent=False)
+        self.register_buffer("image_cols", index % g, persistent=False)
+        self.row_embedding: nn.Embedding | None = None
+        self.col_embedding: nn.Embedding | None = None
+        if config.image_positional == "learned":
+            self.row_embedding, self.col_embedding = nn.Embedding(g, d), nn.Embedding(g, d)
+            self.image_pos_table = None
+        else:
+            self.register_buffer("image_pos_table", sinusoidal_2d_table(g, g, d), persistent=False)  # (N, d)
+        self.embed_dropout = dropout_layer(config.dropout)
+        self.transformer = TransformerStack(config.block_config(), config.n_layers)
+        # Separate heads: a text position never spends probability on image codes, nor the reverse.
+        self.text_head = Linear(d, config.text_vocab_size, bias=False)
+        self.image_head = Linear(d, config.image_vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2 §2.3: scale residual output projections by 1/sqrt(N) where N counts residual layers.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out_proj.weight", "mlp.fc_out.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def make_kv_caches(self, batch_size: int) -> list[KVCache]:
+        p = self.text_embedding.weight
+        return self.transformer.make_kv_caches(batch_size, self.config.seq_len, p.device, p.dtype)
+
+    def _image_positions(self, start: int, n: int) -> Tensor:
+        """Position vectors (n, d) of image tokens start .. start + n - 1."""
+        if self.image_pos_table is not None:
+            return self.image_pos_table[start : start + n]
+        assert self.row_embedding is not None and self.col_embedding is not None
+        rows, cols = self.image_rows[start : start + n], self.image_cols[start : start + n]
+        return self.row_embedding(rows) + self.col_embedding(cols)
+
+    def hidden_states(
+        self, text: Tensor | None, image: Tensor | None, kv_caches: list[KVCache] | None = None
+    ) -> Tensor:
+        """Final hidden states (B, T, d_model) of a chunk of the joint sequence.
+
+        text: the whole caption (B, Lt), or None when the caption is already in `kv_caches`.
+        image: image tokens (B, n) that follow what came before (the caption, and any cached image tokens).
+        """
+        cfg = self.config
+        past = kv_caches[0].length if kv_caches is not None else 0
+        parts = []
+        if text is not None:
+            if past != 0:
+                raise GenloomError("the caption must come first: the KV cache already holds tokens")
+            if text.shape[1] != cfg.text_len:
+                raise GenloomError(f"captions must be {cfg.text_len} tokens (padded), got {text.shape[1]}")
+            parts.append(self.text_embedding(text) + self.text_positions.weight)  # (B, Lt, d)
+            past = cfg.text_len
+        elif past < cfg.text_len:
+            raise GenloomError("no caption: pass `text`, or a KV cache that holds the caption")
+        if image is not None and image.shape[1] > 0:
+            start, n = past - cfg.text_len, image.shape[1]
+            if start + n > cfg.image_len - 1:
+                raise GenloomError(f"at most {cfg.image_len - 1} image tokens are fed, got {start + n}")
+            parts.append(self.image_embedding(image) + self._image_positions(start, n))  # (B, n, d)
+        if not parts:
+            raise GenloomError("nothing to run: pass a caption or image tokens")
+        x = self.embed_dropout(torch.cat(parts, dim=1))  # (B, T, d)
+        return self.transformer(x, is_causal=True, kv_caches=kv_caches)
+
+    def forward(self, text: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced logits: text (B, Lt - 1, V_text) for text[:, 1:]; image (B, n, V_image) for image (B, n).
+
+        image may be a prefix (n <= grid_size**2) of the raster sequence.
+        """
+        lt = self.config.text_len
+        h = self.hidden_states(text, image[:, :-1])  # (B, Lt + n - 1, d)
+        return self.text_head(h[:, : lt - 1]), self.image_head(h[:, lt - 1 :])
+
+    def next_image_logits(
+        self, text: Tensor | None, image: Tensor | None, kv_caches: list[KVCache] | None = None
+    ) -> Tensor:
+        """Logits (B, V_image) of the next image token after the chunk given (see `hidden_states`).
+
+        Prefill: next_image_logits(text, None, caches); then one step per token: (None, token (B, 1), caches).
+        Without caches: (text, image tokens so far), recomputing the whole prefix.
+        """
+        h = self.hidden_states(text, image, kv_caches)
+        return self.image_head(h[:, -1])

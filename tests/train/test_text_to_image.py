@@ -1,0 +1,135 @@
+"""Text-to-image training: precomputed codes, caption dropout, a short run that learns, saves and loads back."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from genloom.data.builtin_images import builtin_images
+from genloom.errors import GenloomError
+from genloom.generate.imagine import imagine
+from genloom.models.dalle import DalleConfig
+from genloom.models.registry import load_pretrained, load_text_to_image_model
+from genloom.models.vqvae import VQVAE, VQConfig
+from genloom.train.checkpoint import save_checkpoint
+from genloom.train.config import TrainConfig
+from genloom.train.text_to_image import (
+    IMAGE_TOKENIZER_DIR,
+    CaptionCodec,
+    TextToImageTask,
+    encode_images,
+    train_caption_tokenizer,
+    train_text_to_image,
+)
+
+VQ = VQConfig(resolution=16, widths=(8, 8, 8), res_blocks=1, norm_groups=4, codebook_size=32)  # 4x4 grid
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return builtin_images("shapes", resolution=16, n=120).split(val_fraction=0.2)
+
+
+def make_task(captions: list[str], p: float, batch_size: int = 8) -> TextToImageTask:
+    tokenizer = train_caption_tokenizer(captions, 300)
+    codec = CaptionCodec(tokenizer, 16)
+    cfg = DalleConfig(text_vocab_size=tokenizer.vocab_size, text_len=16, image_vocab_size=32, grid_size=4,
+                      d_model=32, n_layers=1, n_heads=2, d_ff=64, pad_id=codec.ids.pad)
+    text = codec.encode(captions)
+    codes = torch.arange(len(captions) * 16).view(-1, 16) % 32
+    return TextToImageTask(cfg, tokenizer, text, codes, text[:4], codes[:4], batch_size, p)
+
+
+def test_caption_dropout_rate_and_determinism() -> None:
+    captions = [f"a red circle number {i}" for i in range(50)]
+    task = make_task(captions, p=0.25)
+    empty = task.empty_caption
+
+    def draw(seed: int, rank: int = 0, world: int = 1, n_micro: int = 2) -> list:
+        return task.micro_batches(torch.Generator().manual_seed(seed), rank, world, n_micro)
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [b for _ in range(100) for b in task.micro_batches(generator, 0, 1, 2)]
+    rows = torch.cat([text for text, _ in batches])
+    dropped = (rows == empty).all(dim=1).float().mean().item()
+    assert abs(dropped - 0.25) < 0.05, dropped
+    # The same generator state gives the same batches, dropout included; codes stay paired with their images.
+    for (t1, c1), (t2, c2) in zip(draw(5), draw(5), strict=True):
+        assert torch.equal(t1, t2) and torch.equal(c1, c2)
+    # Two processes see exactly the global batch of one process, each its own slice.
+    whole = TextToImageTask(task.model_config, task.tokenizer, task.train_text, task.train_codes, task.val_text,
+                            task.val_codes, 16, 0.25).micro_batches(torch.Generator().manual_seed(3), 0, 1, 1)[0]
+    halves = [task.micro_batches(torch.Generator().manual_seed(3), r, 2, 1)[0] for r in range(2)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), whole[0])
+    assert torch.equal(torch.cat([h[1] for h in halves]), whole[1])
+    # p = 0: no caption is ever dropped.
+    none = make_task(captions, p=0.0).micro_batches(torch.Generator().manual_seed(0), 0, 1, 4)
+    assert not any((text == empty).all(dim=1).any() for text, _ in none)
+
+
+def test_task_rejects_bad_inputs() -> None:
+    with pytest.raises(GenloomError, match="caption dropout"):
+        make_task(["a red circle"], p=1.0)
+    with pytest.raises(GenloomError, match="more than the model's 16"):
+        make_task(["a red circle " * 20], p=0.1)
+
+
+def test_encode_images_matches_vq(shapes) -> None:
+    train, _, _ = shapes
+    torch.manual_seed(0)
+    vq = VQVAE(VQ).train()
+    codes = encode_images(vq, train.images[:10], batch_size=4)
+    assert codes.shape == (10, 16) and codes.dtype == torch.long
+    assert vq.training  # left as it was
+    assert torch.equal(codes, vq.eval().encode(train.to_tensor(range(10))).flatten(1))
+
+
+def test_short_run_learns_saves_loads_and_samples(shapes, tmp_path) -> None:
+    train, val, _ = shapes
+    torch.manual_seed(0)
+    vq = VQVAE(VQ)  # random weights: encoding needs no training
+    vq_dir = tmp_path / "vq"
+    save_checkpoint(vq_dir, vq, "vqvae", VQ, None)
+    # A constant schedule, so a 20-step run is the first half of the 40-step one (the resume check below).
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5,
+                      schedule="constant", eval_interval=20, eval_batches=2, log_interval=10,
+                      progress=False, device="cpu")
+    model, tokenizer, _, result = train_text_to_image(
+        train, val, vq_dir, "dalle-tiny", cfg, vocab_size=300,
+        model_overrides={"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1},
+    )
+    losses = result.train_losses
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < losses[0] - 0.5, (losses[0], losses[-5:])
+    assert model.config.image_vocab_size == 32 and model.config.grid_size == 4
+    assert model.config.text_len == max(len(tokenizer.encode(c)) for c in train.captions + val.captions) + 2
+    assert "val_image_loss" in result.best and 0.0 <= result.best["val_image_accuracy"] <= 1.0
+    assert (tmp_path / "run" / IMAGE_TOKENIZER_DIR / "model.safetensors").is_file()
+
+    loaded = load_text_to_image_model(tmp_path / "run")
+    assert load_pretrained(tmp_path / "run").family == "dalle"
+    model.eval()
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], p)
+    images, codes = imagine(loaded.model, loaded.tokenizer, loaded.vq, [train.captions[0]], n_images=2, seed=0,
+                            guidance_scale=2.0, progress=False)
+    assert images.shape == (2, 16, 16, 3) and codes.shape == (2, 4, 4)
+
+    # Stopping at step 20 and resuming (without the VQ path: the run's copy is used) continues exactly.
+    half = TrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "half"), "max_steps": 20})
+    overrides = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1}
+    train_text_to_image(train, val, vq_dir, "dalle-tiny", half, vocab_size=300, model_overrides=overrides)
+    rest = TrainConfig(**{**half.__dict__, "max_steps": 40})
+    *_, resumed = train_text_to_image(train, val, None, "dalle-tiny", rest, resume=True)
+    np.testing.assert_allclose(resumed.train_losses, losses[20:], rtol=1e-5)
+
+    # A fresh run into the same directory is refused before anything (the VQ copy included) is replaced.
+    with pytest.raises(GenloomError, match="earlier run"):
+        train_text_to_image(train, val, vq_dir, "dalle-tiny", cfg, vocab_size=300)
+    # Loading a checkpoint whose image tokenizer is missing is a one-line error.
+    shutil.rmtree(tmp_path / "run" / IMAGE_TOKENIZER_DIR)
+    with pytest.raises(GenloomError, match="image_tokenizer"):
+        load_text_to_image_model(tmp_path / "run")
