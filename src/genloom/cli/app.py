@@ -1,6 +1,7 @@
 """`genloom` command line: parse flags, call a library function, print. No logic of its own.
 
-Each family's commands live in their own module (`lm`, `translate`); this one assembles the parser and turns
+Each family's commands live in their own module (`lm`, `translate`, `image`); this one assembles the parser, with
+the `train` and `eval` groups the families add their subcommands to, and turns
 user errors into one line and a non-zero exit.
 """
 
@@ -9,11 +10,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from genloom.cli import lm, translate
+from genloom.cli import image, lm, translate
 from genloom.cli.common import Parser, positive_int
 from genloom.errors import GenloomError
 
-QUICKSTARTS = {"lm": lm.quickstart, "translate": translate.quickstart}
+QUICKSTARTS = {"image": image.quickstart, "lm": lm.quickstart, "translate": translate.quickstart}
 
 
 def build_parser() -> Parser:
@@ -21,14 +22,18 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="family", required=True, parser_class=Parser)
+    ev = sub.add_parser("eval", help="score a model on held-out data")
+    eval_sub = ev.add_subparsers(dest="task", required=True, parser_class=Parser)
     lm.add_commands(sub, train_sub)
-    translate.add_commands(sub, train_sub)
+    translate.add_commands(sub, train_sub, eval_sub)
+    image.add_commands(sub, train_sub, eval_sub)
 
     quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
     quick.add_argument("what", nargs="?", choices=sorted(QUICKSTARTS), default="lm",
-                       help="lm: a character-level GPT (default); translate: English number words to German")
-    quick.add_argument("--out", help=f"run directory (default {lm.QUICKSTART_DIR} or "
-                       f"{translate.QUICKSTART_TRANSLATE_DIR})")
+                       help="lm: a character-level GPT (default); translate: English number words to German; "
+                       "image: captions to pictures of coloured shapes")
+    quick.add_argument("--out", help=f"run directory (default {lm.QUICKSTART_DIR}, "
+                       f"{translate.QUICKSTART_TRANSLATE_DIR} or {image.QUICKSTART_IMAGE_DIR})")
     quick.add_argument("--steps", type=positive_int, help="training steps (default 1500 for lm)")
     quick.set_defaults(func=lambda args: QUICKSTARTS[args.what](args))
     return parser

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genloom.cli.common import (
-    Parser,
     add_training_flags,
     non_negative_float,
     positive_int,
@@ -35,8 +34,11 @@ QUICKSTART_TRANSLATE_LR = 2e-3
 QUICKSTART_TRANSLATE_MAX_TOKENS = 2048
 
 
-def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
-    """`train translate` under `train`, and the translation commands at the top level."""
+def add_commands(
+    sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction, eval_sub: argparse._SubParsersAction
+) -> None:
+    """`train translate` under `train`, `eval translate` under `eval`, and the translation commands at the top
+    level."""
     _add_train_translate(train_sub)
 
     tr = sub.add_parser("translate", help="translate text with a trained translation model")
@@ -47,9 +49,7 @@ def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParser
     _add_decoding_flags(tr)
     tr.set_defaults(func=_cmd_translate)
 
-    ev = sub.add_parser("eval", help="score a model on held-out data")
-    ev_sub = ev.add_subparsers(dest="task", required=True, parser_class=Parser)
-    evt = ev_sub.add_parser("translate", help="BLEU, chrF and exact match of a translation model")
+    evt = eval_sub.add_parser("translate", help="BLEU, chrF and exact match of a translation model")
     evt.add_argument("checkpoint")
     _add_parallel_data_flags(evt)
     evt.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
