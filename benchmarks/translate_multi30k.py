@@ -49,8 +49,8 @@ RUNS = {
     "transformer": Run("transformer", "seq2seq", "transformer-small", (("de", "en"),), 35),
     "lstm": Run("lstm", "lstm", "lstm-small", (("de", "en"),), 35),
     "lstm-noattn": Run("lstm-noattn", "lstm", "lstm-small", (("de", "en"),), 15, attention=False),
-    "en-de": Run("en-de", "seq2seq", "transformer-small", (("en", "de"),), 12),
-    "multitask": Run("multitask", "seq2seq", "transformer-small", (("de", "en"), ("en", "de"), ("fr", "en")), 20),
+    "en-de": Run("en-de", "seq2seq", "transformer-small", (("en", "de"),), 10),
+    "multitask": Run("multitask", "seq2seq", "transformer-small", (("de", "en"), ("en", "de"), ("fr", "en")), 15),
 }
 
 
