@@ -190,6 +190,23 @@ class Trainer:
             dist.barrier()
         return self.cfg.patience > 0 and self.stale_evals >= self.cfg.patience
 
+    def _clear_earlier_run(self) -> None:
+        """Rank 0 refuses or deletes an earlier run's checkpoints; every process learns the outcome, so under
+        torchrun all of them stop with the error instead of waiting for rank 0 forever."""
+        error: GenloomError | None = None
+        if self.ctx.is_main:
+            try:
+                self.checkpoints.clear(self.cfg.overwrite)
+            except GenloomError as e:
+                error = e
+        if self.ctx.enabled:
+            failed = torch.tensor(float(error is not None), device=self.ctx.device)
+            dist.broadcast(failed, src=0)  # also a barrier: nobody writes while rank 0 may still be deleting
+            if bool(failed) and error is None:
+                error = GenloomError(f"{self.run_dir} holds checkpoints of an earlier run (see the first process)")
+        if error is not None:
+            raise error
+
     def _out_of_time(self, started: float) -> bool:
         """Whether the time budget is spent; under torchrun rank 0's clock decides, so all ranks stop together."""
         if self.cfg.max_minutes <= 0:
@@ -209,10 +226,8 @@ class Trainer:
         random.seed(cfg.seed)
         if resume:
             self._resume()
-        elif ctx.is_main:
-            self.checkpoints.clear(cfg.overwrite)
-        if ctx.enabled:
-            dist.barrier()  # no process starts while rank 0 may still be refusing or deleting
+        else:
+            self._clear_earlier_run()
         metrics = MetricsLog(self.run_dir)
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
