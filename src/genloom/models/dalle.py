@@ -18,7 +18,6 @@ feeds image[:, :-1], and returns logits for text[:, 1:] and image[:, :].
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 from genloom.config import from_presets
 from genloom.errors import GenloomError
-from genloom.nn import BlockConfig, KVCache, TransformerStack, sinusoidal_2d_table
+from genloom.nn import BlockConfig, KVCache, TransformerStack, gpt2_init_, sinusoidal_2d_table
 from genloom.nn.layers import Activation, Linear, NormKind, dropout_layer
 from genloom.tokenizers import Tokenizer
 
@@ -173,20 +172,7 @@ class Dalle(nn.Module):
         # Separate heads: a text position never spends probability on image codes, nor the reverse.
         self.text_head = Linear(d, config.text_vocab_size, bias=False)
         self.image_head = Linear(d, config.image_vocab_size, bias=False)
-        self.apply(self._init_weights)
-        # GPT-2 §2.3: scale residual output projections by 1/sqrt(N) where N counts residual layers.
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.out_proj.weight", "mlp.fc_out.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        gpt2_init_(self, config.n_layers)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

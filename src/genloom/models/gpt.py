@@ -24,8 +24,9 @@ from genloom.nn import (
     SinusoidalPositionalEncoding,
     TransformerStack,
     build_attention_mask,
+    gpt2_init_,
 )
-from genloom.nn.layers import Activation, Linear, NormKind, dropout_layer
+from genloom.nn.layers import Activation, NormKind, dropout_layer
 
 Positional = Literal["learned", "sinusoidal", "rotary"]
 
@@ -137,20 +138,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
-        self.apply(self._init_weights)
-        # GPT-2 §2.3: scale residual output projections by 1/sqrt(N) where N counts residual layers.
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.out_proj.weight", "mlp.fc_out.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, Linear)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        gpt2_init_(self, config.n_layers)
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied head counts once)."""

@@ -11,7 +11,7 @@ from genloom.nn.positional import (
     sinusoidal_2d_table,
     sinusoidal_table,
 )
-from genloom.nn.transformer import TransformerStack
+from genloom.nn.transformer import TransformerStack, gpt2_init_
 
 __all__ = [
     "MLP",
@@ -28,6 +28,7 @@ __all__ = [
     "TransformerStack",
     "apply_rotary",
     "build_attention_mask",
+    "gpt2_init_",
     "make_norm",
     "sinusoidal_2d_table",
     "sinusoidal_table",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from genloom.nn.attention import CrossKVCache, KVCache
 from genloom.nn.blocks import BlockConfig, TransformerBlock
-from genloom.nn.layers import make_norm
+from genloom.nn.layers import Linear, make_norm
 
 
 class TransformerStack(nn.Module):
@@ -54,3 +56,21 @@ class TransformerStack(nn.Module):
                 cross_kv=cross_kv_caches[i] if cross_kv_caches is not None else None,
             )
         return self.final_norm(x) if self.final_norm is not None else x
+
+
+def gpt2_init_(model: nn.Module, n_layers: int) -> None:
+    """GPT-2's initialisation, in place: N(0, 0.02) weights and embeddings, zero biases, and residual output
+    projections scaled by 1/sqrt(2 * n_layers) (GPT-2 §2.3: each layer adds two residual branches)."""
+
+    def init_module(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, Linear)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    model.apply(init_module)  # children before parents, as nn.Module.apply always visited them
+    for name, p in model.named_parameters():
+        if name.endswith(("attn.out_proj.weight", "mlp.fc_out.weight")):
+            nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
