@@ -8,7 +8,6 @@ resized so its short side equals the resolution and centre-cropped to a square.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from genloom.data.text import read_jsonl_records
 from genloom.errors import GenloomError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -115,23 +115,13 @@ def check_resolution(data: ImageCaptionSet | np.ndarray, resolution: int, expect
 def _read_metadata(path: Path) -> list[tuple[Path, str]]:
     """(image path, caption) for each line of a metadata.jsonl; file names are relative to its folder."""
     entries = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GenloomError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not (isinstance(record, dict) and isinstance(record.get("file_name"), str)
-                    and isinstance(record.get("text"), str)):
-                raise GenloomError(f"{path}:{n}: expected an object with string 'file_name' and 'text' fields")
-            image = path.parent / record["file_name"]
-            if not image.is_file():
-                raise GenloomError(f"{path}:{n}: no image file {record['file_name']!r}")
-            if not record["text"].strip():
-                raise GenloomError(f"{path}:{n}: empty caption for {record['file_name']!r}")
-            entries.append((image, record["text"]))
+    for n, record in read_jsonl_records(path, ("file_name", "text")):
+        image = path.parent / record["file_name"]
+        if not image.is_file():
+            raise GenloomError(f"{path}:{n}: no image file {record['file_name']!r}")
+        if not record["text"].strip():
+            raise GenloomError(f"{path}:{n}: empty caption for {record['file_name']!r}")
+        entries.append((image, record["text"]))
     return entries
 
 

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,12 @@ from genloom.tokenizers import Tokenizer, load_tokenizer
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".jsonl", ""}
 
 
-def _read_jsonl(path: Path) -> list[str]:
-    docs = []
+def read_jsonl_records(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each non-blank line of a JSONL file whose records must be objects with the
+    string `fields`; anything else is a GenloomError naming `file:line`."""
+    names = " and ".join(repr(name) for name in fields)
+    expected = f"a string {names} field" if len(fields) == 1 else f"string {names} fields"
+    records = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -34,10 +39,14 @@ def _read_jsonl(path: Path) -> list[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise GenloomError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise GenloomError(f"{path}:{n}: expected an object with a string 'text' field")
-            docs.append(record["text"])
-    return docs
+            if not isinstance(record, dict) or not all(isinstance(record.get(name), str) for name in fields):
+                raise GenloomError(f"{path}:{n}: expected an object with {expected}")
+            records.append((n, record))
+    return records
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    return [record["text"] for _, record in read_jsonl_records(path, ("text",))]
 
 
 def _read_file(path: Path) -> list[str]:
