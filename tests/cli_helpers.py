@@ -28,3 +28,12 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("genloom"), err
     return lines[0]
+
+
+def cli_fails(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
+    """The one error line of `genloom ARGV`, which must exit 1 (a user error, not a crash or a usage error)."""
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 1, (out, err)
+    line = one_error_line(err)
+    assert line.startswith("genloom: error: ")
+    return line

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import cli_ok, one_error_line, run_cli
+from cli_helpers import cli_fails, cli_ok
 from PIL import Image
 
 from genloom.cli import build_parser, main
@@ -23,14 +23,6 @@ from genloom.generate.imagine import read_png_metadata
 DATA = ["--data", "builtin:shapes", "--limit", "64"]  # 64 scenes at 32x32: ~50 train, 3 val, ~11 held out
 TINY = ["--steps", "4", "--batch-size", "8", "--warmup", "1", "--eval-interval", "4", "--eval-batches", "1",
         "--device", "cpu", "--no-progress"]
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
-    rc, out, err = run_cli(capsys, *argv)
-    assert rc == 1, (out, err)
-    line = one_error_line(err)
-    assert line.startswith("genloom: error: ")
-    return line
 
 
 @pytest.fixture(autouse=True)
@@ -149,19 +141,19 @@ def test_folder_with_an_unreadable_image(capsys: pytest.CaptureFixture[str], tmp
 
 def test_user_errors_are_one_line(runs: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     vq, t2i, _ = runs
-    line = _fails(capsys, "train", "image-tokenizer", *DATA, "--resolution", 16, "--preset", "vq-tiny", *TINY)
+    line = cli_fails(capsys, "train", "image-tokenizer", *DATA, "--resolution", 16, "--preset", "vq-tiny", *TINY)
     assert "16x16" in line and "vq-tiny" in line and "32x32" in line
-    assert "not available yet" in _fails(capsys, "train", "text-to-image", "--method", "diffusion", *DATA,
+    assert "not available yet" in cli_fails(capsys, "train", "text-to-image", "--method", "diffusion", *DATA,
                                          "--image-tokenizer", vq, *TINY)
-    assert "missing-vq does not exist" in _fails(capsys, "train", "text-to-image", *DATA,
+    assert "missing-vq does not exist" in cli_fails(capsys, "train", "text-to-image", *DATA,
                                                  "--image-tokenizer", "missing-vq", *TINY)
-    assert "--image-tokenizer is required" in _fails(capsys, "train", "text-to-image", *DATA, *TINY)
-    assert "more than the model's" in _fails(capsys, "imagine", t2i, "a red circle " * 20, "--device", "cpu")
-    assert "unknown built-in image set 'cats'" in _fails(capsys, "train", "image-tokenizer", "--data",
+    assert "--image-tokenizer is required" in cli_fails(capsys, "train", "text-to-image", *DATA, *TINY)
+    assert "more than the model's" in cli_fails(capsys, "imagine", t2i, "a red circle " * 20, "--device", "cpu")
+    assert "unknown built-in image set 'cats'" in cli_fails(capsys, "train", "image-tokenizer", "--data",
                                                          "builtin:cats", "--preset", "vq-tiny", *TINY)
-    assert "builtin:shapes or builtin:digits" in _fails(capsys, "eval", "text-to-image", t2i, "--data",
+    assert "builtin:shapes or builtin:digits" in cli_fails(capsys, "eval", "text-to-image", t2i, "--data",
                                                         "builtin:emoji")
-    assert "not a text-to-image model" in _fails(capsys, "imagine", vq, "a red circle")
+    assert "not a text-to-image model" in cli_fails(capsys, "imagine", vq, "a red circle")
 
 
 def test_quickstart_takes_image() -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import cli_ok, one_error_line, run_cli
+from cli_helpers import cli_fails, cli_ok
 
 from genloom.cli import main
 
@@ -19,14 +19,6 @@ TINY = [
     "--preset", "transformer-tiny", "--steps", "30", "--max-tokens", "256", "--vocab-size", "300",
     "--warmup", "10", "--eval-interval", "30", "--eval-batches", "2", "--device", "cpu", "--no-progress",
 ]
-
-
-def _fails(capsys: pytest.CaptureFixture[str], *argv: object) -> str:
-    rc, out, err = run_cli(capsys, *argv)
-    assert rc == 1, (out, err)
-    line = one_error_line(err)
-    assert line.startswith("genloom: error: ")
-    return line
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +72,8 @@ def test_multi_task_model_serves_each_direction_by_tag(capsys: pytest.CaptureFix
     assert "done: step 30" in out
     assert len(cli_ok(capsys, "translate", tmp_path / "multi", "12", "--src-lang", "digits", "--tgt-lang", "de")
                .splitlines()) == 1
-    assert "pass --src-lang and --tgt-lang" in _fails(capsys, "translate", tmp_path / "multi", "12")
-    err = _fails(capsys, "translate", tmp_path / "multi", "12", "--src-lang", "digits", "--tgt-lang", "fr")
+    assert "pass --src-lang and --tgt-lang" in cli_fails(capsys, "translate", tmp_path / "multi", "12")
+    err = cli_fails(capsys, "translate", tmp_path / "multi", "12", "--src-lang", "digits", "--tgt-lang", "fr")
     assert "unknown language pair digits-fr" in err and "digits-en, digits-de" in err
     out = cli_ok(capsys, "eval", "translate", tmp_path / "multi", "--data", "builtin:numbers", "--src-lang", "digits",
                  "--tgt-lang", "de", "--split", "val", "--beam-size", "1")
@@ -108,7 +100,7 @@ def test_language_pattern_files_with_separate_validation_set(
 
 
 def test_too_long_source_is_one_line(run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
-    err = _fails(capsys, "translate", run[0], "1 " * 200)
+    err = cli_fails(capsys, "translate", run[0], "1 " * 200)
     assert "max_len" in err
 
 
@@ -125,18 +117,18 @@ def test_lstm_family_trains(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 
 def test_user_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     base = ["train", "translate", *TINY, "--out", tmp_path / "r"]
-    assert "no-such" in _fails(capsys, *base, "--data", "builtin:no-such")
-    assert "'xx'" in _fails(capsys, *base, "--data", "builtin:numbers", "--src-lang", "xx")
+    assert "no-such" in cli_fails(capsys, *base, "--data", "builtin:no-such")
+    assert "'xx'" in cli_fails(capsys, *base, "--data", "builtin:numbers", "--src-lang", "xx")
     src, tgt = tmp_path / "a.en", tmp_path / "a.de"
     src.write_text("one\ntwo\nthree\n", encoding="utf-8")
     tgt.write_text("eins\nzwei\n", encoding="utf-8")
-    assert "line-aligned" in _fails(capsys, *base, "--data", f"{src},{tgt}")
-    assert "lstm" in _fails(capsys, *base, "--data", "builtin:numbers", "--no-attention")
-    assert "nothing to translate" not in _fails(capsys, "translate", tmp_path / "missing", "hi")
-    assert "bad direction" in _fails(capsys, *base, "--data", "builtin:numbers", "--directions", "en-de,deen")
-    assert "--bleu-sentences" in _fails(capsys, *base, "--data", "builtin:numbers", "--bleu-sentences", "0",
+    assert "line-aligned" in cli_fails(capsys, *base, "--data", f"{src},{tgt}")
+    assert "lstm" in cli_fails(capsys, *base, "--data", "builtin:numbers", "--no-attention")
+    assert "nothing to translate" not in cli_fails(capsys, "translate", tmp_path / "missing", "hi")
+    assert "bad direction" in cli_fails(capsys, *base, "--data", "builtin:numbers", "--directions", "en-de,deen")
+    assert "--bleu-sentences" in cli_fails(capsys, *base, "--data", "builtin:numbers", "--bleu-sentences", "0",
                                         "--best-metric", "bleu")
-    assert "patience" in _fails(capsys, *base, "--data", "builtin:numbers", "--patience", "-1")
+    assert "patience" in cli_fails(capsys, *base, "--data", "builtin:numbers", "--patience", "-1")
 
 
 def test_translate_refuses_a_language_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -147,8 +139,8 @@ def test_translate_refuses_a_language_model(capsys: pytest.CaptureFixture[str], 
         "--context-length", "16", "--batch-size", "2", "--steps", "2", "--eval-batches", "1", "--no-progress",
         "--device", "cpu", "--out", tmp_path / "gpt",
     )
-    assert "not a translation model" in _fails(capsys, "translate", tmp_path / "gpt", "hello")
-    assert "not a translation model" in _fails(
+    assert "not a translation model" in cli_fails(capsys, "translate", tmp_path / "gpt", "hello")
+    assert "not a translation model" in cli_fails(
         capsys, "eval", "translate", tmp_path / "gpt", "--data", "builtin:numbers", "--src-lang", "digits"
     )
 
