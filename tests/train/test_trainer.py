@@ -120,6 +120,13 @@ def test_learning_rate_schedules():
     assert learning_rate(400, inv) == pytest.approx(1e-3 * (100 / 400) ** 0.5)
 
 
+def test_cosine_follows_the_time_budget_when_it_ends_first():
+    cfg = TrainConfig(max_steps=1000, warmup_steps=100, lr=1e-3, min_lr=1e-4, max_minutes=1.0)
+    assert learning_rate(200, cfg, time_fraction=0.5) == pytest.approx(5.5e-4)  # half the time: half the cosine
+    assert learning_rate(200, cfg, time_fraction=1.0) == pytest.approx(1e-4)
+    assert learning_rate(550, cfg, time_fraction=0.1) == pytest.approx(5.5e-4)  # steps ending first still decide
+
+
 def test_weight_decay_only_on_matrices(tiny_config):
     model = GPT(tiny_config)
     optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), "cpu")
@@ -176,6 +183,19 @@ def test_time_limit_stops_validates_and_saves(corpus, tiny_config, tmp_path, mon
     assert 1 < result.step < 30
     assert result.val_losses[-1][0] == result.step  # the last step was validated and saved
     assert list_checkpoints(tmp_path / "run")[-1].name == f"checkpoint-{result.step:07d}"
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [m["lr"] for m in logged if "lr" in m]
+    assert lrs[-1] == pytest.approx(3e-4, rel=0.15)  # the cosine ran down to min_lr with the time budget
+
+
+def test_resume_continues_the_time_budget(corpus, tiny_config, tmp_path, monkeypatch):
+    clock = iter(float(t) for t in range(10**6))
+    monkeypatch.setattr("genloom.train.trainer.time.perf_counter", lambda: next(clock))
+    cfg = _config(tmp_path / "run", max_steps=1000, eval_interval=5, max_minutes=0.5)
+    first = _train(corpus, tiny_config, cfg)
+    resumed = _train(corpus, tiny_config, cfg, resume=True)
+    assert first.stop_reason == resumed.stop_reason == "time_limit"
+    assert resumed.step == first.step + 1  # the budget was already spent: one step, validated and saved
 
 
 def test_fresh_run_refuses_an_earlier_runs_checkpoints_unless_overwrite(corpus, tiny_config, tmp_path):

@@ -56,7 +56,8 @@ def add_training_flags(
     t.add_argument("--eval-batches", type=positive_int, default=20)
     t.add_argument("--keep-last", type=positive_int, default=2)
     t.add_argument("--max-minutes", type=non_negative_float, default=0.0,
-                   help="stop (validate and save) once training has run this long; 0: no limit")
+                   help="stop (validate and save) once training has run this long in all, --resume included; "
+                   "the cosine schedule decays over this budget when it ends before --steps; 0: no limit")
     t.add_argument("--patience", type=int, default=0,
                    help="stop after this many validations without a better best metric; 0: never stop early")
     t.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")

@@ -32,7 +32,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 1337
     progress: bool = True  # show a progress bar
-    max_minutes: float = 0.0  # wall-clock training budget; 0: none. The step that crosses it is the last.
+    # Wall-clock training budget over the whole run (a resumed run continues its clock); 0: none. The step that
+    # crosses it is the last, and the cosine schedule decays over it when it ends before max_steps.
+    max_minutes: float = 0.0
     patience: int = 0  # stop after this many validations without a better best_metric; 0: never stop early
     best_metric: str = "val_loss"  # validation metric that picks best/ and drives patience (e.g. bleu)
     overwrite: bool = False  # a fresh run may delete the checkpoints of an earlier run in out_dir

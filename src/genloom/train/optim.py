@@ -24,8 +24,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> torc
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (1-based)."""
+def learning_rate(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Learning rate for optimizer step `step` (1-based).
+
+    `time_fraction` is the share of `cfg.max_minutes` already spent. The cosine runs to the end of whichever
+    budget ends first, steps or time: with only `max_steps`, a run that a wall-clock budget stops early would
+    end at a high learning rate and miss the low-rate phase that lowers the loss most.
+    """
     if cfg.schedule == "inverse_sqrt":
         # "Attention Is All You Need" §5.3, scaled so the peak (at the end of warmup) equals cfg.lr.
         warmup = max(cfg.warmup_steps, 1)
@@ -34,5 +39,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * step / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    step_progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, max(step_progress, time_fraction))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)

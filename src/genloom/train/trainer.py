@@ -102,6 +102,9 @@ class Trainer:
         # Early stopping: the best value of cfg.best_metric so far and validations since it last improved.
         self.best_score: float | None = None
         self.stale_evals = 0
+        # Seconds of the run's max_minutes budget spent so far, by rank 0's clock; kept across --resume, so
+        # the budget and the time-aware learning-rate schedule cover the whole run.
+        self.elapsed_s = 0.0
 
     # ---- state -----------------------------------------------------------------------------------------
     def _training_state(self) -> dict[str, Any]:
@@ -113,6 +116,7 @@ class Trainer:
             "python_rng": random.getstate(),
             "train_config": config_to_dict(self.cfg),
             "stale_evals": self.stale_evals,
+            "elapsed_s": self.elapsed_s,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -130,6 +134,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
         self.stale_evals = int(state.get("stale_evals", 0))
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
         best = self.checkpoints.best_metadata().get(self.cfg.best_metric)
         self.best_score = None if best is None else float(best)
 
@@ -207,14 +212,17 @@ class Trainer:
         if error is not None:
             raise error
 
-    def _out_of_time(self, started: float) -> bool:
-        """Whether the time budget is spent; under torchrun rank 0's clock decides, so all ranks stop together."""
+    def _time_fraction(self, started: float, elapsed_before: float) -> float:
+        """Share of the time budget spent (0 without one). Under torchrun rank 0's clock decides, so every rank
+        uses the same learning rate and all stop together."""
         if self.cfg.max_minutes <= 0:
-            return False
-        spent = torch.tensor(float(time.perf_counter() - started >= 60 * self.cfg.max_minutes), device=self.ctx.device)
+            return 0.0
+        elapsed = torch.tensor(elapsed_before + time.perf_counter() - started, dtype=torch.float64)
         if self.ctx.enabled:
-            dist.broadcast(spent, src=0)
-        return bool(spent)
+            elapsed = elapsed.to(self.ctx.device)
+            dist.broadcast(elapsed, src=0)
+        self.elapsed_s = float(elapsed)
+        return self.elapsed_s / (60 * self.cfg.max_minutes)
 
     def _to_device(self, batch: Batch) -> list[Tensor]:
         return [t.to(self.ctx.device, non_blocking=True) for t in batch]
@@ -246,12 +254,13 @@ class Trainer:
             total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
             disable=not (ctx.is_main and cfg.progress),
         )
-        started = time.perf_counter()
+        started, elapsed_before = time.perf_counter(), self.elapsed_s
+        time_fraction = self._time_fraction(started, elapsed_before)
         interval_loss, interval_tokens, interval_time = 0.0, 0, 0.0
         while self.step < cfg.max_steps:
             self.step += 1
             t0 = time.perf_counter()
-            lr = learning_rate(self.step, cfg)
+            lr = learning_rate(self.step, cfg, time_fraction)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             micro = self.task.micro_batches(self.data_generator, ctx.rank, ctx.world_size, cfg.grad_accum)
@@ -282,7 +291,8 @@ class Trainer:
             result.train_losses.append(loss_value)
             bar.update(1)
 
-            out_of_time = self._out_of_time(started)
+            time_fraction = self._time_fraction(started, elapsed_before)  # for this check and the next step's lr
+            out_of_time = time_fraction >= 1.0
             last = self.step == cfg.max_steps or out_of_time
             if self.step % cfg.log_interval == 0 or last:
                 n = cfg.log_interval if self.step % cfg.log_interval == 0 else self.step % cfg.log_interval
