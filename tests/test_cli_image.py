@@ -108,13 +108,22 @@ def _summary(out: str) -> list[str]:
     return out.split("--- summary\n")[1].splitlines()[1:]  # the rows below the header
 
 
-def test_eval_prints_a_row_per_guidance_scale(runs: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_prints_a_row_per_guidance_scale(
+    runs: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     _, t2i, _ = runs
     out = cli_ok(capsys, "eval", "text-to-image", t2i, "--n-per-caption", 2, "--max-captions", 3,
-                 "--guidance-scales", "1,3", "--device", "cpu")
+                 "--guidance-scales", "1,3", "--device", "cpu", "--json", tmp_path / "scores.json")
     assert "6 captions (3 held-out), 2 images each" in out
     rows = _summary(out)
     assert [r.split()[0] for r in rows] == ["1", "3"]
+    report = json.loads((tmp_path / "scores.json").read_text())
+    assert len(report["captions"]) == 6 and report["n_per_caption"] == 2
+    assert [s["guidance_scale"] for s in report["scores"]] == [1.0, 3.0]
+    for scores, row in zip(report["scores"], rows, strict=True):  # the JSON holds what the table shows
+        seen = scores["seen"]["all_correct"]
+        assert scores["seen"]["images"] == 6 and row.split()[1] == f"{100 * seen:.1f}%"
+        assert 0.0 <= scores["memorization"]["copy_rate"] <= 1.0
     # A shapes report and a memorisation report per scale; the table header names the copy rate once more.
     assert out.count("shapes alignment") == 2 and out.count("copy rate") == 3
     digits = cli_ok(capsys, "eval", "text-to-image", t2i, "--data", "builtin:digits", "--limit", 100,

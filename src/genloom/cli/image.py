@@ -16,6 +16,7 @@ go to the test split, never to train or validation, for the image tokenizer as f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -94,6 +95,7 @@ def add_commands(
     _add_sampling_flags(ev)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=positive_int, default=32, help="captions sampled together")
+    ev.add_argument("--json", help="also write the scores of every guidance scale to this JSON file")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_eval)
 
@@ -417,7 +419,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         intro = f"the ten digit captions, {n} images each"
     per_image = [c for c in captions for _ in range(n)]
     print(f"{spec} with {loaded.path}: {intro}")
-    rows = []
+    rows, scores = [], []
     for scale in scales:
         images = generate_for(loaded, captions, n, scale, args)
         memo = memorization_report(images, train.images, unseen)
@@ -425,12 +427,16 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         if spec == "builtin:shapes":
             shapes = score_shapes(images, per_image)
             print(shapes.format_report())
+            groups = {"all": shapes.overall, "seen": shapes.seen, "held_out": shapes.held_out}
+            scores.append({"guidance_scale": scale, **{k: dataclasses.asdict(g) for k, g in groups.items()},
+                           "memorization": memo})
             rows.append(f"{scale:>8g}  {_pct(shapes.seen.all_correct):>16}  {_pct(shapes.held_out.all_correct):>20}  "
                         f"{_pct(shapes.seen.binding):>17}  {_pct(shapes.held_out.binding):>21}  "
                         f"{_pct(memo['copy_rate']):>9}")
         else:
             digits = evaluator.score(images, per_image, reference=data.images)
             print(digits.format_report())
+            scores.append({"guidance_scale": scale, **dataclasses.asdict(digits), "memorization": memo})
             rows.append(f"{scale:>8g}  {_pct(digits.accuracy):>8}  {digits.frechet or 0.0:>8.3f}  "
                         f"{_pct(memo['copy_rate']):>9}")
         print(format_memorization_report(memo))
@@ -438,6 +444,22 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(header)
     for row in rows:
         print(row)
+    if args.json:
+        report = {"checkpoint": str(loaded.path), "data": spec, "captions": captions, "n_per_caption": n,
+                  "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                  "scores": scores}
+        Path(args.json).write_text(json.dumps(_nan_to_null(report), indent=2) + "\n")
+
+
+def _nan_to_null(value: Any) -> Any:
+    """NaN (a group with no image) as JSON null rather than the non-standard NaN token."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_null(v) for v in value]
+    return value
 
 
 def _pct(x: float) -> str:
