@@ -86,6 +86,16 @@ def test_scenes_describe_the_drawing() -> None:
     assert (data.images[:, 0, 0] == BACKGROUNDS["white"]).any()
 
 
+def test_objects_sit_on_the_lattice() -> None:
+    aligned = [o for s in shapes_scenes(n=200, resolution=32, seed=1) for o in s.objects]
+    assert all(o.left % 4 == 0 and o.top % 4 == 0 for o in aligned)
+    assert {o.size for o in aligned} == {8, 12}  # 25-40 % of 32, in multiples of 4
+    free = [o for s in shapes_scenes(n=200, resolution=32, seed=1, lattice=1) for o in s.objects]
+    assert {o.size for o in free} == set(range(8, 14)) and any(o.left % 4 for o in free)
+    with pytest.raises(GenloomError, match="lattice"):
+        shapes_scenes(n=2, lattice=0)
+
+
 def test_held_out_combinations_never_in_train() -> None:
     data = builtin_images("shapes", n=400, seed=0)
     assert data.held_out is not None

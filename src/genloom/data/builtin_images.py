@@ -2,7 +2,8 @@
 
 - `shapes`: one or two flat-coloured shapes on a plain background, captioned compositionally ("a red circle
   above a blue square"). Drawn without anti-aliasing in six colours at the corners of the RGB cube, so an
-  evaluator can find each object by its exact colour. Some (colour, shape) pairs (`HELD_OUT`) are flagged
+  evaluator can find each object by its exact colour, on a 4-pixel lattice that matches the image tokenizer's
+  patches (`lattice=1`: anywhere). Some (colour, shape) pairs (`HELD_OUT`) are flagged
   `held_out`: `ImageCaptionSet.split` keeps them out of training, to test composition of seen parts.
 - `digits`: scikit-learn's 1797 handwritten digits (8x8, 17 grey levels), black ink on white, upscaled to
   16x16 by default: 8x8 leaves a VQ tokenizer that downsamples by 4 only 2x2 tokens. "the digit seven".
@@ -121,28 +122,29 @@ def _relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool:
     return b.top + b.size < a.top and abs(ax - bx) <= (ay - by) / 2
 
 
-def _random_object(rng: random.Random, resolution: int, colour: str) -> SceneObject:
+def _random_object(rng: random.Random, resolution: int, colour: str, lattice: int) -> SceneObject:
     # Shapes span 25-40% of the image: big enough to tell a triangle from a circle at 32x32, small enough
-    # that two fit side by side with a gap.
-    size = rng.randint(max(4, round(0.25 * resolution)), max(4, round(0.4 * resolution)))
+    # that two fit side by side with a gap. Sizes and positions are multiples of `lattice` where it allows.
+    low, high = max(4, round(0.25 * resolution)), max(4, round(0.4 * resolution))
+    size = rng.choice([s for s in range(low, high + 1) if s % lattice == 0] or [low])
     return SceneObject(
         shape=rng.choice(SHAPES),
         colour=colour,
-        left=rng.randint(0, resolution - size),
-        top=rng.randint(0, resolution - size),
+        left=lattice * rng.randint(0, (resolution - size) // lattice),
+        top=lattice * rng.randint(0, (resolution - size) // lattice),
         size=size,
     )
 
 
-def random_scene(rng: random.Random, resolution: int = 32, p_single: float = 0.2) -> Scene:
+def random_scene(rng: random.Random, resolution: int = 32, p_single: float = 0.2, lattice: int = 4) -> Scene:
     """A scene of one object (with probability `p_single`) or two, in a `resolution` x `resolution` image."""
     if rng.random() < p_single:
-        return Scene((_random_object(rng, resolution, rng.choice(list(COLOURS))),))
+        return Scene((_random_object(rng, resolution, rng.choice(list(COLOURS)), lattice),))
     colours = rng.sample(list(COLOURS), 2)
     relation = rng.choice(RELATIONS)
     while True:  # rejection sampling: about one draw in fourteen satisfies the relation, at any resolution
-        a = _random_object(rng, resolution, colours[0])
-        b = _random_object(rng, resolution, colours[1])
+        a = _random_object(rng, resolution, colours[0], lattice)
+        b = _random_object(rng, resolution, colours[1], lattice)
         if _relation_holds(a, b, relation):
             return Scene((a, b), relation)
 
@@ -164,23 +166,37 @@ def draw_scene(scene: Scene, resolution: int = 32, background: str = "black") ->
     return np.asarray(img, dtype=np.uint8)
 
 
-def shapes_scenes(n: int = 5000, resolution: int = 32, seed: int = 0, p_single: float = 0.2) -> list[Scene]:
+def shapes_scenes(
+    n: int = 5000, resolution: int = 32, seed: int = 0, p_single: float = 0.2, lattice: int = 4
+) -> list[Scene]:
     """The `n` scenes `shapes_images` draws with the same arguments (for evaluators that need positions)."""
     _check_int("n", n, 1)
     _check_int("resolution", resolution, 16)
+    _check_int("lattice", lattice, 1)
     if not 0.0 <= p_single <= 1.0:
         raise GenloomError(f"p_single ({p_single}) must be between 0 and 1")
     rng = random.Random(seed)
-    return [random_scene(rng, resolution, p_single) for _ in range(n)]
+    return [random_scene(rng, resolution, p_single, lattice) for _ in range(n)]
 
 
 def shapes_images(
-    resolution: int = 32, n: int = 5000, seed: int = 0, p_single: float = 0.2, background: str = "black"
+    resolution: int = 32,
+    n: int = 5000,
+    seed: int = 0,
+    p_single: float = 0.2,
+    background: str = "black",
+    lattice: int = 4,
 ) -> ImageCaptionSet:
-    """`n` generated scenes; about 30% show a `HELD_OUT` pair and are flagged `held_out`."""
+    """`n` generated scenes; about 30% show a `HELD_OUT` pair and are flagged `held_out`.
+
+    Objects sit on a `lattice`-pixel grid, 4 by default: the patch of a tokenizer that turns 32x32 into 8x8
+    codes. Aligned, an object is always the same few codes; placed freely (`lattice=1`) every sub-patch offset
+    makes another code pattern, which a CPU-sized caption->image model needs far longer to learn. The captions
+    and what the evaluator checks (colour, shape, relative position) are the same either way.
+    """
     if background not in BACKGROUNDS:
         raise GenloomError(f"unknown background {background!r}; choose from: {', '.join(BACKGROUNDS)}")
-    scenes = shapes_scenes(n, resolution, seed, p_single)
+    scenes = shapes_scenes(n, resolution, seed, p_single, lattice)
     return ImageCaptionSet(
         images=np.stack([draw_scene(s, resolution, background) for s in scenes]),
         captions=[s.caption for s in scenes],
