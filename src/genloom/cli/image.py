@@ -141,6 +141,7 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--d-model", type=positive_int)
     m.add_argument("--n-layers", type=positive_int)
     m.add_argument("--n-heads", type=positive_int)
+    m.add_argument("--d-ff", type=positive_int, help="hidden width of each MLP")
     m.add_argument("--dropout", type=non_negative_float)
     t = add_training_flags(p, out="runs/text-to-image", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
     t.add_argument("--batch-size", type=positive_int, default=32, help="(caption, image) pairs per micro-batch")
@@ -276,7 +277,8 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     held = "" if data.held_out is None else f"; {len(test)} held-out combinations kept for testing"
     print(f"{data.name}: {len(train)} training and {len(val)} validation images{held}")
     vq_data = read_data_record(vq_path).get("data") if vq_path is not None else None
-    overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "dropout": args.dropout}
+    overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
+                 "dropout": args.dropout}
     cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="val_image_loss")
     _write_data_record(Path(args.out), _data_record(data, args, image_tokenizer_data=vq_data), args.resume,
                        args.overwrite)
