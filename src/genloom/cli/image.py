@@ -116,8 +116,8 @@ def _add_data_flags(d: argparse._ActionsContainer, resolution_help: str) -> None
 
 def _add_train_image_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("image-tokenizer", help="train a VQ image tokenizer (images -> a grid of codes)")
-    _add_data_flags(p.add_argument_group("data"), "load images at N x N (default: the preset's resolution, "
-                    "which they must match)")
+    _add_data_flags(p.add_argument_group("data"), "images and tokenizer at N x N (default: the preset's "
+                    "resolution); the code grid is N / 2**(len(widths) - 1) on a side")
     m = p.add_argument_group("model (flags override the preset)")
     m.add_argument("--preset", default="vq-small", help="vq-tiny, vq-small, vq-digits")
     m.add_argument("--codebook-size", type=positive_int, help="codes in the codebook (the image vocabulary)")
@@ -230,13 +230,13 @@ def _cmd_train_image_tokenizer(args: argparse.Namespace) -> None:
     from genloom.train.distributed import shutdown_distributed
     from genloom.train.image_tokenizer import build_model_config, train_image_tokenizer
 
-    overrides = {"codebook_size": args.codebook_size, "code_dim": args.code_dim, "commitment": args.commitment,
-                 "dead_code_steps": args.dead_code_steps}
+    overrides = {"resolution": args.resolution, "codebook_size": args.codebook_size, "code_dim": args.code_dim,
+                 "commitment": args.commitment, "dead_code_steps": args.dead_code_steps}
     try:
         model_config = build_model_config(args.preset, **overrides)
     except ValueError as e:
         raise GenloomError(str(e)) from None
-    data = load_images(args.data, args.resolution or model_config.resolution, args.limit)
+    data = load_images(args.data, model_config.resolution, args.limit)
     check_resolution(data, model_config.resolution, f"the {args.preset} preset")
     train, val, _ = split_images(data, args.val_fraction)
     cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="psnr")

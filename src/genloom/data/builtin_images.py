@@ -2,8 +2,8 @@
 
 - `shapes`: one or two flat-coloured shapes on a plain background, captioned compositionally ("a red circle
   above a blue square"). Drawn without anti-aliasing in six colours at the corners of the RGB cube, so an
-  evaluator can find each object by its exact colour, on a 4-pixel lattice that matches the image tokenizer's
-  patches (`lattice=1`: anywhere). Some (colour, shape) pairs (`HELD_OUT`) are flagged
+  evaluator can find each object by its exact colour, on a lattice that matches an 8x8-code tokenizer's patches
+  (4 pixels at 32x32; `lattice=1`: anywhere). Some (colour, shape) pairs (`HELD_OUT`) are flagged
   `held_out`: `ImageCaptionSet.split` keeps them out of training, to test composition of seen parts.
 - `digits`: scikit-learn's 1797 handwritten digits (8x8, 17 grey levels), black ink on white, upscaled to
   16x16 by default: 8x8 leaves a VQ tokenizer that downsamples by 4 only 2x2 tokens. "the digit seven".
@@ -122,6 +122,11 @@ def _relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool:
     return b.top + b.size < a.top and abs(ax - bx) <= (ay - by) / 2
 
 
+def default_lattice(resolution: int) -> int:
+    """Pixels between object positions by default: the patch side of an 8x8-code tokenizer (4 at 32x32)."""
+    return max(1, resolution // 8)
+
+
 def _random_object(rng: random.Random, resolution: int, colour: str, lattice: int) -> SceneObject:
     # Shapes span 25-40% of the image: big enough to tell a triangle from a circle at 32x32, small enough
     # that two fit side by side with a gap. Sizes and positions are multiples of `lattice` where it allows.
@@ -167,11 +172,12 @@ def draw_scene(scene: Scene, resolution: int = 32, background: str = "black") ->
 
 
 def shapes_scenes(
-    n: int = 5000, resolution: int = 32, seed: int = 0, p_single: float = 0.2, lattice: int = 4
+    n: int = 5000, resolution: int = 32, seed: int = 0, p_single: float = 0.2, lattice: int | None = None
 ) -> list[Scene]:
     """The `n` scenes `shapes_images` draws with the same arguments (for evaluators that need positions)."""
     _check_int("n", n, 1)
     _check_int("resolution", resolution, 16)
+    lattice = default_lattice(resolution) if lattice is None else lattice
     _check_int("lattice", lattice, 1)
     if not 0.0 <= p_single <= 1.0:
         raise GenloomError(f"p_single ({p_single}) must be between 0 and 1")
@@ -185,14 +191,14 @@ def shapes_images(
     seed: int = 0,
     p_single: float = 0.2,
     background: str = "black",
-    lattice: int = 4,
+    lattice: int | None = None,
 ) -> ImageCaptionSet:
     """`n` generated scenes; about 30% show a `HELD_OUT` pair and are flagged `held_out`.
 
-    Objects sit on a `lattice`-pixel grid, 4 by default: the patch of a tokenizer that turns 32x32 into 8x8
-    codes. Aligned, an object is always the same few codes; placed freely (`lattice=1`) every sub-patch offset
-    makes another code pattern, which a CPU-sized caption->image model needs far longer to learn. The captions
-    and what the evaluator checks (colour, shape, relative position) are the same either way.
+    Objects sit on a `lattice`-pixel grid, by default the patch of a tokenizer with an 8x8 code grid
+    (`default_lattice`). Aligned, an object is always the same few codes; placed freely (`lattice=1`) every
+    sub-patch offset makes another code pattern, which a CPU-sized caption->image model needs far longer to
+    learn. The captions and what the evaluator checks (colour, shape, relative position) are the same either way.
     """
     if background not in BACKGROUNDS:
         raise GenloomError(f"unknown background {background!r}; choose from: {', '.join(BACKGROUNDS)}")
