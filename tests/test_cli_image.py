@@ -148,10 +148,20 @@ def test_folder_with_an_unreadable_image(capsys: pytest.CaptureFixture[str], tmp
     assert "6 training and 2 validation images at 32x32" in out
 
 
+def test_resolution_sets_the_image_tokenizers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = cli_ok(capsys, "train", "image-tokenizer", *DATA, "--resolution", 16, "--preset", "vq-tiny", *TINY,
+                 "--out", tmp_path / "vq16")
+    assert "at 16x16" in out
+    config = json.loads((tmp_path / "vq16" / "best" / "config.json").read_text())["model"]
+    assert config["resolution"] == 16  # a 4x4 code grid: vq-tiny halves twice
+
+
 def test_user_errors_are_one_line(runs: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     vq, t2i, _ = runs
-    line = cli_fails(capsys, "train", "image-tokenizer", *DATA, "--resolution", 16, "--preset", "vq-tiny", *TINY)
-    assert "16x16" in line and "vq-tiny" in line and "32x32" in line
+    line = cli_fails(capsys, "train", "text-to-image", *DATA, "--resolution", 16, "--image-tokenizer", vq, *TINY)
+    assert "16x16" in line and "VQ image tokenizer" in line and "32x32" in line
+    assert "must be divisible by 4" in cli_fails(capsys, "train", "image-tokenizer", *DATA, "--resolution", 18,
+                                                 "--preset", "vq-tiny", *TINY)
     assert "not available yet" in cli_fails(capsys, "train", "text-to-image", "--method", "diffusion", *DATA,
                                          "--image-tokenizer", vq, *TINY)
     assert "missing-vq does not exist" in cli_fails(capsys, "train", "text-to-image", *DATA,

@@ -40,7 +40,7 @@ def test_shapes_and_presets() -> None:
     text_logits, image_logits = model(text, image)
     assert text_logits.shape == (3, 5, 40)  # predicts text[:, 1:]
     assert image_logits.shape == (3, 9, 24)  # predicts every image token
-    for name in ("dalle-tiny", "dalle-small"):
+    for name in ("dalle-tiny", "dalle-small", "dalle-compact"):
         assert preset(name).image_len == preset(name).grid_size ** 2
 
 

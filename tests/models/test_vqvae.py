@@ -93,6 +93,29 @@ def test_encode_decode_and_forward_shapes() -> None:
         model.decode(torch.full((1, 8, 8), 16))
 
 
+def test_patch_encoder_codes_depend_only_on_their_own_patch() -> None:
+    torch.manual_seed(0)
+    model = VQVAE(_tiny(encoder="patch")).eval()  # 16x16 -> 8x8 codes of 2x2 patches
+    images = _images(b=1)
+    changed = images.clone()
+    changed[:, :, :2, :2] = -images[:, :, :2, :2]  # only the top-left patch
+    z, z_changed = model.encoder(images), model.encoder(changed)
+    assert z.shape == (1, 4, 8, 8)
+    assert not torch.allclose(z[..., 0, 0], z_changed[..., 0, 0])
+    torch.testing.assert_close(z[..., 1:, :], z_changed[..., 1:, :])  # every other patch: the same vector
+    torch.testing.assert_close(z[..., 0, 1:], z_changed[..., 0, 1:])
+    # Equal patches anywhere in the image get equal codes.
+    tiled = images[:, :, :2, :2].repeat(1, 1, 8, 8)
+    assert model.encode(tiled).unique().numel() == 1
+    # The convolutional encoder's codes see their neighbours.
+    conv = VQVAE(_tiny()).eval()
+    assert not torch.allclose(conv.encoder(images)[..., 0, 1], conv.encoder(changed)[..., 0, 1])
+    reconstruction, _, _ = VQVAE(_tiny(encoder="patch"))(images)
+    assert reconstruction.shape == images.shape
+    with pytest.raises(ValueError, match="encoder"):
+        _tiny(encoder="vit")
+
+
 def test_straight_through_gradient_reaches_the_encoder() -> None:
     vq = _quantizer([[0.0, 0.0], [10.0, 10.0]])
     z = _grid([[1.0, 0.0], [9.0, 9.0]]).requires_grad_()

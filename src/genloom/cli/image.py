@@ -47,10 +47,12 @@ METHODS = ("tokens",)  # `--method diffusion` (latent diffusion) is a later addi
 QUICKSTART_IMAGE_DIR = "runs/quickstart-image"
 # Time budgets that keep the whole quickstart within about 10 minutes on 2 CPU cores; the step counts are upper
 # bounds the budgets normally cut short.
-QUICKSTART_VQ_MINUTES = 3.0
-QUICKSTART_DALLE_MINUTES = 5.0
+QUICKSTART_VQ_MINUTES = 2.5
+QUICKSTART_DALLE_MINUTES = 6.0
 QUICKSTART_VQ_STEPS = 3000
 QUICKSTART_DALLE_STEPS = 8000
+QUICKSTART_SCENES = 20000  # ~13.6k training scenes: 6 minutes of training sees each about four times
+QUICKSTART_GUIDANCE = 2.0
 # Seen combinations, then ones naming a held-out (colour, shape) pair (builtin_images.HELD_OUT).
 QUICKSTART_PROMPTS = (
     "a red circle",
@@ -120,6 +122,9 @@ def _add_train_image_tokenizer(sub: argparse._SubParsersAction) -> None:
                     "resolution); the code grid is N / 2**(len(widths) - 1) on a side")
     m = p.add_argument_group("model (flags override the preset)")
     m.add_argument("--preset", default="vq-small", help="vq-tiny, vq-small, vq-digits")
+    m.add_argument("--encoder", choices=("conv", "patch"),
+                   help="conv: codes also see neighbouring patches; patch: each code sees only its own patch, so "
+                   "equal patches get equal codes (easier for the caption->image model on flat-colour images)")
     m.add_argument("--codebook-size", type=positive_int, help="codes in the codebook (the image vocabulary)")
     m.add_argument("--code-dim", type=positive_int, help="dimension of a code")
     m.add_argument("--commitment", type=non_negative_float, help="weight of the commitment loss")
@@ -137,7 +142,7 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--image-tokenizer", help="run directory or checkpoint of `genloom train image-tokenizer`")
     d.add_argument("--vocab-size", type=positive_int, default=512, help="caption BPE vocabulary size")
     m = p.add_argument_group("model (flags override the preset)")
-    m.add_argument("--preset", default="dalle-small", help="dalle-tiny, dalle-small")
+    m.add_argument("--preset", default="dalle-small", help="dalle-tiny, dalle-compact, dalle-small")
     m.add_argument("--d-model", type=positive_int)
     m.add_argument("--n-layers", type=positive_int)
     m.add_argument("--n-heads", type=positive_int)
@@ -230,8 +235,8 @@ def _cmd_train_image_tokenizer(args: argparse.Namespace) -> None:
     from genloom.train.distributed import shutdown_distributed
     from genloom.train.image_tokenizer import build_model_config, train_image_tokenizer
 
-    overrides = {"resolution": args.resolution, "codebook_size": args.codebook_size, "code_dim": args.code_dim,
-                 "commitment": args.commitment, "dead_code_steps": args.dead_code_steps}
+    overrides = {"resolution": args.resolution, "encoder": args.encoder, "codebook_size": args.codebook_size,
+                 "code_dim": args.code_dim, "commitment": args.commitment, "dead_code_steps": args.dead_code_steps}
     try:
         model_config = build_model_config(args.preset, **overrides)
     except ValueError as e:
@@ -485,11 +490,12 @@ def quickstart(args: argparse.Namespace) -> None:
     print("genloom quickstart image: a VQ image tokenizer and a caption -> image Transformer on coloured shapes "
           "(builtin:shapes, 32x32), on the CPU, in about 10 minutes.")
     start = time.perf_counter()
-    data = builtin_images("shapes", 32)
+    data = builtin_images("shapes", 32, n=QUICKSTART_SCENES)
     train, val, test = split_images(data, 0.05)
     print(f"{len(train)} training images; {len(test)} showing held-out colour+shape pairs are kept out")
-    record = {"data": data.name, "resolution": 32, "images": len(data), "limit": None, "val_fraction": 0.05,
-              "split_seed": SPLIT_SEED}
+    # What `eval text-to-image` needs to rebuild this split (`--limit` draws that many scenes).
+    record = {"data": data.name, "resolution": 32, "images": len(data), "limit": QUICKSTART_SCENES,
+              "val_fraction": 0.05, "split_seed": SPLIT_SEED}
 
     def budget(run_dir: Path, steps: int, minutes: float, lr: float) -> TrainConfig:
         steps = min(steps, args.steps) if args.steps is not None else steps
@@ -507,18 +513,20 @@ def quickstart(args: argparse.Namespace) -> None:
     )
     psnr = vq_result.best.get("psnr", float("nan"))
     print(f"   {vq_result.step} steps; reconstruction PSNR {psnr:.1f} dB")
-    print(f"2/2 caption -> image model (dalle-tiny, up to {QUICKSTART_DALLE_MINUTES:g} minutes)")
+    print(f"2/2 caption -> image model (dalle-compact, up to {QUICKSTART_DALLE_MINUTES:g} minutes)")
     _, _, _, result = train_text_to_image(
-        train, val, vq_dir, "dalle-tiny", budget(dalle_dir, QUICKSTART_DALLE_STEPS, QUICKSTART_DALLE_MINUTES, 2e-3)
+        train, val, vq_dir, "dalle-compact",
+        budget(dalle_dir, QUICKSTART_DALLE_STEPS, QUICKSTART_DALLE_MINUTES, 2e-3),
     )
     print(f"   {result.step} steps; val loss {result.val_loss:.3f}")
     loaded = load_text_to_image_model(dalle_dir)
     n = 4
     images, _ = imagine(loaded.model, loaded.tokenizer, loaded.vq, list(QUICKSTART_PROMPTS), n_images=n,
-                        guidance_scale=3.0, seed=0, progress=False)
-    params = {"model": str(loaded.path), "temperature": 1.0, "guidance_scale": 3.0, "seed": 0, "n_images": n}
+                        guidance_scale=QUICKSTART_GUIDANCE, seed=0, progress=False)
+    params = {"model": str(loaded.path), "temperature": 1.0, "guidance_scale": QUICKSTART_GUIDANCE, "seed": 0,
+              "n_images": n}
     saved = save_images(images, samples, list(QUICKSTART_PROMPTS), params, data_name=data.name)
-    print(f"{n} images per caption (guidance scale 3) in {saved.grid}, one row per caption:")
+    print(f"{n} images per caption (guidance scale {QUICKSTART_GUIDANCE:g}) in {saved.grid}, one row per caption:")
     for prompt in QUICKSTART_PROMPTS:
         print(f"  {prompt}")
     print(score_shapes(images, [p for p in QUICKSTART_PROMPTS for _ in range(n)]).format_report())

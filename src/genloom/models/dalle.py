@@ -94,6 +94,10 @@ PRESETS: dict[str, DalleConfig] = {
     # 32x32 shapes / emoji through vq-small (8x8 grid of 512 codes): 4.7M trunk parameters, ~80 positions,
     # sized for about 30 minutes of training on 2 CPU cores.
     "dalle-small": DalleConfig(text_len=24, image_vocab_size=512, d_model=256, n_layers=6, n_heads=8, d_ff=1024),
+    # 1.8M trunk parameters: on 2 CPU cores it takes 2.2x the steps of dalle-small in the same time, and in
+    # 10 minutes on builtin:shapes it reached a lower validation loss (0.50 vs 0.58 nats per image token).
+    # The quickstart's model and the text-to-image benchmark's.
+    "dalle-compact": DalleConfig(text_len=24, image_vocab_size=512, d_model=192, n_layers=4, n_heads=6, d_ff=768),
 }
 
 
