@@ -94,6 +94,8 @@ def test_objects_sit_on_the_lattice() -> None:
     assert {o.size for o in free} == set(range(8, 14)) and any(o.left % 4 for o in free)
     with pytest.raises(GenloomError, match="lattice"):
         shapes_scenes(n=2, lattice=0)
+    with pytest.raises(GenloomError, match="at most resolution / 4"):
+        shapes_scenes(n=2, resolution=32, lattice=9)
 
 
 def test_held_out_combinations_never_in_train() -> None:

@@ -141,8 +141,9 @@ def _random_object(rng: random.Random, resolution: int, colour: str, lattice: in
     )
 
 
-def random_scene(rng: random.Random, resolution: int = 32, p_single: float = 0.2, lattice: int = 4) -> Scene:
+def random_scene(rng: random.Random, resolution: int = 32, p_single: float = 0.2, lattice: int | None = None) -> Scene:
     """A scene of one object (with probability `p_single`) or two, in a `resolution` x `resolution` image."""
+    lattice = default_lattice(resolution) if lattice is None else lattice
     if rng.random() < p_single:
         return Scene((_random_object(rng, resolution, rng.choice(list(COLOURS)), lattice),))
     colours = rng.sample(list(COLOURS), 2)
@@ -179,6 +180,8 @@ def shapes_scenes(
     _check_int("resolution", resolution, 16)
     lattice = default_lattice(resolution) if lattice is None else lattice
     _check_int("lattice", lattice, 1)
+    if lattice > resolution // 4:  # coarser, and two objects could not always be placed apart
+        raise GenloomError(f"lattice ({lattice}) must be at most resolution / 4 ({resolution // 4})")
     if not 0.0 <= p_single <= 1.0:
         raise GenloomError(f"p_single ({p_single}) must be between 0 and 1")
     rng = random.Random(seed)
