@@ -3,10 +3,10 @@
     python benchmarks/text_to_image.py                      # all parts, about 70 minutes on 2 CPU cores
     python benchmarks/text_to_image.py --parts digits,sampling
 
-- shapes: a vq-tiny image tokenizer with a patch encoder, then a dalle-compact (1.8M) caption->image model;
-  `genloom eval text-to-image` scores caption alignment (colour-segmentation parser) on seen and held-out
-  (colour, shape) combinations per guidance scale. The parser on the tokenizer's reconstructions of real test
-  images gives the ceiling.
+- shapes: a vq-colour image tokenizer (patch encoder, shape x colour tokens), then a dalle-compact (1.8M)
+  caption->image model; `genloom eval text-to-image` scores caption alignment (colour-segmentation parser) on
+  seen and held-out (colour, shape) combinations per guidance scale. The parser on the tokenizer's
+  reconstructions of real test images gives the ceiling.
 - digits: a vq-digits tokenizer (8x8 -> 4x4 codes) and a caption->image model; accuracy of an independent
   classifier on the generated digits, and a Fréchet distance on its features.
 - emoji: a vq-small tokenizer on the 1357 OpenMoji glyphs: validation PSNR, codebook usage during the last
@@ -107,9 +107,10 @@ def reconstruct(vq_run: Path, images: np.ndarray) -> np.ndarray:
 def part_shapes(out: Path) -> dict[str, Any]:
     vq, t2i, log = out / "vq", out / "t2i", out / "shapes.log"
     data_flags = ["--data", "builtin:shapes", "--limit", SHAPES_SCENES]
-    # A patch encoder: equal patches get equal codes (a conv encoder gave the 85 distinct 4x4 patches of these
-    # scenes codes with ~3 nats of context-dependent entropy, which the caption->image model must then learn).
-    genloom(log, "train", "image-tokenizer", *data_flags, "--preset", "vq-tiny", "--encoder", "patch", "--lr", 2e-3,
+    # vq-colour: a patch encoder (equal patches get equal codes; a conv encoder gave the 85 distinct 4x4 patches
+    # of these scenes codes with ~3 nats of context-dependent entropy) and tokens that pair a shape code with a
+    # colour code, so a held-out colour+shape pair is a new pair of codes the model has emitted before.
+    genloom(log, "train", "image-tokenizer", *data_flags, "--preset", "vq-colour", "--lr", 2e-3,
             "--eval-batches", 8, *train_flags(SHAPES_VQ_MINUTES, vq))
     genloom(log, "train", "text-to-image", *data_flags, "--image-tokenizer", vq, *COMPACT_MODEL,
             "--eval-interval", 500, "--eval-batches", 8, *train_flags(SHAPES_T2I_MINUTES, t2i))
@@ -207,7 +208,7 @@ def readme_table(results: dict[str, Any]) -> str:
             + ", ".join(f"{g['scale']:g}: {pct(g['seen'])} / {pct(g['held_out'])}" for g in s["guidance"]) + " | |",
             f"| shapes: parser on tokenizer reconstructions of real images (ceiling), seen / held-out | "
             f"{pct(s['reconstruction_all_correct']['seen'])} / {pct(s['reconstruction_all_correct']['held_out'])} | |",
-            f"| shapes: vq-tiny {SHAPES_VQ_MINUTES} min ({vq['steps']} steps) PSNR; caption->image model "
+            f"| shapes: vq-colour {SHAPES_VQ_MINUTES} min ({vq['steps']} steps) PSNR; caption->image model "
             f"{SHAPES_T2I_MINUTES} min ({t2i['steps']} steps) val image loss | {vq['psnr']:.1f} dB; "
             f"{t2i['val_image_loss']:.3f} | |",
         ]

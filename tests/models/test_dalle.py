@@ -92,6 +92,51 @@ def test_text_and_image_heads_are_separate() -> None:
     torch.testing.assert_close(image_logits3, 2 * image_logits)
 
 
+def test_factorised_image_tokens_get_independent_shape_and_colour_probabilities() -> None:
+    model = tiny(colour_codes=4)  # 24 tokens = 6 shape codes x 4 colour codes
+    assert model.image_embedding.num_embeddings == 6 and model.colour_head is not None
+    text, image = batch(model)
+    _, logits = model(text, image)  # (B, N, 24)
+    assert logits.shape == (3, 9, 24)
+    joint = logits.view(3, 9, 6, 4).exp()  # token s * 4 + c
+    torch.testing.assert_close(joint.sum((-1, -2)), torch.ones(3, 9))  # normalised log-probabilities
+    p_shape, p_colour = joint.sum(-1), joint.sum(-2)
+    torch.testing.assert_close(joint, p_shape[..., :, None] * p_colour[..., None, :])  # independent given context
+    # A token's embedding is its shape code's embedding plus its colour code's.
+    assert model.colour_embedding is not None
+    shapes, colours = torch.tensor([[1, 3]]), torch.tensor([[2, 0]])
+    torch.testing.assert_close(
+        model._embed_image(shapes * 4 + colours), model.image_embedding(shapes) + model.colour_embedding(colours)
+    )
+    # Cached decoding still equals the full forward pass.
+    caches = model.make_kv_caches(len(text))
+    steps = [model.next_image_logits(text, None, caches)]
+    for j in range(model.config.image_len - 1):
+        steps.append(model.next_image_logits(None, image[:, j : j + 1], caches))
+    torch.testing.assert_close(torch.stack(steps, dim=1), logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"colour_codes \(5\) must be 0 or divide image_vocab_size \(24\)"):
+        tiny(colour_codes=5)
+
+
+def test_blank_patches_have_no_colour_and_lit_ones_are_never_black() -> None:
+    model = tiny(colour_codes=4, blank_token=2 * 4 + 3)  # shape code 2 is the blank patch, colour code 3 black
+    text, image = batch(model)
+    _, logits = model(text, image)
+    joint = logits.view(3, 9, 6, 4).exp()
+    torch.testing.assert_close(joint.sum((-1, -2)), torch.ones(3, 9))
+    assert torch.count_nonzero(joint[..., 2, :3]) == 0  # a blank patch in colour: impossible
+    assert torch.count_nonzero(joint[..., [0, 1, 3, 4, 5], 3]) == 0  # a lit patch in black: impossible
+    # Lit patches: shape and colour still independent given the context.
+    lit = joint[..., [0, 1, 3, 4, 5], :3]
+    p_lit = lit.sum((-1, -2), keepdim=True)
+    torch.testing.assert_close(lit / p_lit, (lit.sum(-1, keepdim=True) / p_lit) * (lit.sum(-2, keepdim=True) / p_lit))
+    # Guidance keeps impossible tokens impossible (no NaN from -inf - -inf).
+    guided = logits[0] + 3.0 * (logits[0] - logits[1])
+    assert torch.isfinite(guided).all() and torch.softmax(guided, -1).view(9, 6, 4)[:, 2, :3].max() == 0
+    with pytest.raises(ValueError, match=r"blank_token \(5\) must be -1, or a token below"):
+        tiny(blank_token=5)
+
+
 def test_loss_weighting_and_padding() -> None:
     model = tiny()
     text, image = batch(model)

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from genloom.config import config_from_dict, config_to_dict
 from genloom.errors import GenloomError
 from genloom.models.registry import load_language_model, load_pretrained
+from genloom.models.vq_colour import compose, value_and_chroma
 from genloom.models.vqvae import (
     PRESETS,
     VQVAE,
@@ -114,6 +116,56 @@ def test_patch_encoder_codes_depend_only_on_their_own_patch() -> None:
     assert reconstruction.shape == images.shape
     with pytest.raises(ValueError, match="encoder"):
         _tiny(encoder="vit")
+
+
+def _flat_colour_images() -> torch.Tensor:
+    """(2, 3, 16, 16) in [-1, 1]: black, a red 4x4 block on the patch lattice, a dimmed green one, a blue corner."""
+    unit = torch.zeros(2, 3, 16, 16)
+    unit[0, 0, 4:8, 4:8] = 1.0  # red
+    unit[0, 1, 8:12, 0:4] = 0.5  # green at half brightness
+    unit[1, 2, 0:1, 14:16] = 1.0  # blue, two pixels of one patch
+    return unit * 2 - 1
+
+
+def test_value_and_chroma_split_flat_colours_exactly() -> None:
+    images = _flat_colour_images()
+    value, chroma = value_and_chroma(images, 4)
+    assert value.shape == (2, 1, 16, 16) and chroma.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(chroma[0, :, 1, 1], torch.tensor([1.0, 0.0, 0.0]))  # the red block's patch
+    torch.testing.assert_close(chroma[0, :, 2, 0], torch.tensor([0.0, 1.0, 0.0]))  # green whatever its brightness
+    torch.testing.assert_close(chroma[1, :, 0, 3], torch.tensor([0.0, 0.0, 1.0]))  # a partly lit patch
+    assert torch.count_nonzero(chroma[0, :, 0, 0]) == 0  # black patch: no colour
+    # Brightness x patch colour gives the image back.
+    torch.testing.assert_close(compose(value, F.interpolate(chroma, scale_factor=4, mode="nearest")), images)
+
+
+def test_colour_factorised_tokens() -> None:
+    torch.manual_seed(0)
+    config = _tiny(resolution=16, widths=(8, 16, 16), encoder="patch", codebook_size=6, colour_codes=5)
+    assert config.vocab_size == 30 and config.patch_size == 4
+    model = VQVAE(config)
+    images = _flat_colour_images()
+    model.train()
+    model(images)  # k-means initialises both codebooks
+    model.eval()
+    codes = model.encode(images)
+    assert codes.shape == (2, 4, 4) and int(codes.max()) < 30
+    shapes, colours = codes // 5, codes % 5
+    # The shape code sees only brightness: the same lit block in another colour keeps its shape code.
+    recoloured = images.clone()
+    recoloured[0, :, 4:8, 4:8] = torch.tensor([-1.0, -1.0, 1.0])[:, None, None]  # the red block turned blue
+    codes2 = model.encode(recoloured)
+    assert int(codes2[0, 1, 1]) // 5 == int(shapes[0, 1, 1]) and int(codes2[0, 1, 1]) % 5 != int(colours[0, 1, 1])
+    assert torch.equal(codes2[1], codes[1])
+    reconstruction, vq_loss, forward_codes = model(images)
+    assert torch.equal(forward_codes, codes) and vq_loss.dim() == 0
+    torch.testing.assert_close(reconstruction.clamp(-1, 1), model.decode(codes))
+    with pytest.raises(GenloomError, match=r"codes must be in \[0, 30\)"):
+        model.decode(torch.full((1, 4, 4), 30))
+    with pytest.raises(ValueError, match="colour_codes needs the patch encoder"):
+        _tiny(colour_codes=4)
+    with pytest.raises(ValueError, match=r"colour_codes \(-1\)"):
+        _tiny(encoder="patch", colour_codes=-1)
 
 
 def test_straight_through_gradient_reaches_the_encoder() -> None:

@@ -23,6 +23,7 @@ from genloom.train.text_to_image import (
     encode_images,
     train_caption_tokenizer,
     train_text_to_image,
+    usable_blank_token,
 )
 
 VQ = VQConfig(resolution=16, widths=(8, 8, 8), res_blocks=1, norm_groups=4, codebook_size=32)  # 4x4 grid
@@ -133,3 +134,45 @@ def test_short_run_learns_saves_loads_and_samples(shapes, tmp_path) -> None:
     shutil.rmtree(tmp_path / "run" / IMAGE_TOKENIZER_DIR)
     with pytest.raises(GenloomError, match="image_tokenizer"):
         load_text_to_image_model(tmp_path / "run")
+
+
+def _factorised_vq(images: torch.Tensor, codebook_size: int) -> VQVAE:
+    """A colour-factorised VQ whose codebooks k-means has set on `images` (no training)."""
+    torch.manual_seed(0)
+    config = VQConfig(resolution=16, widths=(8, 8, 8), res_blocks=1, norm_groups=4, codebook_size=codebook_size,
+                      encoder="patch", colour_codes=8)
+    vq = VQVAE(config).train()
+    vq(images)
+    return vq.eval()
+
+
+def test_colour_factorised_tokenizer_sets_up_the_model(shapes, tmp_path) -> None:
+    train, val, _ = shapes
+    vq = _factorised_vq(train.to_tensor(range(len(train))), 64)
+    save_checkpoint(tmp_path / "vq", vq, "vqvae", vq.config, None)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=4, batch_size=8, warmup_steps=1, eval_interval=4,
+                      eval_batches=1, progress=False, device="cpu")
+    model, *_ = train_text_to_image(train, val, tmp_path / "vq", "dalle-tiny", cfg, vocab_size=300,
+                                    model_overrides={"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1})
+    assert (model.config.image_vocab_size, model.config.colour_codes) == (512, 8)
+    assert model.config.blank_token == vq.blank_token() >= 0
+    loaded = load_text_to_image_model(tmp_path / "run")
+    _, codes = imagine(loaded.model, loaded.tokenizer, loaded.vq, [train.captions[0]], n_images=2, seed=0,
+                       guidance_scale=2.0, progress=False)
+    shape, colour = divmod(model.config.blank_token, 8)
+    assert torch.equal(codes // 8 == shape, codes % 8 == colour)  # blank patches black, lit ones coloured
+    # With too few shape codes k-means gives a dim lit patch the blank patch's code: no blank token then.
+    coarse = _factorised_vq(train.to_tensor(range(len(train))), 16)
+    assert coarse.blank_token() >= 0 and usable_blank_token(coarse, encode_images(coarse, train.images)) == -1
+
+
+def test_task_rejects_tokens_the_factorised_model_cannot_emit() -> None:
+    tokenizer = train_caption_tokenizer(["a red circle"], 300)
+    codec = CaptionCodec(tokenizer, 16)
+    cfg = DalleConfig(text_vocab_size=tokenizer.vocab_size, text_len=16, image_vocab_size=32, colour_codes=4,
+                      blank_token=3, grid_size=2, d_model=32, n_layers=1, n_heads=2, d_ff=64, pad_id=codec.ids.pad)
+    text = codec.encode(["a red circle"])
+    good, lit_in_black = torch.tensor([[3, 4, 5, 6]]), torch.tensor([[3, 7, 5, 6]])  # 7 = shape 1 in colour 3
+    TextToImageTask(cfg, tokenizer, text, good, text, good, 1)
+    with pytest.raises(GenloomError, match="1 image tokens pair the blank shape code"):
+        TextToImageTask(cfg, tokenizer, text, lit_in_black, text, good, 1)

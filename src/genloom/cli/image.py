@@ -47,8 +47,8 @@ METHODS = ("tokens",)  # `--method diffusion` (latent diffusion) is a later addi
 QUICKSTART_IMAGE_DIR = "runs/quickstart-image"
 # Time budgets that keep the whole quickstart within about 10 minutes on 2 CPU cores; the step counts are upper
 # bounds the budgets normally cut short.
-QUICKSTART_VQ_MINUTES = 2.5
-QUICKSTART_DALLE_MINUTES = 6.0
+QUICKSTART_VQ_MINUTES = 1.5
+QUICKSTART_DALLE_MINUTES = 7.0
 QUICKSTART_VQ_STEPS = 3000
 QUICKSTART_DALLE_STEPS = 8000
 QUICKSTART_SCENES = 20000  # ~13.6k training scenes: 6 minutes of training (~2200 steps) sees each ~5 times
@@ -121,12 +121,15 @@ def _add_train_image_tokenizer(sub: argparse._SubParsersAction) -> None:
     _add_data_flags(p.add_argument_group("data"), "images and tokenizer at N x N (default: the preset's "
                     "resolution); the code grid is N / 2**(len(widths) - 1) on a side")
     m = p.add_argument_group("model (flags override the preset)")
-    m.add_argument("--preset", default="vq-small", help="vq-tiny, vq-small, vq-digits")
+    m.add_argument("--preset", default="vq-small", help="vq-tiny, vq-small, vq-digits, vq-colour")
     m.add_argument("--encoder", choices=("conv", "patch"),
                    help="conv: codes also see neighbouring patches; patch: each code sees only its own patch, so "
                    "equal patches get equal codes (easier for the caption->image model on flat-colour images)")
     m.add_argument("--codebook-size", type=positive_int, help="codes in the codebook (the image vocabulary)")
     m.add_argument("--code-dim", type=positive_int, help="dimension of a code")
+    m.add_argument("--colour-codes", type=positive_int,
+                   help="factorised tokens for flat-coloured images on a dark background: --codebook-size shape "
+                   "codes of the patch's brightness x this many colour codes (needs --encoder patch)")
     m.add_argument("--commitment", type=non_negative_float, help="weight of the commitment loss")
     m.add_argument("--dead-code-steps", type=int, help="re-seed codes unused this many steps; 0: never")
     t = add_training_flags(p, out="runs/image-tokenizer", lr_help="peak learning rate", warmup=100, weight_decay=0.0)
@@ -148,6 +151,8 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--n-heads", type=positive_int)
     m.add_argument("--d-ff", type=positive_int, help="hidden width of each MLP")
     m.add_argument("--dropout", type=non_negative_float)
+    m.add_argument("--image-loss-weight", type=non_negative_float,
+                   help="weight w of the image tokens' loss against the caption's, 1:w (default 7, as DALL-E)")
     t = add_training_flags(p, out="runs/text-to-image", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
     t.add_argument("--batch-size", type=positive_int, default=32, help="(caption, image) pairs per micro-batch")
     t.add_argument("--caption-dropout", type=non_negative_float, default=0.15,
@@ -236,7 +241,8 @@ def _cmd_train_image_tokenizer(args: argparse.Namespace) -> None:
     from genloom.train.image_tokenizer import build_model_config, train_image_tokenizer
 
     overrides = {"resolution": args.resolution, "encoder": args.encoder, "codebook_size": args.codebook_size,
-                 "code_dim": args.code_dim, "commitment": args.commitment, "dead_code_steps": args.dead_code_steps}
+                 "code_dim": args.code_dim, "colour_codes": args.colour_codes, "commitment": args.commitment,
+                 "dead_code_steps": args.dead_code_steps}
     try:
         model_config = build_model_config(args.preset, **overrides)
     except ValueError as e:
@@ -283,7 +289,7 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     print(f"{data.name}: {len(train)} training and {len(val)} validation images{held}")
     vq_data = read_data_record(vq_path).get("data") if vq_path is not None else None
     overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
-                 "dropout": args.dropout}
+                 "dropout": args.dropout, "image_loss_weight": args.image_loss_weight}
     cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="val_image_loss")
     _write_data_record(Path(args.out), _data_record(data, args, image_tokenizer_data=vq_data), args.resume,
                        args.overwrite)
@@ -507,10 +513,10 @@ def quickstart(args: argparse.Namespace) -> None:
 
     for run_dir in (vq_dir, dalle_dir):
         _write_data_record(run_dir, record, resume=False, overwrite=True)
-    print(f"1/2 image tokenizer (vq-tiny with a patch encoder, up to {QUICKSTART_VQ_MINUTES:g} minutes)")
+    # Shape x colour tokens: a held-out pair such as "a green triangle" is a new pair of known codes.
+    print(f"1/2 image tokenizer (vq-colour: shape x colour tokens, up to {QUICKSTART_VQ_MINUTES:g} minutes)")
     _, vq_result = train_image_tokenizer(
-        train.images, val.images, "vq-tiny", budget(vq_dir, QUICKSTART_VQ_STEPS, QUICKSTART_VQ_MINUTES, 2e-3),
-        model_overrides={"encoder": "patch"},  # equal patches, equal codes: what the caption model learns fastest
+        train.images, val.images, "vq-colour", budget(vq_dir, QUICKSTART_VQ_STEPS, QUICKSTART_VQ_MINUTES, 2e-3)
     )
     psnr = vq_result.best.get("psnr", float("nan"))
     print(f"   {vq_result.step} steps; reconstruction PSNR {psnr:.1f} dB")

@@ -32,7 +32,7 @@ import genloom
 from genloom.data.builtin_images import OPENMOJI_ATTRIBUTION
 from genloom.errors import GenloomError
 from genloom.generate.sampling import SamplingConfig, choose_tokens
-from genloom.models.dalle import Dalle
+from genloom.models.dalle import Dalle, check_image_tokenizer
 from genloom.models.vqvae import VQVAE
 from genloom.tokenizers import Tokenizer
 from genloom.train.text_to_image import CaptionCodec
@@ -130,12 +130,7 @@ def imagine(
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise GenloomError(f"guidance scale ({guidance_scale}) must be >= 0")
     cfg = model.config
-    if (vq_model.config.codebook_size, vq_model.config.grid_size) != (cfg.image_vocab_size, cfg.grid_size):
-        raise GenloomError(
-            f"the VQ model makes {vq_model.config.grid_size}x{vq_model.config.grid_size} grids of "
-            f"{vq_model.config.codebook_size} codes, the model expects {cfg.grid_size}x{cfg.grid_size} of "
-            f"{cfg.image_vocab_size}"
-        )
+    check_image_tokenizer(vq_model.config, cfg, "the VQ model", "the model")
     sampling = SamplingConfig(
         max_new_tokens=cfg.image_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )

@@ -11,6 +11,12 @@ reason), and decoding needs no mask, so a cached step attends to every earlier p
 caption of classifier-free guidance is the EMPTY caption, `<s></s><pad>...`, which training shows the model by
 caption dropout (see `genloom.train.text_to_image`).
 
+With a factorised image tokenizer (`VQConfig.colour_codes` = C > 0) image token i is the pair (i // C, i % C),
+a shape code and a colour code: its embedding is the sum of one embedding per part, and two heads give
+log p(shape) + log p(colour) for all `image_vocab_size` pairs, so the parts are predicted independently given
+the context and a pair never seen in training costs no more than its parts. One dependence is structural and
+kept: a black patch has no colour, and a lit one is never black (see `_image_logits`).
+
 Targets: text position t predicts text token t + 1 (pads ignored); the last text position predicts image
 token 0, and image position j predicts image token j + 1. So `forward` reads text (B, Lt) and image (B, N),
 feeds image[:, :-1], and returns logits for text[:, 1:] and image[:, :].
@@ -27,18 +33,24 @@ from torch import Tensor, nn
 
 from genloom.config import from_presets
 from genloom.errors import GenloomError
+from genloom.models.vqvae import VQConfig
 from genloom.nn import BlockConfig, KVCache, TransformerStack, gpt2_init_, sinusoidal_2d_table
 from genloom.nn.layers import Activation, Linear, NormKind, dropout_layer
 from genloom.tokenizers import Tokenizer
 
 ImagePositional = Literal["learned", "sinusoidal"]
+IMPOSSIBLE = -1e9  # the log-probability of image tokens a factorised model never emits
 
 
 @dataclass
 class DalleConfig:
     text_vocab_size: int = 512  # caption tokenizer's vocabulary (set from the tokenizer)
     text_len: int = 32  # caption positions: <s> + caption + </s>, right-padded with <pad>
-    image_vocab_size: int = 512  # = the VQ tokenizer's codebook size
+    image_vocab_size: int = 512  # = the VQ tokenizer's vocabulary (its codebook size, or shapes x colours)
+    colour_codes: int = 0  # the VQ tokenizer's colour codes: > 0 for factorised (shape, colour) image tokens
+    # Factorised tokens: the token of an all-black patch (`VQVAE.blank_token`), -1 if none. Its shape code is
+    # the only one drawn with its colour code (black): see `Dalle._image_logits`.
+    blank_token: int = -1
     grid_size: int = 8  # an image is grid_size x grid_size codes, fed in raster order
     d_model: int = 256
     n_layers: int = 6
@@ -68,6 +80,15 @@ class DalleConfig:
             raise ValueError(f"pad_id ({self.pad_id}) must be in [0, text_vocab_size {self.text_vocab_size})")
         if self.image_positional not in ("learned", "sinusoidal"):
             raise ValueError(f"unknown image_positional {self.image_positional!r}; expected learned or sinusoidal")
+        if self.colour_codes < 0 or (self.colour_codes and self.image_vocab_size % self.colour_codes):
+            raise ValueError(
+                f"colour_codes ({self.colour_codes}) must be 0 or divide image_vocab_size ({self.image_vocab_size})"
+            )
+        if (self.blank_token >= 0 and not self.colour_codes) or not -1 <= self.blank_token < self.image_vocab_size:
+            raise ValueError(
+                f"blank_token ({self.blank_token}) must be -1, or a token below image_vocab_size "
+                f"({self.image_vocab_size}) with colour_codes > 0"
+            )
         if self.image_positional == "sinusoidal" and self.d_model % 4:
             raise ValueError(f"sinusoidal image positions need d_model ({self.d_model}) divisible by 4")
 
@@ -104,6 +125,18 @@ PRESETS: dict[str, DalleConfig] = {
 def preset(name: str, **overrides: object) -> DalleConfig:
     """A copy of preset `name` with `overrides` applied (vocabularies, grid and text_len from the data)."""
     return from_presets(PRESETS, name, **overrides)
+
+
+def check_image_tokenizer(vq: VQConfig, model: DalleConfig, vq_name: str, model_name: str) -> None:
+    """A one-line GenloomError unless the VQ tokenizer makes the image tokens the model reads and writes."""
+
+    def grid(g: int, vocab: int, colours: int) -> str:
+        return f"{g}x{g} grids of {vocab} tokens" + (f" ({colours} colours)" if colours else "")
+
+    made = grid(vq.grid_size, vq.vocab_size, vq.colour_codes)
+    expected = grid(model.grid_size, model.image_vocab_size, model.colour_codes)
+    if made != expected:
+        raise GenloomError(f"{vq_name} makes {made}; {model_name} expects {expected}")
 
 
 def encode_captions(
@@ -152,6 +185,9 @@ class Dalle(nn.Module):
     image_rows: Tensor
     image_cols: Tensor
     image_pos_table: Tensor | None
+    blank_colour: Tensor | None
+    blank_shape: Tensor | None
+    impossible_pairs: Tensor | None
 
     def __init__(self, config: DalleConfig) -> None:
         super().__init__()
@@ -159,7 +195,10 @@ class Dalle(nn.Module):
         d, g = config.d_model, config.grid_size
         self.text_embedding = nn.Embedding(config.text_vocab_size, d)
         self.text_positions = nn.Embedding(config.text_len, d)
-        self.image_embedding = nn.Embedding(config.image_vocab_size, d)
+        colours = config.colour_codes
+        # Factorised tokens: these two see the shape code and the colour code; otherwise the first sees the token.
+        self.image_embedding = nn.Embedding(config.image_vocab_size // max(1, colours), d)
+        self.colour_embedding = nn.Embedding(colours, d) if colours else None
         # Raster order: token j sits at row j // g, column j % g.
         index = torch.arange(config.image_len)
         self.register_buffer("image_rows", index // g, persistent=False)
@@ -175,7 +214,18 @@ class Dalle(nn.Module):
         self.transformer = TransformerStack(config.block_config(), config.n_layers)
         # Separate heads: a text position never spends probability on image codes, nor the reverse.
         self.text_head = Linear(d, config.text_vocab_size, bias=False)
-        self.image_head = Linear(d, config.image_vocab_size, bias=False)
+        self.image_head = Linear(d, config.image_vocab_size // max(1, colours), bias=False)
+        self.colour_head = Linear(d, colours, bias=False) if colours else None
+        # With a blank token (s0, k): masks of the black colour k (C,), of the blank shape s0 (S,) and of the
+        # impossible pairs (S, C), a lit patch in black or a blank one in colour; otherwise None.
+        masks: tuple[Tensor | None, ...] = (None, None, None)
+        if config.blank_token >= 0:
+            s0, k = divmod(config.blank_token, colours)
+            is_black = torch.arange(colours) == k
+            is_blank = torch.arange(config.image_vocab_size // colours) == s0
+            masks = (is_black, is_blank, is_blank[:, None] != is_black[None, :])
+        for name, mask in zip(("blank_colour", "blank_shape", "impossible_pairs"), masks, strict=True):
+            self.register_buffer(name, mask, persistent=False)
         gpt2_init_(self, config.n_layers)
 
     def num_parameters(self) -> int:
@@ -217,7 +267,7 @@ class Dalle(nn.Module):
             start, n = past - cfg.text_len, image.shape[1]
             if start + n > cfg.image_len - 1:
                 raise GenloomError(f"at most {cfg.image_len - 1} image tokens are fed, got {start + n}")
-            parts.append(self.image_embedding(image) + self._image_positions(start, n))  # (B, n, d)
+            parts.append(self._embed_image(image) + self._image_positions(start, n))  # (B, n, d)
         if not parts:
             raise GenloomError("nothing to run: pass a caption or image tokens")
         x = self.embed_dropout(torch.cat(parts, dim=1))  # (B, T, d)
@@ -230,7 +280,7 @@ class Dalle(nn.Module):
         """
         lt = self.config.text_len
         h = self.hidden_states(text, image[:, :-1])  # (B, Lt + n - 1, d)
-        return self.text_head(h[:, : lt - 1]), self.image_head(h[:, lt - 1 :])
+        return self.text_head(h[:, : lt - 1]), self._image_logits(h[:, lt - 1 :])
 
     def next_image_logits(
         self, text: Tensor | None, image: Tensor | None, kv_caches: list[KVCache] | None = None
@@ -241,4 +291,34 @@ class Dalle(nn.Module):
         Without caches: (text, image tokens so far), recomputing the whole prefix.
         """
         h = self.hidden_states(text, image, kv_caches)
-        return self.image_head(h[:, -1])
+        return self._image_logits(h[:, -1])
+
+    def _embed_image(self, image: Tensor) -> Tensor:
+        """Image tokens (B, n) -> (B, n, d)."""
+        if self.colour_embedding is None:
+            return self.image_embedding(image)
+        colours = self.config.colour_codes
+        return self.image_embedding(image // colours) + self.colour_embedding(image % colours)
+
+    def _image_logits(self, h: Tensor) -> Tensor:
+        """Hidden states (..., d) -> image logits (..., image_vocab_size).
+
+        Factorised tokens: log p(shape) + log p(colour), normalised log-probabilities, so cross-entropy,
+        temperature, top-k/top-p and guidance all work on them as on ordinary logits. With a blank token
+        (shape s0, colour k): p(s0, k) = p(s0), p(s, k) = 0 for s != s0 and p(s0, c) = 0 for c != k, and the
+        colour of a lit patch is drawn from the colour head without k. Two independent draws would otherwise
+        make a lit patch black (a hole in a shape) whenever the model is unsure whether a patch is lit.
+        """
+        if self.colour_head is None:
+            return self.image_head(h)
+        shape = F.log_softmax(self.image_head(h).float(), dim=-1)  # (..., S)
+        colour_logits = self.colour_head(h).float()  # (..., C)
+        if self.blank_colour is None:
+            colour = F.log_softmax(colour_logits, dim=-1)
+            return (shape.unsqueeze(-1) + colour.unsqueeze(-2)).flatten(-2)  # (..., S * C); token = s * C + c
+        assert self.blank_shape is not None and self.impossible_pairs is not None
+        colour = F.log_softmax(colour_logits.masked_fill(self.blank_colour, IMPOSSIBLE), dim=-1)  # never black
+        colour_given_shape = torch.where(self.blank_shape.unsqueeze(-1), 0.0, colour.unsqueeze(-2))  # (..., S, C)
+        joint = shape.unsqueeze(-1) + colour_given_shape
+        # A constant, not -inf: guidance's cond + g * (cond - uncond) keeps it (-inf - -inf would be NaN).
+        return joint.masked_fill(self.impossible_pairs, IMPOSSIBLE).flatten(-2)

@@ -10,7 +10,7 @@ from torch import nn
 
 from genloom.config import config_from_dict, read_json
 from genloom.errors import GenloomError
-from genloom.models.dalle import Dalle, DalleConfig
+from genloom.models.dalle import Dalle, DalleConfig, check_image_tokenizer
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.lstm import LSTMConfig, LSTMSeq2Seq
 from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
@@ -115,8 +115,5 @@ def load_text_to_image_model(path: Path) -> LoadedTextToImage:
                            f"or {loaded.path.parent}")
     vq = load_image_tokenizer(found)
     cfg = loaded.model.config
-    if (vq.config.codebook_size, vq.config.grid_size) != (cfg.image_vocab_size, cfg.grid_size):
-        raise GenloomError(f"{found} makes {vq.config.grid_size}x{vq.config.grid_size} grids of "
-                           f"{vq.config.codebook_size} codes; {loaded.path} expects {cfg.grid_size}x{cfg.grid_size} "
-                           f"of {cfg.image_vocab_size}")
+    check_image_tokenizer(vq.config, cfg, str(found), str(loaded.path))
     return LoadedTextToImage(loaded.model, tokenizer, vq, loaded.path)

@@ -7,6 +7,9 @@ et al. 2017, appendix A.1; Razavi et al. 2019), started from k-means on the firs
 go unused are re-seeded from encoder outputs (Dhariwal et al. 2020, "Jukebox"). Codes are low-dimensional
 and, by default, l2-normalised so the lookup is by cosine similarity (Yu et al. 2021, "ViT-VQGAN" §3.2):
 both keep most of the codebook in use.
+
+With `colour_codes` > 0 a token is a pair: a shape code of the patch's brightness and a colour code of its hue
+(see `value_and_chroma`), so that one colour drawn in a new shape is a new pair of known parts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 
 from genloom.config import from_presets
 from genloom.errors import GenloomError
+from genloom.models.vq_colour import ColourDecoder, ColourEncoder, compose, value_and_chroma
 
 EncoderKind = Literal["conv", "patch"]
 
@@ -42,6 +46,11 @@ class VQConfig:
     kmeans_iters: int = 10  # Lloyd iterations (after k-means++ seeding) on the first training batch; 0: random codes
     dead_code_steps: int = 100  # a code assigned in none of this many consecutive training steps is re-seeded; 0: never
     eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes, so no code divides by zero
+    # > 0: factorised tokens for flat-coloured images on a dark background. The patch encoder sees only the
+    # brightness (per-pixel max over RGB) and its `codebook_size` codes say where the patch is lit; a second
+    # quantizer with `colour_codes` codes says the patch's colour; the image is brightness x colour. A token is
+    # shape * colour_codes + colour. A patch has one colour: multicoloured images (emoji) lose detail.
+    colour_codes: int = 0
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)  # JSON gives a list back
@@ -72,6 +81,10 @@ class VQConfig:
             raise ValueError(f"eps ({self.eps}) must be positive")
         if self.encoder not in ("conv", "patch"):
             raise ValueError(f"encoder ({self.encoder!r}) must be conv or patch")
+        if self.colour_codes < 0:
+            raise ValueError(f"colour_codes ({self.colour_codes}) must be >= 0")
+        if self.colour_codes and self.encoder != "patch":
+            raise ValueError("colour_codes needs the patch encoder (encoder='patch')")
 
     @property
     def downsamplings(self) -> int:
@@ -83,12 +96,28 @@ class VQConfig:
         """Side of the code grid: an image becomes grid_size**2 tokens."""
         return self.resolution // 2**self.downsamplings
 
+    @property
+    def patch_size(self) -> int:
+        """Side in pixels of the patch one token stands for."""
+        return 2**self.downsamplings
+
+    @property
+    def vocab_size(self) -> int:
+        """Distinct tokens: codebook_size, or codebook_size * colour_codes for factorised tokens."""
+        return self.codebook_size * max(1, self.colour_codes)
+
 
 PRESETS: dict[str, VQConfig] = {
     # Tests and the quickstart: 32x32 -> 8x8 codes, 154k parameters.
     "vq-tiny": VQConfig(widths=(16, 32, 32), res_blocks=1, norm_groups=8, codebook_size=128),
     # 32x32 emoji and shapes -> 8x8 = 64 tokens per image from 512 codes; 3.7M parameters.
     "vq-small": VQConfig(widths=(64, 128, 128), res_blocks=2, norm_groups=32, codebook_size=512),
+    # Flat-coloured images on a dark background (builtin:shapes): vq-tiny's size with a patch encoder and tokens
+    # that pair one of 64 shape codes with one of 8 colour codes, so unseen colour+shape pairs are new pairs of
+    # known codes. 98k parameters.
+    "vq-colour": VQConfig(
+        widths=(16, 32, 32), res_blocks=1, norm_groups=8, encoder="patch", codebook_size=64, colour_codes=8
+    ),
     # 8x8 digits (scikit-learn) -> 4x4 = 16 tokens per image.
     "vq-digits": VQConfig(resolution=8, widths=(32, 64), res_blocks=1, norm_groups=8, codebook_size=128),
 }
@@ -369,11 +398,11 @@ class PatchEncoder(nn.Module):
     positions), so equal patches get equal codes. The decoder still sees neighbours, to draw smooth seams.
     """
 
-    def __init__(self, config: VQConfig) -> None:
+    def __init__(self, config: VQConfig, channels: int = 3) -> None:
         super().__init__()
-        self.patch = 2**config.downsamplings
+        self.patch = config.patch_size
         width = config.widths[-1]
-        self.embed = nn.Linear(3 * self.patch**2, width)
+        self.embed = nn.Linear(channels * self.patch**2, width)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
             for _ in range(config.res_blocks * len(config.widths))
@@ -381,7 +410,7 @@ class PatchEncoder(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.code_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        patches = F.pixel_unshuffle(x, self.patch).permute(0, 2, 3, 1)  # (B, h, w, 3 * p * p)
+        patches = F.pixel_unshuffle(x, self.patch).permute(0, 2, 3, 1)  # (B, h, w, C * p * p)
         h = self.embed(patches)
         for block in self.blocks:
             h = h + block(h)
@@ -389,9 +418,9 @@ class PatchEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, code_dim, h, w) -> (B, 3, h*2^d, w*2^d), the encoder mirrored with nearest-neighbour upsampling."""
+    """(B, code_dim, h, w) -> (B, channels, h*2^d, w*2^d), the encoder mirrored with nearest-neighbour upsampling."""
 
-    def __init__(self, config: VQConfig) -> None:
+    def __init__(self, config: VQConfig, channels: int = 3) -> None:
         super().__init__()
         widths, groups = config.widths, config.norm_groups
         c = widths[-1]
@@ -403,7 +432,7 @@ class Decoder(nn.Module):
             if i > 0:
                 # Nearest upsampling + conv instead of a transposed conv: no checkerboard artefacts.
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
-        layers += [nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
+        layers += [nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -411,18 +440,34 @@ class Decoder(nn.Module):
 
 
 class VQVAE(nn.Module):
-    """Images (B, 3, H, W) in [-1, 1] <-> codes (B, h, w) in [0, codebook_size)."""
+    """Images (B, 3, H, W) in [-1, 1] <-> codes (B, h, w) in [0, vocab_size)."""
 
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder: nn.Module = PatchEncoder(config) if config.encoder == "patch" else Encoder(config)
-        self.quantizer = VectorQuantizer(
-            config.codebook_size, config.code_dim, cosine=config.cosine, ema_decay=config.ema_decay,
-            commitment=config.commitment, kmeans_iters=config.kmeans_iters, dead_code_steps=config.dead_code_steps,
-            eps=config.eps,
+        self.colour_codes = config.colour_codes  # 0: one quantizer; > 0: shape x colour tokens
+        factorised = self.colour_codes > 0
+        self.encoder: nn.Module = (
+            PatchEncoder(config, channels=1 if factorised else 3) if config.encoder == "patch" else Encoder(config)
         )
-        self.decoder = Decoder(config)
+        self.quantizer = self._quantizer(config.codebook_size)
+        self.decoder = Decoder(config, channels=1 if factorised else 3)
+        # The colour half of factorised tokens (see `genloom.models.vq_colour`).
+        self.colour_encoder: ColourEncoder | None = None
+        self.colour_quantizer: VectorQuantizer | None = None
+        self.colour_decoder: ColourDecoder | None = None
+        if factorised:
+            width = config.widths[0]
+            self.colour_encoder = ColourEncoder(config.code_dim, width)
+            self.colour_quantizer = self._quantizer(config.colour_codes)
+            self.colour_decoder = ColourDecoder(config.code_dim, width, config.patch_size)
+
+    def _quantizer(self, codebook_size: int) -> VectorQuantizer:
+        c = self.config
+        return VectorQuantizer(
+            codebook_size, c.code_dim, cosine=c.cosine, ema_decay=c.ema_decay, commitment=c.commitment,
+            kmeans_iters=c.kmeans_iters, dead_code_steps=c.dead_code_steps, eps=c.eps,
+        )
 
     @property
     def grid_size(self) -> int:
@@ -438,23 +483,66 @@ class VQVAE(nn.Module):
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, r, r):
             raise GenloomError(f"expected images of shape (B, 3, {r}, {r}), got {tuple(images.shape)}")
 
+    def _latents(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Encoder outputs (B, D, h, w) for the (shape) quantizer and for the colour quantizer (None if unused)."""
+        if self.colour_encoder is None:
+            return self.encoder(images), None
+        value, chroma = value_and_chroma(images, self.config.patch_size)
+        return self.encoder(value), self.colour_encoder(chroma)
+
+    def _render(self, shape_vectors: Tensor, colour_vectors: Tensor | None) -> Tensor:
+        """Unclamped image (B, 3, H, W) from quantized vectors (B, D, h, w)."""
+        if colour_vectors is None:
+            return self.decoder(shape_vectors)
+        assert self.colour_decoder is not None
+        return compose(self.decoder(shape_vectors), self.colour_decoder(colour_vectors))
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(reconstruction (B, 3, H, W), unclamped; vq loss; codes (B, h, w)). Trains the codebook in train mode."""
         self._check_images(images)
-        z = self.encoder(images)  # (B, D, h, w)
+        z, z_colour = self._latents(images)  # (B, D, h, w) each
         quantized, vq_loss, codes = self.quantizer(z)
-        return self.decoder(quantized), vq_loss, codes
+        if z_colour is None:
+            return self._render(quantized, None), vq_loss, codes
+        assert self.colour_quantizer is not None
+        colour_quantized, colour_loss, colours = self.colour_quantizer(z_colour)
+        return (
+            self._render(quantized, colour_quantized), vq_loss + colour_loss, codes * self.colour_codes + colours
+        )
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """Codes (B, h, w), dtype long, of images (B, 3, H, W) in [-1, 1]; never changes the codebook."""
         self._check_images(images)
-        return self.quantizer.lookup(self.encoder(images))
+        z, z_colour = self._latents(images)
+        codes = self.quantizer.lookup(z)
+        if z_colour is None:
+            return codes
+        assert self.colour_quantizer is not None
+        return codes * self.colour_codes + self.colour_quantizer.lookup(z_colour)
+
+    @torch.no_grad()
+    def blank_token(self) -> int:
+        """Factorised tokens: the token of an all-black patch, whose colour code (black) no lit patch gets; -1
+        otherwise. See `genloom.models.dalle.Dalle._image_logits`."""
+        if self.colour_quantizer is None:
+            return -1
+        r = self.config.resolution
+        p = next(self.parameters())
+        return int(self.encode(torch.full((1, 3, r, r), -1.0, device=p.device, dtype=p.dtype))[0, 0, 0])
 
     def decode(self, codes: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] of codes (B, h, w)."""
         g = self.grid_size
         if codes.dim() != 3 or tuple(codes.shape[1:]) != (g, g):
             raise GenloomError(f"expected codes of shape (B, {g}, {g}), got {tuple(codes.shape)}")
-        return self.decoder(self.quantizer.embed(codes)).clamp(-1.0, 1.0)
-
+        if self.colour_quantizer is None:
+            return self._render(self.quantizer.embed(codes), None).clamp(-1.0, 1.0)
+        vocab = self.config.vocab_size
+        if codes.min() < 0 or codes.max() >= vocab:
+            raise GenloomError(
+                f"codes must be in [0, {vocab}), got values from {int(codes.min())} to {int(codes.max())}"
+            )
+        shapes, colours = codes // self.colour_codes, codes % self.colour_codes
+        image = self._render(self.quantizer.embed(shapes), self.colour_quantizer.embed(colours))
+        return image.clamp(-1.0, 1.0)

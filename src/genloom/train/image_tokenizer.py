@@ -119,12 +119,16 @@ class ImageTokenizerTask:
             sq_err_sum += float((reconstruction - images).pow(2).sum())
             pixels += images.numel()
         stats = model.quantizer.codebook_stats(reset=True)
-        return {
+        metrics = {
             "psnr": psnr_sum / len(self.val),
             "val_mse": sq_err_sum / pixels,
             "codebook_usage": stats.used_fraction,
             "codebook_perplexity": stats.perplexity,
         }
+        if model.colour_quantizer is not None:  # factorised tokens: codebook_* are the shape codes'
+            colour = model.colour_quantizer.codebook_stats(reset=True)
+            metrics |= {"colour_codebook_usage": colour.used_fraction, "colour_perplexity": colour.perplexity}
+        return metrics
 
 
 def build_model_config(preset_name: str, **overrides: object) -> VQConfig:

@@ -31,7 +31,7 @@ from genloom.config import config_from_dict
 from genloom.data.images import ImageCaptionSet, check_resolution
 from genloom.data.translation import SPECIAL_TOKENS, SpecialIds
 from genloom.errors import GenloomError
-from genloom.models.dalle import Dalle, DalleConfig, dalle_loss, encode_captions, preset
+from genloom.models.dalle import Dalle, DalleConfig, check_image_tokenizer, dalle_loss, encode_captions, preset
 from genloom.models.vqvae import VQVAE
 from genloom.tokenizers import BPETokenizer, Tokenizer, load_tokenizer
 from genloom.train.checkpoint import CheckpointManager, read_checkpoint_config, save_checkpoint
@@ -131,6 +131,15 @@ class TextToImageTask:
                 )
             if int(codes.max()) >= cfg.image_vocab_size:
                 raise GenloomError(f"{split}: image code {int(codes.max())} >= image_vocab_size {cfg.image_vocab_size}")
+            if cfg.blank_token >= 0:
+                # Factorised tokens: the model gives a lit patch in black, or a blank one in colour, no probability.
+                shape, colour = divmod(cfg.blank_token, cfg.colour_codes)
+                mixed = (codes // cfg.colour_codes == shape) != (codes % cfg.colour_codes == colour)
+                if bool(mixed.any()):
+                    raise GenloomError(
+                        f"{split}: {int(mixed.sum())} image tokens pair the blank shape code with a colour or a lit "
+                        "shape with black; the image tokenizer does not separate brightness and colour cleanly"
+                    )
         self.model_config = cfg
         self._tokenizer = tokenizer
         self.codec = CaptionCodec(tokenizer, cfg.text_len)
@@ -208,6 +217,21 @@ def build_model_config(preset_name: str, **overrides: object) -> DalleConfig:
     return preset(preset_name, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def usable_blank_token(vq: VQVAE, codes: Tensor) -> int:
+    """`vq.blank_token()` if in `codes` the blank patch's shape code and the black colour code always come
+    together (a cleanly trained factorised tokenizer), else -1: the model then predicts the two independently.
+    """
+    blank = vq.blank_token()
+    if blank < 0:
+        return -1
+    shape, colour = divmod(blank, vq.colour_codes)
+    if bool(((codes // vq.colour_codes == shape) != (codes % vq.colour_codes == colour)).any()):
+        print("note: the image tokenizer pairs the blank patch's shape code with colours (or lit shapes with black);"
+              " train it longer for tokens that keep brightness and colour apart", flush=True)
+        return -1
+    return blank
+
+
 def train_text_to_image(
     train: ImageCaptionSet,
     val: ImageCaptionSet,
@@ -238,11 +262,13 @@ def train_text_to_image(
             raise GenloomError(f"--resume: {latest} holds a {raw['family']} model, not text-to-image ({FAMILY})")
         tokenizer = load_tokenizer(latest)
         model_config = config_from_dict(DalleConfig, raw["model"])
-        vq = load_image_tokenizer(vq_copy)
+        vq = load_image_tokenizer(vq_copy).to(ctx.device)
+        train_codes, val_codes = encode_images(vq, train.images), encode_images(vq, val.images)
     else:
         if vq_checkpoint is None:
             raise GenloomError("text-to-image training needs a trained VQ image tokenizer checkpoint")
-        vq = load_image_tokenizer(vq_checkpoint)
+        vq = load_image_tokenizer(vq_checkpoint).to(ctx.device)
+        train_codes, val_codes = encode_images(vq, train.images), encode_images(vq, val.images)
         if tokenizer is None:
             tokenizer = train_caption_tokenizer(train.captions, vocab_size)
         ids = SpecialIds.of(tokenizer)
@@ -250,7 +276,8 @@ def train_text_to_image(
             overrides["text_len"] = caption_length(tokenizer, [*train.captions, *val.captions])
         model_config = build_model_config(
             preset_name, **overrides, text_vocab_size=tokenizer.vocab_size, pad_id=ids.pad,
-            image_vocab_size=vq.config.codebook_size, grid_size=vq.config.grid_size,
+            image_vocab_size=vq.config.vocab_size, colour_codes=vq.config.colour_codes,
+            blank_token=usable_blank_token(vq, torch.cat([train_codes, val_codes])), grid_size=vq.config.grid_size,
         )
         if ctx.is_main:
             # Refuse (or clear, with overwrite) an earlier run before replacing its image tokenizer.
@@ -258,17 +285,11 @@ def train_text_to_image(
             save_checkpoint(vq_copy, vq, "vqvae", vq.config, None)
         if ctx.enabled:
             dist.barrier()
-    if (vq.config.codebook_size, vq.config.grid_size) != (model_config.image_vocab_size, model_config.grid_size):
-        raise GenloomError(
-            f"the VQ tokenizer makes {vq.config.grid_size}x{vq.config.grid_size} grids of {vq.config.codebook_size} "
-            f"codes, the model expects {model_config.grid_size}x{model_config.grid_size} of "
-            f"{model_config.image_vocab_size}"
-        )
+    check_image_tokenizer(vq.config, model_config, "the VQ tokenizer", "the model")
     codec = CaptionCodec(tokenizer, model_config.text_len)
-    vq.to(ctx.device)
     task = TextToImageTask(
-        model_config, tokenizer, codec.encode(train.captions), encode_images(vq, train.images),
-        codec.encode(val.captions), encode_images(vq, val.images), train_config.batch_size, caption_dropout,
+        model_config, tokenizer, codec.encode(train.captions), train_codes, codec.encode(val.captions), val_codes,
+        train_config.batch_size, caption_dropout,
     )
     torch.manual_seed(train_config.seed)  # the same initial weights on every process and every rerun
     model = Dalle(model_config)
