@@ -137,6 +137,29 @@ def test_blank_patches_have_no_colour_and_lit_ones_are_never_black() -> None:
         tiny(blank_token=5)
 
 
+def test_caption_tokens_attending_only_to_themselves() -> None:
+    model = tiny(caption_attention="self")
+    text, image = batch(model)
+    text_logits, image_logits = model(text, image)
+    changed = text.clone()
+    changed[:, 2] = 5 if int(text[0, 2]) != 5 else 6
+    text_logits2, image_logits2 = model(changed, image)
+    # Caption position t's output depends on token t alone (all but the last, which predicts image token 0):
+    # only position 2's prediction of the caption changes ...
+    torch.testing.assert_close(text_logits2[:, :2], text_logits[:, :2])
+    torch.testing.assert_close(text_logits2[:, 3:], text_logits[:, 3:])
+    assert not torch.allclose(text_logits2[:, 2], text_logits[:, 2])
+    # ... while every image token still reads the whole caption.
+    assert not torch.allclose(image_logits2[:, 0], image_logits[:, 0])
+    caches = model.make_kv_caches(len(text))
+    steps = [model.next_image_logits(text, None, caches)]
+    for j in range(model.config.image_len - 1):
+        steps.append(model.next_image_logits(None, image[:, j : j + 1], caches))
+    torch.testing.assert_close(torch.stack(steps, dim=1), image_logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="caption_attention"):
+        tiny(caption_attention="bidirectional")
+
+
 def test_loss_weighting_and_padding() -> None:
     model = tiny()
     text, image = batch(model)

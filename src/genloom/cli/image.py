@@ -151,6 +151,9 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--n-heads", type=positive_int)
     m.add_argument("--d-ff", type=positive_int, help="hidden width of each MLP")
     m.add_argument("--dropout", type=non_negative_float)
+    m.add_argument("--caption-attention", choices=("causal", "self"),
+                   help="causal: caption tokens see earlier caption tokens (DALL-E); self: only themselves, so words "
+                   "reach the image uncontextualised")
     m.add_argument("--image-loss-weight", type=non_negative_float,
                    help="weight w of the image tokens' loss against the caption's, 1:w (default 7, as DALL-E)")
     t = add_training_flags(p, out="runs/text-to-image", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
@@ -289,7 +292,8 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     print(f"{data.name}: {len(train)} training and {len(val)} validation images{held}")
     vq_data = read_data_record(vq_path).get("data") if vq_path is not None else None
     overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
-                 "dropout": args.dropout, "image_loss_weight": args.image_loss_weight}
+                 "dropout": args.dropout, "image_loss_weight": args.image_loss_weight,
+                 "caption_attention": args.caption_attention}
     cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="val_image_loss")
     _write_data_record(Path(args.out), _data_record(data, args, image_tokenizer_data=vq_data), args.resume,
                        args.overwrite)

@@ -39,6 +39,7 @@ from genloom.nn.layers import Activation, Linear, NormKind, dropout_layer
 from genloom.tokenizers import Tokenizer
 
 ImagePositional = Literal["learned", "sinusoidal"]
+CaptionAttention = Literal["causal", "self"]
 IMPOSSIBLE = -1e9  # the log-probability of image tokens a factorised model never emits
 
 
@@ -60,6 +61,11 @@ class DalleConfig:
     image_loss_weight: float = 7.0  # text:image loss weighting 1:w (DALL-E uses 1:7, §2.2)
     pad_id: int = 1  # the caption tokenizer's <pad>; its targets are ignored by the text loss
     image_positional: ImagePositional = "learned"  # row + column embeddings, or fixed 2D sinusoids
+    # causal: a caption token attends to the earlier caption tokens (DALL-E). self: only to itself, so each word
+    # reaches the image tokens uncontextualised ("circle" after "yellow" is the same vector as after "red") and
+    # all composition happens at the image positions (and the last caption position, which predicts the first
+    # image token); the caption loss is then a bigram loss.
+    caption_attention: CaptionAttention = "causal"
     activation: Activation = "gelu"
     norm: NormKind = "layernorm"
     bias: bool = True  # biases in Linear layers and LayerNorms
@@ -78,6 +84,8 @@ class DalleConfig:
             raise ValueError(f"image_loss_weight ({self.image_loss_weight}) must be >= 0")
         if not 0 <= self.pad_id < self.text_vocab_size:
             raise ValueError(f"pad_id ({self.pad_id}) must be in [0, text_vocab_size {self.text_vocab_size})")
+        if self.caption_attention not in ("causal", "self"):
+            raise ValueError(f"unknown caption_attention {self.caption_attention!r}; expected causal or self")
         if self.image_positional not in ("learned", "sinusoidal"):
             raise ValueError(f"unknown image_positional {self.image_positional!r}; expected learned or sinusoidal")
         if self.colour_codes < 0 or (self.colour_codes and self.image_vocab_size % self.colour_codes):
@@ -271,7 +279,20 @@ class Dalle(nn.Module):
         if not parts:
             raise GenloomError("nothing to run: pass a caption or image tokens")
         x = self.embed_dropout(torch.cat(parts, dim=1))  # (B, T, d)
-        return self.transformer(x, is_causal=True, kv_caches=kv_caches)
+        mask = self._caption_self_mask(x.shape[1]) if text is not None else None
+        return self.transformer(x, mask=mask, is_causal=mask is None, kv_caches=kv_caches)
+
+    def _caption_self_mask(self, t: int) -> Tensor | None:
+        """With caption_attention "self": the (1, 1, t, t) attention mask of a chunk that starts with the caption,
+        causal except that caption positions see only themselves -- all but the last, which predicts the first
+        image token and so reads the whole caption as image positions do; None (plain causal) otherwise."""
+        if self.config.caption_attention == "causal":
+            return None
+        lt = self.config.text_len
+        pos = torch.arange(t, device=self.text_positions.weight.device)
+        q, k = pos[:, None], pos[None, :]
+        among_caption = (q < lt - 1) & (k < lt) & (q != k)
+        return ((k <= q) & ~among_caption)[None, None]
 
     def forward(self, text: Tensor, image: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits: text (B, Lt - 1, V_text) for text[:, 1:]; image (B, n, V_image) for image (B, n).
