@@ -251,7 +251,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="shapes,sampling,digits,emoji")
     parser.add_argument("--out", default="runs/bench-text-to-image")
-    parser.add_argument("--shapes-minutes", type=float, default=10.0, help="training budget of the shapes caption model")
+    parser.add_argument("--shapes-minutes", type=float, default=10.0, help="budget of the shapes caption model")
     args = parser.parse_args()
     out = Path(args.out)
     results_path = out / "results.json"
