@@ -528,7 +528,6 @@ def quickstart(args: argparse.Namespace) -> None:
     _, _, _, result = train_text_to_image(
         train, val, vq_dir, "dalle-compact",
         budget(dalle_dir, QUICKSTART_DALLE_STEPS, QUICKSTART_DALLE_MINUTES, 2e-3),
-        model_overrides={"caption_attention": "self"},  # uncontextualised words: unseen pairs are no new context
     )
     print(f"   {result.step} steps; val loss {result.val_loss:.3f}")
     loaded = load_text_to_image_model(dalle_dir)
