@@ -51,7 +51,7 @@ QUICKSTART_VQ_MINUTES = 1.5
 QUICKSTART_DALLE_MINUTES = 7.0
 QUICKSTART_VQ_STEPS = 3000
 QUICKSTART_DALLE_STEPS = 8000
-QUICKSTART_SCENES = 20000  # ~13.6k training scenes: 6 minutes of training (~2200 steps) sees each ~5 times
+QUICKSTART_SCENES = 20000  # ~13.6k training scenes: 7 minutes of training (~2100 steps) sees each ~5 times
 QUICKSTART_GUIDANCE = 2.0
 # Seen combinations, then ones naming a held-out (colour, shape) pair (builtin_images.HELD_OUT).
 QUICKSTART_PROMPTS = (

@@ -8,8 +8,8 @@ go unused are re-seeded from encoder outputs (Dhariwal et al. 2020, "Jukebox"). 
 and, by default, l2-normalised so the lookup is by cosine similarity (Yu et al. 2021, "ViT-VQGAN" §3.2):
 both keep most of the codebook in use.
 
-With `colour_codes` > 0 a token is a pair: a shape code of the patch's brightness and a colour code of its hue
-(see `value_and_chroma`), so that one colour drawn in a new shape is a new pair of known parts.
+With `colour_codes` > 0 a token is a pair: a shape code of the patch's brightness and a code of its colour
+(see `vq_colour.value_and_chroma`), so that one colour drawn in a new shape is a new pair of known parts.
 """
 
 from __future__ import annotations
@@ -108,13 +108,13 @@ class VQConfig:
 
 
 PRESETS: dict[str, VQConfig] = {
-    # Tests and the quickstart: 32x32 -> 8x8 codes, 154k parameters.
+    # Tests: 32x32 -> 8x8 codes, 154k parameters.
     "vq-tiny": VQConfig(widths=(16, 32, 32), res_blocks=1, norm_groups=8, codebook_size=128),
     # 32x32 emoji and shapes -> 8x8 = 64 tokens per image from 512 codes; 3.7M parameters.
     "vq-small": VQConfig(widths=(64, 128, 128), res_blocks=2, norm_groups=32, codebook_size=512),
     # Flat-coloured images on a dark background (builtin:shapes): vq-tiny's size with a patch encoder and tokens
     # that pair one of 64 shape codes with one of 8 colour codes, so unseen colour+shape pairs are new pairs of
-    # known codes. 98k parameters.
+    # known codes. The image quickstart's. 98k parameters.
     "vq-colour": VQConfig(
         widths=(16, 32, 32), res_blocks=1, norm_groups=8, encoder="patch", codebook_size=64, colour_codes=8
     ),
@@ -389,7 +389,7 @@ class Encoder(nn.Module):
 
 
 class PatchEncoder(nn.Module):
-    """(B, 3, H, W) -> (B, code_dim, H/p, W/p), each code a function of its own p x p patch only (p = 2^d).
+    """(B, C, H, W) -> (B, code_dim, H/p, W/p), each code a function of its own p x p patch only (p = 2^d).
 
     A convolutional encoder's receptive field spans neighbouring patches, so one patch content gets different
     codes in different surroundings: on builtin:shapes (85 distinct 4x4 patches) about 3 nats of code entropy
