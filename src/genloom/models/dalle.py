@@ -135,6 +135,13 @@ def preset(name: str, **overrides: object) -> DalleConfig:
     return from_presets(PRESETS, name, **overrides)
 
 
+def breaks_blank_rule(tokens: Tensor, blank_token: int, colour_codes: int) -> Tensor:
+    """Mask of factorised `tokens` a model with this blank token never emits: the blank patch's shape code with a
+    colour other than black, or a lit shape code in black (see `Dalle._image_logits`)."""
+    shape, colour = divmod(blank_token, colour_codes)
+    return (tokens // colour_codes == shape) != (tokens % colour_codes == colour)
+
+
 def check_image_tokenizer(vq: VQConfig, model: DalleConfig, vq_name: str, model_name: str) -> None:
     """A one-line GenloomError unless the VQ tokenizer makes the image tokens the model reads and writes."""
 
@@ -231,7 +238,8 @@ class Dalle(nn.Module):
             s0, k = divmod(config.blank_token, colours)
             is_black = torch.arange(colours) == k
             is_blank = torch.arange(config.image_vocab_size // colours) == s0
-            masks = (is_black, is_blank, is_blank[:, None] != is_black[None, :])
+            pairs = torch.arange(config.image_vocab_size).view(-1, colours)  # (S, C): token s * C + c
+            masks = (is_black, is_blank, breaks_blank_rule(pairs, config.blank_token, colours))
         for name, mask in zip(("blank_colour", "blank_shape", "impossible_pairs"), masks, strict=True):
             self.register_buffer(name, mask, persistent=False)
         gpt2_init_(self, config.n_layers)

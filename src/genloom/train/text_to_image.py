@@ -31,7 +31,15 @@ from genloom.config import config_from_dict
 from genloom.data.images import ImageCaptionSet, check_resolution
 from genloom.data.translation import SPECIAL_TOKENS, SpecialIds
 from genloom.errors import GenloomError
-from genloom.models.dalle import Dalle, DalleConfig, check_image_tokenizer, dalle_loss, encode_captions, preset
+from genloom.models.dalle import (
+    Dalle,
+    DalleConfig,
+    breaks_blank_rule,
+    check_image_tokenizer,
+    dalle_loss,
+    encode_captions,
+    preset,
+)
 from genloom.models.vqvae import VQVAE
 from genloom.tokenizers import BPETokenizer, Tokenizer, load_tokenizer
 from genloom.train.checkpoint import CheckpointManager, read_checkpoint_config, save_checkpoint
@@ -133,8 +141,7 @@ class TextToImageTask:
                 raise GenloomError(f"{split}: image code {int(codes.max())} >= image_vocab_size {cfg.image_vocab_size}")
             if cfg.blank_token >= 0:
                 # Factorised tokens: the model gives a lit patch in black, or a blank one in colour, no probability.
-                shape, colour = divmod(cfg.blank_token, cfg.colour_codes)
-                mixed = (codes // cfg.colour_codes == shape) != (codes % cfg.colour_codes == colour)
+                mixed = breaks_blank_rule(codes, cfg.blank_token, cfg.colour_codes)
                 if bool(mixed.any()):
                     raise GenloomError(
                         f"{split}: {int(mixed.sum())} image tokens pair the blank shape code with a colour or a lit "
@@ -224,8 +231,7 @@ def usable_blank_token(vq: VQVAE, codes: Tensor) -> int:
     blank = vq.blank_token()
     if blank < 0:
         return -1
-    shape, colour = divmod(blank, vq.colour_codes)
-    if bool(((codes // vq.colour_codes == shape) != (codes % vq.colour_codes == colour)).any()):
+    if bool(breaks_blank_rule(codes, blank, vq.colour_codes).any()):
         print("note: the image tokenizer pairs the blank patch's shape code with colours (or lit shapes with black);"
               " train it longer for tokens that keep brightness and colour apart", flush=True)
         return -1
