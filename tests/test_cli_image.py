@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_helpers import cli_fails, cli_ok
 from PIL import Image
 
@@ -19,6 +20,8 @@ from genloom.cli import build_parser, main
 from genloom.cli.image import DATA_RECORD, load_images, read_data_record, split_images
 from genloom.data.builtin_images import HELD_OUT, OPENMOJI_ATTRIBUTION, parse_caption
 from genloom.generate.imagine import read_png_metadata
+from genloom.train.checkpoint import save_checkpoint
+from genloom.train.text_to_image import load_image_tokenizer
 
 DATA = ["--data", "builtin:shapes", "--limit", "64"]  # 64 scenes at 32x32: ~50 train, 3 val, ~11 held out
 TINY = ["--steps", "4", "--batch-size", "8", "--warmup", "1", "--eval-interval", "4", "--eval-batches", "1",
@@ -156,6 +159,42 @@ def test_resolution_sets_the_image_tokenizers(capsys: pytest.CaptureFixture[str]
     assert config["resolution"] == 16  # a 4x4 code grid: vq-tiny halves twice
 
 
+@pytest.fixture(scope="module")
+def clip_run(runs: tuple[Path, Path, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(a clip-tiny reranker on the text-to-image run's VQ copy, what training printed)."""
+    _, t2i, _ = runs
+    root = tmp_path_factory.mktemp("clip")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", "clip", *DATA, "--image-tokenizer", str(t2i / "image_tokenizer"), "--preset", "clip-tiny",
+                     "--vocab-size", "300", *TINY, "--out", str(root / "clip")]) == 0
+    return root / "clip", out.getvalue()
+
+
+def test_train_clip_and_rerank_in_imagine_and_eval(
+    runs: tuple[Path, Path, str], clip_run: tuple[Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    _, t2i, _ = runs
+    clip, printed = clip_run
+    assert "done: step 4" in printed and (clip / "image_tokenizer" / "config.json").is_file()
+    assert read_data_record(clip)["data"] == "builtin:shapes"
+    out = cli_ok(capsys, "imagine", t2i, "a red circle", "a cyan square", "--n-images", 2, "--rerank", 3,
+                 "--clip", clip, "--seed", 4, "--out", tmp_path / "r", "--device", "cpu")
+    assert len(out.splitlines()) == 5  # four PNGs and the grid
+    params = [json.loads(p.read_text())["parameters"] for p in sorted((tmp_path / "r").glob("*.json"))]
+    assert [p["rerank"] for p in params] == [3] * 4 and params[0]["clip"] == str(clip / "best")
+    # Each prompt's two kept images: its best candidates first, each with the seed that redraws it alone.
+    assert params[0]["clip_score"] >= params[1]["clip_score"] and params[2]["clip_score"] >= params[3]["clip_score"]
+    assert {p["image_seed"] for p in params[:2]} <= {4, 5, 6} and {p["image_seed"] for p in params[2:]} <= {7, 8, 9}
+    alone = cli_ok(capsys, "imagine", t2i, "a cyan square", "--n-images", 1, "--seed", params[3]["image_seed"],
+                   "--out", tmp_path / "alone", "--device", "cpu")
+    redrawn = np.asarray(Image.open(alone.splitlines()[0]))
+    assert np.array_equal(redrawn, np.asarray(Image.open(tmp_path / "r" / "003-a-cyan-square.png")))
+    scored = cli_ok(capsys, "eval", "text-to-image", t2i, "--n-per-caption", 1, "--max-captions", 2,
+                    "--guidance-scales", "1", "--rerank", 2, "--clip", clip, "--device", "cpu")
+    assert "each the best of 2 by the reranker" in scored and len(_summary(scored)) == 1
+
+
 def test_user_errors_are_one_line(runs: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     vq, t2i, _ = runs
     line = cli_fails(capsys, "train", "text-to-image", *DATA, "--resolution", 16, "--image-tokenizer", vq, *TINY)
@@ -173,6 +212,25 @@ def test_user_errors_are_one_line(runs: tuple[Path, Path, str], capsys: pytest.C
     assert "builtin:shapes or builtin:digits" in cli_fails(capsys, "eval", "text-to-image", t2i, "--data",
                                                         "builtin:emoji")
     assert "not a text-to-image model" in cli_fails(capsys, "imagine", vq, "a red circle")
+    assert "needs both --clip" in cli_fails(capsys, "imagine", t2i, "a red circle", "--rerank", 4)
+    assert "not a CLIP reranker" in cli_fails(capsys, "imagine", t2i, "a red circle", "--rerank", 4, "--clip", t2i)
+    assert "--image-tokenizer is required" in cli_fails(capsys, "train", "clip", *DATA, *TINY)
+
+
+def test_reranker_must_read_the_generators_image_tokenizer(
+    runs: tuple[Path, Path, str], clip_run: tuple[Path, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    vq, t2i, _ = runs
+    clip, _ = clip_run
+
+    shutil.copytree(clip, tmp_path / "clip")
+    other = load_image_tokenizer(vq)  # the same architecture with other weights: codes that mean other things
+    with torch.no_grad():
+        next(other.parameters()).add_(0.1)
+    save_checkpoint(tmp_path / "clip" / "image_tokenizer", other, "vqvae", other.config, None)
+    line = cli_fails(capsys, "imagine", t2i, "a red circle", "--n-images", 1, "--rerank", 2, "--clip",
+                     tmp_path / "clip")
+    assert "different VQ image tokenizers" in line
 
 
 def test_quickstart_takes_image() -> None:

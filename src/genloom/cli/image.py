@@ -1,5 +1,5 @@
-"""Text-to-image commands (DALL-E style): `train image-tokenizer`, `train text-to-image`, `imagine`,
-`eval text-to-image` and `quickstart image`.
+"""Text-to-image commands (DALL-E style): `train image-tokenizer`, `train text-to-image`, `train clip` (the
+reranker), `imagine`, `eval text-to-image` and `quickstart image`.
 
 Which data a run learnt from: each `train` command here writes `data.json` into its run directory
 (`{"data": "builtin:emoji", "resolution": 32, "limit": null, "val_fraction": 0.05, ...}`), next to its
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from genloom.data.images import ImageCaptionSet
-    from genloom.models.registry import LoadedTextToImage
+    from genloom.models.registry import LoadedClip, LoadedTextToImage
     from genloom.train.trainer import TrainResult
 
 DATA_RECORD = "data.json"  # in a run directory: the data its model learnt from (see the module docstring)
@@ -69,6 +69,7 @@ def add_commands(
     """`train image-tokenizer` and `train text-to-image`, `eval text-to-image`, and `imagine` at the top level."""
     _add_train_image_tokenizer(train_sub)
     _add_train_text_to_image(train_sub)
+    _add_train_clip(train_sub)
 
     im = sub.add_parser("imagine", help="draw images for captions with a text-to-image model")
     im.add_argument("checkpoint", help="run directory or checkpoint of `genloom train text-to-image`")
@@ -78,6 +79,7 @@ def add_commands(
     im.add_argument("--guidance-scale", type=non_negative_float, default=3.0,
                     help="classifier-free guidance: 1 = plain conditional sampling, 0 = ignore the caption")
     im.add_argument("--seed", type=int, default=0, help="image i of the call samples with seed + i")
+    _add_rerank_flags(im, "draw N candidates per caption and keep the --n-images the reranker scores highest")
     im.add_argument("--out", default="samples", help="folder for the PNGs, their JSON sidecars and grid.png")
     im.add_argument("--no-cache", action="store_true", help="recompute every position (slower; for checking)")
     im.add_argument("--device", default="auto")
@@ -96,6 +98,7 @@ def add_commands(
     ev.add_argument("--guidance-scales", default="1,3,5", help="comma-separated; one table row each")
     _add_sampling_flags(ev)
     ev.add_argument("--seed", type=int, default=0)
+    _add_rerank_flags(ev, "each scored image is the best of N candidates by the reranker")
     ev.add_argument("--batch-size", type=positive_int, default=32, help="captions sampled together")
     ev.add_argument("--json", help="also write the scores of every guidance scale to this JSON file")
     ev.add_argument("--device", default="auto")
@@ -106,6 +109,24 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=positive_int, help="sample among the k most likely codes")
     p.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set of codes reaching p")
+
+
+def _add_rerank_flags(p: argparse.ArgumentParser, rerank_help: str) -> None:
+    p.add_argument("--clip", help="run directory or checkpoint of `genloom train clip`: the reranker")
+    p.add_argument("--rerank", type=positive_int, metavar="N", help=f"{rerank_help} (needs --clip)")
+
+
+def _reranker(args: argparse.Namespace, generator: LoadedTextToImage) -> LoadedClip | None:
+    """The --clip model on the generator's device, or None; a one-line error when only one of the flags is set."""
+    from genloom.models.registry import load_clip_model
+
+    if args.rerank is None and args.clip is None:
+        return None
+    if args.rerank is None or args.clip is None:
+        raise GenloomError("reranking needs both --clip (the reranker) and --rerank N (candidates)")
+    clip = load_clip_model(Path(args.clip))
+    clip.model.to(next(generator.model.parameters()).device)
+    return clip
 
 
 def _add_data_flags(d: argparse._ActionsContainer, resolution_help: str) -> None:
@@ -161,6 +182,25 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--caption-dropout", type=non_negative_float, default=0.15,
                    help="share of captions replaced by the empty one, for classifier-free guidance")
     p.set_defaults(func=_cmd_train_text_to_image)
+
+
+def _add_train_clip(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("clip", help="train a CLIP-style caption/image reranker on the codes of a VQ image tokenizer")
+    d = p.add_argument_group("data")
+    _add_data_flags(d, "default: the image tokenizer's")
+    d.add_argument("--image-tokenizer", help="the text-to-image run's image_tokenizer/ (or the image-tokenizer run "
+                   "it was trained with): the reranker reads the codes that model writes")
+    d.add_argument("--vocab-size", type=positive_int, default=512, help="caption BPE vocabulary size")
+    m = p.add_argument_group("model (flags override the preset)")
+    m.add_argument("--preset", default="clip-small", help="clip-tiny, clip-small")
+    m.add_argument("--d-model", type=positive_int)
+    m.add_argument("--n-layers", type=positive_int, help="layers of each encoder")
+    m.add_argument("--n-heads", type=positive_int)
+    m.add_argument("--embed-dim", type=positive_int, help="dimension of the shared caption/image space")
+    t = add_training_flags(p, out="runs/clip", lr_help="peak learning rate", warmup=100, weight_decay=0.01)
+    t.add_argument("--batch-size", type=positive_int, default=128,
+                   help="(caption, image) pairs per micro-batch: each image's in-batch negatives")
+    p.set_defaults(func=_cmd_train_clip)
 
 
 # ---- data ---------------------------------------------------------------------------------------------------
@@ -267,6 +307,15 @@ def _cmd_train_image_tokenizer(args: argparse.Namespace) -> None:
     _report_best(result, ("psnr", "codebook_usage", "codebook_perplexity"))
 
 
+def _image_tokenizer_flag(args: argparse.Namespace) -> Path:
+    if args.image_tokenizer is None:
+        raise GenloomError("--image-tokenizer is required: the run directory of `genloom train image-tokenizer`")
+    path = Path(args.image_tokenizer)
+    if not path.exists():
+        raise GenloomError(f"--image-tokenizer {path} does not exist; train one with `genloom train image-tokenizer`")
+    return path
+
+
 def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     from genloom.train.distributed import shutdown_distributed
     from genloom.train.text_to_image import IMAGE_TOKENIZER_DIR, load_image_tokenizer, train_text_to_image
@@ -279,12 +328,7 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
         vq_path = None
         vq = load_image_tokenizer(Path(args.out) / IMAGE_TOKENIZER_DIR)
     else:
-        if args.image_tokenizer is None:
-            raise GenloomError("--image-tokenizer is required: the run directory of `genloom train image-tokenizer`")
-        vq_path = Path(args.image_tokenizer)
-        if not vq_path.exists():
-            raise GenloomError(f"--image-tokenizer {vq_path} does not exist; train one with "
-                               "`genloom train image-tokenizer`")
+        vq_path = _image_tokenizer_flag(args)
         vq = load_image_tokenizer(vq_path)
     data = load_images(args.data, args.resolution or vq.config.resolution, args.limit)
     train, val, test = split_images(data, args.val_fraction)
@@ -310,6 +354,31 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     _report_best(result, ("val_image_loss", "val_image_accuracy"))
 
 
+def _cmd_train_clip(args: argparse.Namespace) -> None:
+    from genloom.train.clip import train_clip
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.text_to_image import IMAGE_TOKENIZER_DIR, load_image_tokenizer
+
+    vq_path = None if args.resume else _image_tokenizer_flag(args)
+    vq = load_image_tokenizer(vq_path or Path(args.out) / IMAGE_TOKENIZER_DIR)
+    data = load_images(args.data, args.resolution or vq.config.resolution, args.limit)
+    train, val, _ = split_images(data, args.val_fraction)
+    print(f"{data.name}: {len(train)} training and {len(val)} validation images")
+    overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads,
+                 "embed_dim": args.embed_dim}
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10)
+    _write_data_record(Path(args.out), _data_record(data, args), args.resume, args.overwrite)
+    try:
+        _, _, result = train_clip(train, val, vq_path, args.preset, cfg, vocab_size=args.vocab_size,
+                                  model_overrides=overrides, resume=args.resume)
+    except ValueError as e:
+        raise GenloomError(str(e)) from None
+    finally:
+        shutdown_distributed()
+    report_done(result)
+    _report_best(result, ("val_accuracy",))
+
+
 # ---- imagine ------------------------------------------------------------------------------------------------
 
 
@@ -333,6 +402,7 @@ def _attribution(record: dict[str, Any]) -> str | None:
 
 def _cmd_imagine(args: argparse.Namespace) -> None:
     from genloom.generate.imagine import imagine, save_images
+    from genloom.generate.rerank import imagine_best_of
 
     prompts = [p for p in args.prompts if p != "-"]
     if not prompts:
@@ -340,17 +410,26 @@ def _cmd_imagine(args: argparse.Namespace) -> None:
     if not prompts:
         raise GenloomError("nothing to imagine: pass captions or lines on stdin")
     loaded = _load(args.checkpoint, args.device)
-    images, _ = imagine(
-        loaded.model, loaded.tokenizer, loaded.vq, prompts, n_images=args.n_images, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, guidance_scale=args.guidance_scale, seed=args.seed,
-        progress=sys.stderr.isatty(), use_cache=not args.no_cache,
-    )
-    record = read_data_record(loaded.path)
+    reranker = _reranker(args, loaded)
+    sampling: dict[str, Any] = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                                "guidance_scale": args.guidance_scale, "progress": sys.stderr.isatty(),
+                                "use_cache": not args.no_cache}
     params = {"model": str(loaded.path), "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
               "guidance_scale": args.guidance_scale, "seed": args.seed, "n_images": args.n_images}
+    image_params = None
+    if reranker is None:
+        images, _ = imagine(loaded.model, loaded.tokenizer, loaded.vq, prompts, n_images=args.n_images,
+                            seed=args.seed, **sampling)
+    else:
+        best = imagine_best_of(loaded, reranker, prompts, args.n_images, args.rerank, seed=args.seed, **sampling)
+        images = best.images
+        params |= {"clip": str(reranker.path), "rerank": args.rerank}
+        image_params = [{"image_seed": seed, "clip_score": round(float(score), 4)}
+                        for seed, score in zip(best.seeds or [], best.scores, strict=True)]
+    record = read_data_record(loaded.path)
     attribution = _attribution(record)
     saved = save_images(images, Path(args.out), prompts, params, data_name=record.get("data"),
-                        attribution=attribution)
+                        attribution=attribution, image_params=image_params)
     for png in saved.images:
         print(png)
     print(f"grid: {saved.grid}")
@@ -372,20 +451,30 @@ def _guidance_scales(text: str) -> list[float]:
 
 
 def generate_for(
-    loaded: LoadedTextToImage, captions: list[str], n: int, scale: float, args: argparse.Namespace
+    loaded: LoadedTextToImage, captions: list[str], n: int, scale: float, args: argparse.Namespace,
+    reranker: LoadedClip | None = None,
 ) -> np.ndarray:
-    """`n` images per caption (caption-major), `args.batch_size` captions at a time; image i uses seed + i."""
+    """`n` images per caption (caption-major), `args.batch_size` captions at a time; image i uses seed + i.
+
+    With a reranker each image is the best of `args.rerank` candidates (candidate j of image i: seed + i * N + j).
+    """
     import numpy as np
 
     from genloom.generate.imagine import imagine
+    from genloom.generate.rerank import imagine_best_of
 
+    sampling: dict[str, Any] = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                                "guidance_scale": scale, "progress": False}
     out = []
     for start in range(0, len(captions), args.batch_size):
-        images, _ = imagine(
-            loaded.model, loaded.tokenizer, loaded.vq, captions[start : start + args.batch_size], n_images=n,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=scale,
-            seed=args.seed + start * n, progress=False,
-        )
+        chunk = captions[start : start + args.batch_size]
+        if reranker is None:
+            images, _ = imagine(loaded.model, loaded.tokenizer, loaded.vq, chunk, n_images=n,
+                                seed=args.seed + start * n, **sampling)
+        else:
+            per_image = [c for c in chunk for _ in range(n)]
+            images = imagine_best_of(loaded, reranker, per_image, 1, args.rerank,
+                                     seed=args.seed + start * n * args.rerank, **sampling).images
         out.append(images)
     return np.concatenate(out)
 
@@ -406,6 +495,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     scales = _guidance_scales(args.guidance_scales)
     loaded = _load(args.checkpoint, args.device)
+    reranker = _reranker(args, loaded)
     record = read_data_record(loaded.path)
     spec = args.data or record.get("data")
     if spec not in ("builtin:shapes", "builtin:digits"):
@@ -435,10 +525,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         header = f"{'guidance':>8}  {'accuracy':>8}  {'Fréchet':>8}  {'copy rate':>9}"
         intro = f"the ten digit captions, {n} images each"
     per_image = [c for c in captions for _ in range(n)]
+    if reranker is not None:
+        intro += f", each the best of {args.rerank} by the reranker {reranker.path}"
     print(f"{spec} with {loaded.path}: {intro}")
     rows, scores = [], []
     for scale in scales:
-        images = generate_for(loaded, captions, n, scale, args)
+        images = generate_for(loaded, captions, n, scale, args, reranker)
         memo = memorization_report(images, train.images, unseen)
         print(f"--- guidance scale {scale:g}")
         if spec == "builtin:shapes":
@@ -463,6 +555,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(row)
     if args.json:
         report = {"checkpoint": str(loaded.path), "data": spec, "captions": captions, "n_per_caption": n,
+                  "clip": None if reranker is None else str(reranker.path), "rerank": args.rerank,
                   "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
                   "scores": scores}
         Path(args.json).write_text(json.dumps(_nan_to_null(report), indent=2) + "\n")

@@ -207,6 +207,7 @@ def save_images(
     data_name: str | None = None,
     attribution: str | None = None,
     columns: int | None = None,
+    image_params: Sequence[dict[str, Any]] | None = None,
 ) -> SavedImages:
     """One PNG + JSON sidecar per image and a `grid.png`, each carrying the prompt and the sampling parameters.
 
@@ -214,12 +215,16 @@ def save_images(
     params: sampling settings (temperature, top_k, top_p, guidance_scale, seed, model, ...); when `seed` is set
     each image also records its own `image_seed` = seed + i, which reproduces it alone. The attribution (given,
     or OpenMoji's when `data_name` is builtin:emoji) goes into every file, as CC BY-SA requires.
+    image_params: one dict per image that goes on top of `params` (e.g. the `image_seed` and `clip_score` of a
+    reranked image).
     """
     n = len(images)
     if n == 0:
         raise GenloomError("no images to save")
     if not prompts or n % len(prompts):
         raise GenloomError(f"{len(prompts)} prompts do not divide {n} images")
+    if image_params is not None and len(image_params) != n:
+        raise GenloomError(f"{len(image_params)} sets of image parameters for {n} images")
     per_prompt = n // len(prompts)
     per_image = [prompts[i // per_prompt] for i in range(n)]
     if attribution is None and data_name == EMOJI_DATA:
@@ -229,7 +234,8 @@ def save_images(
     seed = params.get("seed")
     pngs, sidecars = [], []
     for i, (image, prompt) in enumerate(zip(images, per_image, strict=True)):
-        parameters = {**params, **({"image_seed": seed + i} if isinstance(seed, int) else {}), "index": i}
+        parameters = {**params, **({"image_seed": seed + i} if isinstance(seed, int) else {}), "index": i,
+                      **(image_params[i] if image_params is not None else {})}
         record: dict[str, Any] = {"prompt": prompt, "parameters": parameters}
         if data_name is not None:
             parameters.setdefault("data", data_name)

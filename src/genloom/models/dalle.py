@@ -25,7 +25,7 @@ feeds image[:, :-1], and returns logits for text[:, 1:] and image[:, :].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +142,15 @@ def breaks_blank_rule(tokens: Tensor, blank_token: int, colour_codes: int) -> Te
     return (tokens // colour_codes == shape) != (tokens % colour_codes == colour)
 
 
-def check_image_tokenizer(vq: VQConfig, model: DalleConfig, vq_name: str, model_name: str) -> None:
+class ReadsImageTokens(Protocol):
+    """A model config over VQ image tokens (Dalle's, Clip's): what the tokenizer has to match."""
+
+    grid_size: int
+    image_vocab_size: int
+    colour_codes: int
+
+
+def check_image_tokenizer(vq: VQConfig, model: ReadsImageTokens, vq_name: str, model_name: str) -> None:
     """A one-line GenloomError unless the VQ tokenizer makes the image tokens the model reads and writes."""
 
     def grid(g: int, vocab: int, colours: int) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 
 from genloom.config import config_from_dict, read_json
 from genloom.errors import GenloomError
+from genloom.models.clip import Clip, ClipConfig
 from genloom.models.dalle import Dalle, DalleConfig, check_image_tokenizer
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.lstm import LSTMConfig, LSTMSeq2Seq
@@ -24,6 +25,7 @@ FAMILIES: dict[str, tuple[type[Any], type[nn.Module]]] = {
     "lstm": (LSTMConfig, LSTMSeq2Seq),
     "vqvae": (VQConfig, VQVAE),
     "dalle": (DalleConfig, Dalle),
+    "clip": (ClipConfig, Clip),
 }
 
 
@@ -102,18 +104,42 @@ def load_text_to_image_model(path: Path) -> LoadedTextToImage:
 
     The VQ model is looked for in the checkpoint directory itself, then in its parent (the run directory).
     """
-    from genloom.train.text_to_image import IMAGE_TOKENIZER_DIR, load_image_tokenizer
-
     loaded = load_pretrained(path)
     if not isinstance(loaded.model, Dalle):
         raise GenloomError(f"{path} is a {loaded.family} model, not a text-to-image model (dalle)")
     tokenizer = _with_tokenizer(loaded).tokenizer
+    vq = _image_tokenizer_beside(loaded)
+    return LoadedTextToImage(loaded.model, tokenizer, vq, loaded.path)
+
+
+@dataclass
+class LoadedClip:
+    """A CLIP-style reranker with its caption tokenizer and the VQ model whose codes it reads."""
+
+    model: Clip
+    tokenizer: Tokenizer
+    vq: VQVAE
+    path: Path
+
+
+def load_clip_model(path: Path) -> LoadedClip:
+    """A clip checkpoint (or run directory) and the VQ model in `image_tokenizer/` beside it, in eval mode."""
+    loaded = load_pretrained(path)
+    if not isinstance(loaded.model, Clip):
+        raise GenloomError(f"{path} is a {loaded.family} model, not a CLIP reranker (clip)")
+    return LoadedClip(loaded.model, _with_tokenizer(loaded).tokenizer, _image_tokenizer_beside(loaded), loaded.path)
+
+
+def _image_tokenizer_beside(loaded: LoadedModel) -> VQVAE:
+    """The VQ model of a model over image tokens: `image_tokenizer/` in its checkpoint directory, else in its
+    parent (the run directory); checked against the model's grid and vocabulary."""
+    from genloom.train.text_to_image import IMAGE_TOKENIZER_DIR, load_image_tokenizer
+
     candidates = [loaded.path / IMAGE_TOKENIZER_DIR, loaded.path.parent / IMAGE_TOKENIZER_DIR]
     found = next((c for c in candidates if (c / CONFIG_FILE).is_file()), None)
     if found is None:
         raise GenloomError(f"no {IMAGE_TOKENIZER_DIR}/ (the VQ model that decodes the images) in {loaded.path} "
                            f"or {loaded.path.parent}")
     vq = load_image_tokenizer(found)
-    cfg = loaded.model.config
-    check_image_tokenizer(vq.config, cfg, str(found), str(loaded.path))
-    return LoadedTextToImage(loaded.model, tokenizer, vq, loaded.path)
+    check_image_tokenizer(vq.config, loaded.config, str(found), str(loaded.path))
+    return vq

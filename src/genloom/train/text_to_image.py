@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from genloom.models.vqvae import VQVAE
 from genloom.tokenizers import BPETokenizer, Tokenizer, load_tokenizer
 from genloom.train.checkpoint import CheckpointManager, read_checkpoint_config, save_checkpoint
 from genloom.train.config import TrainConfig
-from genloom.train.distributed import init_distributed
+from genloom.train.distributed import DistributedContext, init_distributed
 from genloom.train.image_tokenizer import images_to_tensor, to_unit_range
 from genloom.train.trainer import Batch, Trainer, TrainResult
 
@@ -238,6 +239,43 @@ def usable_blank_token(vq: VQVAE, codes: Tensor) -> int:
     return blank
 
 
+def resume_caption_image_run(run_dir: Path, family: str, what: str) -> tuple[dict[str, Any], Tokenizer, VQVAE]:
+    """The saved model config (a dict), caption tokenizer and VQ copy of the run in `run_dir`, to resume it."""
+    latest = CheckpointManager(run_dir).latest()
+    raw = read_checkpoint_config(latest)
+    if raw["family"] != family:
+        raise GenloomError(f"--resume: {latest} holds a {raw['family']} model, not {what} ({family})")
+    return raw["model"], load_tokenizer(latest), load_image_tokenizer(run_dir / IMAGE_TOKENIZER_DIR)
+
+
+def fresh_image_tokenizer(vq_checkpoint: Path | None, what: str) -> VQVAE:
+    if vq_checkpoint is None:
+        raise GenloomError(f"{what} training needs a trained VQ image tokenizer checkpoint")
+    return load_image_tokenizer(vq_checkpoint)
+
+
+def fresh_caption_tokenizer(
+    train: ImageCaptionSet, val: ImageCaptionSet, tokenizer: Tokenizer | None, vocab_size: int, text_len: object
+) -> tuple[Tokenizer, int]:
+    """The caption tokenizer (trained on the training captions unless given) and the caption context: `text_len`
+    if set, else what the longest training or validation caption needs."""
+    if tokenizer is None:
+        tokenizer = train_caption_tokenizer(train.captions, vocab_size)
+    if text_len is None:
+        return tokenizer, caption_length(tokenizer, [*train.captions, *val.captions])
+    assert isinstance(text_len, int), text_len
+    return tokenizer, text_len
+
+
+def start_caption_image_run(run_dir: Path, vq: VQVAE, train_config: TrainConfig, ctx: DistributedContext) -> None:
+    """Refuse (or clear, with overwrite) an earlier run in `run_dir`, then copy the VQ model into it."""
+    if ctx.is_main:
+        CheckpointManager(run_dir, train_config.keep_last).clear(train_config.overwrite)
+        save_checkpoint(run_dir / IMAGE_TOKENIZER_DIR, vq, "vqvae", vq.config, None)
+    if ctx.enabled:
+        dist.barrier()
+
+
 def train_text_to_image(
     train: ImageCaptionSet,
     val: ImageCaptionSet,
@@ -258,39 +296,25 @@ def train_text_to_image(
     the run's tokenizer and its model config win (`vq_checkpoint` may then be None).
     """
     run_dir = Path(train_config.out_dir)
-    vq_copy = run_dir / IMAGE_TOKENIZER_DIR
     ctx = init_distributed(train_config.device)
     overrides = dict(model_overrides or {})
     if resume:
-        latest = CheckpointManager(run_dir).latest()
-        raw = read_checkpoint_config(latest)
-        if raw["family"] != FAMILY:
-            raise GenloomError(f"--resume: {latest} holds a {raw['family']} model, not text-to-image ({FAMILY})")
-        tokenizer = load_tokenizer(latest)
-        model_config = config_from_dict(DalleConfig, raw["model"])
-        vq = load_image_tokenizer(vq_copy).to(ctx.device)
-        train_codes, val_codes = encode_images(vq, train.images), encode_images(vq, val.images)
+        saved, saved_tokenizer, vq = resume_caption_image_run(run_dir, FAMILY, "text-to-image")
     else:
-        if vq_checkpoint is None:
-            raise GenloomError("text-to-image training needs a trained VQ image tokenizer checkpoint")
-        vq = load_image_tokenizer(vq_checkpoint).to(ctx.device)
-        train_codes, val_codes = encode_images(vq, train.images), encode_images(vq, val.images)
-        if tokenizer is None:
-            tokenizer = train_caption_tokenizer(train.captions, vocab_size)
-        ids = SpecialIds.of(tokenizer)
-        if overrides.get("text_len") is None:
-            overrides["text_len"] = caption_length(tokenizer, [*train.captions, *val.captions])
+        vq = fresh_image_tokenizer(vq_checkpoint, "text-to-image")
+    vq = vq.to(ctx.device)
+    train_codes, val_codes = encode_images(vq, train.images), encode_images(vq, val.images)
+    if resume:
+        tokenizer, model_config = saved_tokenizer, config_from_dict(DalleConfig, saved)
+    else:
+        tokenizer, text_len = fresh_caption_tokenizer(train, val, tokenizer, vocab_size, overrides.get("text_len"))
+        overrides["text_len"] = text_len
         model_config = build_model_config(
-            preset_name, **overrides, text_vocab_size=tokenizer.vocab_size, pad_id=ids.pad,
+            preset_name, **overrides, text_vocab_size=tokenizer.vocab_size, pad_id=SpecialIds.of(tokenizer).pad,
             image_vocab_size=vq.config.vocab_size, colour_codes=vq.config.colour_codes,
             blank_token=usable_blank_token(vq, torch.cat([train_codes, val_codes])), grid_size=vq.config.grid_size,
         )
-        if ctx.is_main:
-            # Refuse (or clear, with overwrite) an earlier run before replacing its image tokenizer.
-            CheckpointManager(run_dir, train_config.keep_last).clear(train_config.overwrite)
-            save_checkpoint(vq_copy, vq, "vqvae", vq.config, None)
-        if ctx.enabled:
-            dist.barrier()
+        start_caption_image_run(run_dir, vq, train_config, ctx)
     check_image_tokenizer(vq.config, model_config, "the VQ tokenizer", "the model")
     codec = CaptionCodec(tokenizer, model_config.text_len)
     task = TextToImageTask(
