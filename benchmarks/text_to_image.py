@@ -1,6 +1,6 @@
 """Text-to-image benchmarks (issue 4), on the built-in sets, each model trained for at most 30 minutes.
 
-    python benchmarks/text_to_image.py                      # all parts, about 70 minutes on 2 CPU cores
+    python benchmarks/text_to_image.py                      # all parts, about 85 minutes on 2 CPU cores
     python benchmarks/text_to_image.py --parts digits,sampling
 
 - shapes: a vq-colour image tokenizer (patch encoder, shape x colour tokens), then a dalle-compact (1.8M)

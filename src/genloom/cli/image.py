@@ -66,7 +66,8 @@ QUICKSTART_PROMPTS = (
 def add_commands(
     sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction, eval_sub: argparse._SubParsersAction
 ) -> None:
-    """`train image-tokenizer` and `train text-to-image`, `eval text-to-image`, and `imagine` at the top level."""
+    """`train image-tokenizer`, `train text-to-image` and `train clip`, `eval text-to-image`, and `imagine` at the top
+    level."""
     _add_train_image_tokenizer(train_sub)
     _add_train_text_to_image(train_sub)
     _add_train_clip(train_sub)

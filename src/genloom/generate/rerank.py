@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def imagine_best_of(
     n_images: int,
     candidates: int,
     seed: int | None = None,
-    **sampling: object,
+    **sampling: Any,
 ) -> Reranked:
     """`n_images` per prompt: the highest-scoring of `candidates` drawn per prompt by `imagine` (with `sampling`:
     temperature, top_k, top_p, guidance_scale, progress, use_cache)."""
@@ -78,8 +79,7 @@ def imagine_best_of(
         raise GenloomError(f"reranking keeps {n_images} images of {candidates} candidates; draw at least as many")
     check_same_image_tokenizer(generator.vq, reranker.vq, str(generator.path), str(reranker.path))
     images, codes = imagine(
-        generator.model, generator.tokenizer, generator.vq, prompts, n_images=candidates, seed=seed,
-        **sampling,  # type: ignore[arg-type]
+        generator.model, generator.tokenizer, generator.vq, prompts, n_images=candidates, seed=seed, **sampling
     )
     scores = clip_scores(reranker, prompts, codes)  # (P, N)
     order = scores.argsort(dim=1, descending=True)[:, :n_images]  # (P, keep)
