@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloom.config import from_presets
+from genloom.models.dalle import check_caption_image_config
 from genloom.nn import BlockConfig, TransformerStack, gpt2_init_
 from genloom.nn.layers import Linear
 
@@ -38,20 +39,7 @@ class ClipConfig:
     embed_dim: int = 128  # the shared caption/image space
 
     def __post_init__(self) -> None:
-        for name in ("text_vocab_size", "image_vocab_size", "grid_size", "d_model", "n_layers", "n_heads", "d_ff",
-                     "embed_dim"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be positive")
-        if self.text_len < 2:
-            raise ValueError(f"text_len ({self.text_len}) must be at least 2 (<s> and </s>)")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if not 0 <= self.pad_id < self.text_vocab_size:
-            raise ValueError(f"pad_id ({self.pad_id}) must be in [0, text_vocab_size {self.text_vocab_size})")
-        if self.colour_codes < 0 or (self.colour_codes and self.image_vocab_size % self.colour_codes):
-            raise ValueError(
-                f"colour_codes ({self.colour_codes}) must be 0 or divide image_vocab_size ({self.image_vocab_size})"
-            )
+        check_caption_image_config(self, ("n_layers", "d_ff", "embed_dim"))
 
     @property
     def image_len(self) -> int:

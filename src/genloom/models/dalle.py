@@ -43,6 +43,41 @@ CaptionAttention = Literal["causal", "self"]
 IMPOSSIBLE = -1e9  # the log-probability of image tokens a factorised model never emits
 
 
+class ReadsImageTokens(Protocol):
+    """A model config over VQ image tokens (Dalle's, Clip's): what the tokenizer has to match."""
+
+    grid_size: int
+    image_vocab_size: int
+    colour_codes: int
+
+
+class CaptionImageConfig(ReadsImageTokens, Protocol):
+    """A Transformer config over [caption ids ; image tokens] (Dalle's, Clip's)."""
+
+    text_vocab_size: int
+    text_len: int
+    pad_id: int
+    d_model: int
+    n_heads: int
+
+
+def check_caption_image_config(config: CaptionImageConfig, positive: tuple[str, ...] = ()) -> None:
+    """The ValueErrors every caption/image-token config shares; `positive` names more fields that must be > 0."""
+    for name in ("text_vocab_size", "image_vocab_size", "grid_size", "d_model", "n_heads", *positive):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} ({getattr(config, name)}) must be positive")
+    if config.text_len < 2:
+        raise ValueError(f"text_len ({config.text_len}) must be at least 2 (<s> and </s>)")
+    if config.d_model % config.n_heads:
+        raise ValueError(f"d_model ({config.d_model}) must be divisible by n_heads ({config.n_heads})")
+    if not 0 <= config.pad_id < config.text_vocab_size:
+        raise ValueError(f"pad_id ({config.pad_id}) must be in [0, text_vocab_size {config.text_vocab_size})")
+    if config.colour_codes < 0 or (config.colour_codes and config.image_vocab_size % config.colour_codes):
+        raise ValueError(
+            f"colour_codes ({config.colour_codes}) must be 0 or divide image_vocab_size ({config.image_vocab_size})"
+        )
+
+
 @dataclass
 class DalleConfig:
     text_vocab_size: int = 512  # caption tokenizer's vocabulary (set from the tokenizer)
@@ -71,27 +106,15 @@ class DalleConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms
 
     def __post_init__(self) -> None:
-        for name in ("text_vocab_size", "image_vocab_size", "grid_size", "d_model", "n_layers", "n_heads", "d_ff"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be positive")
-        if self.text_len < 2:
-            raise ValueError(f"text_len ({self.text_len}) must be at least 2 (<s> and </s>)")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        check_caption_image_config(self, ("n_layers", "d_ff"))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout ({self.dropout}) must be in [0, 1)")
         if self.image_loss_weight < 0:
             raise ValueError(f"image_loss_weight ({self.image_loss_weight}) must be >= 0")
-        if not 0 <= self.pad_id < self.text_vocab_size:
-            raise ValueError(f"pad_id ({self.pad_id}) must be in [0, text_vocab_size {self.text_vocab_size})")
         if self.caption_attention not in ("causal", "self"):
             raise ValueError(f"unknown caption_attention {self.caption_attention!r}; expected causal or self")
         if self.image_positional not in ("learned", "sinusoidal"):
             raise ValueError(f"unknown image_positional {self.image_positional!r}; expected learned or sinusoidal")
-        if self.colour_codes < 0 or (self.colour_codes and self.image_vocab_size % self.colour_codes):
-            raise ValueError(
-                f"colour_codes ({self.colour_codes}) must be 0 or divide image_vocab_size ({self.image_vocab_size})"
-            )
         if (self.blank_token >= 0 and not self.colour_codes) or not -1 <= self.blank_token < self.image_vocab_size:
             raise ValueError(
                 f"blank_token ({self.blank_token}) must be -1, or a token below image_vocab_size "
@@ -140,14 +163,6 @@ def breaks_blank_rule(tokens: Tensor, blank_token: int, colour_codes: int) -> Te
     colour other than black, or a lit shape code in black (see `Dalle._image_logits`)."""
     shape, colour = divmod(blank_token, colour_codes)
     return (tokens // colour_codes == shape) != (tokens % colour_codes == colour)
-
-
-class ReadsImageTokens(Protocol):
-    """A model config over VQ image tokens (Dalle's, Clip's): what the tokenizer has to match."""
-
-    grid_size: int
-    image_vocab_size: int
-    colour_codes: int
 
 
 def check_image_tokenizer(vq: VQConfig, model: ReadsImageTokens, vq_name: str, model_name: str) -> None:

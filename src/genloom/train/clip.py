@@ -36,6 +36,8 @@ from genloom.train.config import TrainConfig
 from genloom.train.distributed import init_distributed
 from genloom.train.text_to_image import (
     CaptionCodec,
+    check_caption_image_pairs,
+    check_pad_id,
     encode_images,
     fresh_caption_tokenizer,
     fresh_image_tokenizer,
@@ -117,18 +119,11 @@ class ClipTask:
         for split, text, codes in (("training", train_text, train_codes), ("validation", val_text, val_codes)):
             if len(text) < 2:
                 raise GenloomError(f"{len(text)} {split} images; a contrastive model needs at least 2")
-            if len(text) != len(codes):
-                raise GenloomError(f"{split}: {len(text)} captions but {len(codes)} images")
-            if text.shape[1] != cfg.text_len or codes.shape[1] != cfg.image_len:
-                raise GenloomError(
-                    f"{split}: captions of {text.shape[1]} and images of {codes.shape[1]} tokens; the model expects "
-                    f"{cfg.text_len} and {cfg.image_len}"
-                )
+            check_caption_image_pairs(split, text, codes, cfg)
+        check_pad_id(tokenizer, cfg.pad_id)
         self.model_config = cfg
         self._tokenizer = tokenizer
         self.ids = SpecialIds.of(tokenizer)
-        if self.ids.pad != cfg.pad_id:
-            raise GenloomError(f"the model's pad_id ({cfg.pad_id}) is not the tokenizer's <pad> ({self.ids.pad})")
         self.batch_size = batch_size
         self.train_text, self.train_codes = train_text.long(), train_codes.long()
         # Validation: fixed chunks, each with its negatives drawn once from a fixed seed.

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -102,6 +102,37 @@ def encode_images(vq: VQVAE, images: np.ndarray, batch_size: int = 256, device: 
     return torch.cat(chunks)
 
 
+class PairedModelConfig(Protocol):
+    """What a (caption ids, image codes) task checks its data against: DalleConfig, ClipConfig."""
+
+    text_len: int
+    image_vocab_size: int
+    pad_id: int
+
+    @property
+    def image_len(self) -> int: ...
+
+
+def check_caption_image_pairs(split: str, text: Tensor, codes: Tensor, config: PairedModelConfig) -> None:
+    """One-line GenloomErrors unless `text` (N, Lt) and `codes` (N, image_len) pair up and fit the model."""
+    if len(text) != len(codes):
+        raise GenloomError(f"{split}: {len(text)} captions but {len(codes)} images")
+    if text.shape[1] != config.text_len or codes.shape[1] != config.image_len:
+        raise GenloomError(
+            f"{split}: captions of {text.shape[1]} and images of {codes.shape[1]} tokens; the model expects "
+            f"{config.text_len} and {config.image_len}"
+        )
+    if len(codes) and int(codes.max()) >= config.image_vocab_size:
+        raise GenloomError(f"{split}: image code {int(codes.max())} >= image_vocab_size {config.image_vocab_size}")
+
+
+def check_pad_id(tokenizer: Tokenizer, pad_id: int) -> None:
+    """A one-line GenloomError unless the model config's pad_id is the caption tokenizer's <pad>."""
+    pad = SpecialIds.of(tokenizer).pad
+    if pad != pad_id:
+        raise GenloomError(f"the model's pad_id ({pad_id}) is not the tokenizer's <pad> ({pad})")
+
+
 class TextToImageTask:
     """Random batches of (caption ids, image codes); the loss weights image tokens w:1 over caption tokens.
 
@@ -131,15 +162,7 @@ class TextToImageTask:
         for split, text, codes in (("training", train_text, train_codes), ("validation", val_text, val_codes)):
             if len(text) == 0:
                 raise GenloomError(f"no {split} images")
-            if len(text) != len(codes):
-                raise GenloomError(f"{split}: {len(text)} captions but {len(codes)} images")
-            if text.shape[1] != cfg.text_len or codes.shape[1] != cfg.image_len:
-                raise GenloomError(
-                    f"{split}: captions of {text.shape[1]} and images of {codes.shape[1]} tokens; the model expects "
-                    f"{cfg.text_len} and {cfg.image_len}"
-                )
-            if int(codes.max()) >= cfg.image_vocab_size:
-                raise GenloomError(f"{split}: image code {int(codes.max())} >= image_vocab_size {cfg.image_vocab_size}")
+            check_caption_image_pairs(split, text, codes, cfg)
             if cfg.blank_token >= 0:
                 # Factorised tokens: the model gives a lit patch in black, or a blank one in colour, no probability.
                 mixed = breaks_blank_rule(codes, cfg.blank_token, cfg.colour_codes)
@@ -151,8 +174,7 @@ class TextToImageTask:
         self.model_config = cfg
         self._tokenizer = tokenizer
         self.codec = CaptionCodec(tokenizer, cfg.text_len)
-        if self.codec.ids.pad != cfg.pad_id:
-            raise GenloomError(f"the model's pad_id ({cfg.pad_id}) is not the tokenizer's <pad> ({self.codec.ids.pad})")
+        check_pad_id(tokenizer, cfg.pad_id)
         self.empty_caption = self.codec.empty()[0]  # (Lt,)
         self.batch_size = batch_size
         self.caption_dropout = caption_dropout
