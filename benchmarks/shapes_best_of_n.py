@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from genloom.cli.image import load_images, split_images
+from genloom.data.image_sets import load_images, split_images
 from genloom.eval.shapes import check_shapes_image
 from genloom.generate.imagine import imagine
-from genloom.models.registry import load_text_to_image_model
+from genloom.registry import load_text_to_image_model
 
 
 def main() -> None:

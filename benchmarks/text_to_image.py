@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from genloom.cli.image import load_images, split_images
+from genloom.checkpoint import BEST_DIR, read_checkpoint_config
+from genloom.data.image_sets import load_images, split_images
 from genloom.eval.shapes import score_shapes
 from genloom.generate.imagine import codes_to_images, imagine
-from genloom.models.registry import load_text_to_image_model
-from genloom.train.checkpoint import BEST_DIR, read_checkpoint_config
-from genloom.train.text_to_image import encode_images, load_image_tokenizer
+from genloom.registry import load_image_tokenizer, load_text_to_image_model
+from genloom.train.caption_image import encode_images
 
 # Minutes of training per model (each at most 30, as the issue asks); the shapes caption model's: --shapes-minutes.
 SHAPES_VQ_MINUTES = 3
@@ -121,12 +121,12 @@ def part_shapes(out: Path, t2i_minutes: float) -> dict[str, Any]:
             "--caption-attention", "self", "--eval-interval", 500, "--eval-batches", 8,
             *train_flags(t2i_minutes, t2i))
     eval_flags = ["--guidance-scales", GUIDANCE_SCALES, "--max-captions", 64, "--n-per-caption", 4]
-    genloom(log, "eval", "text-to-image", t2i, *eval_flags, "--json", out / "eval.json")
+    genloom(log, "eval", "text-to-image", t2i, *eval_flags, "--json", out / "eval.json", "--overwrite")
     # The reranker reads the caption model's tokens, so it trains on codes of the caption model's VQ copy.
     genloom(log, "train", "clip", *data_flags, "--image-tokenizer", t2i / "image_tokenizer", "--eval-interval", 500,
             *train_flags(SHAPES_CLIP_MINUTES, clip))
     genloom(log, "eval", "text-to-image", t2i, *eval_flags, "--clip", clip, "--rerank", RERANK,
-            "--json", out / "eval-rerank.json")
+            "--json", out / "eval-rerank.json", "--overwrite")
 
     # The parser on the tokenizer's reconstructions of real unseen images: what a perfect prior could score.
     _, val, test = split_images(load_images("builtin:shapes", SHAPES_RESOLUTION, SHAPES_SCENES), 0.05)
@@ -162,7 +162,7 @@ def part_digits(out: Path) -> dict[str, Any]:
     genloom(log, "train", "text-to-image", *data_flags, "--image-tokenizer", vq, *COMPACT_MODEL, "--dropout", 0.1,
             "--eval-interval", 250, "--eval-batches", 4, *train_flags(DIGITS_T2I_MINUTES, t2i))
     genloom(log, "eval", "text-to-image", t2i, "--guidance-scales", GUIDANCE_SCALES, "--n-per-caption", 20,
-            "--json", out / "eval.json")
+            "--json", out / "eval.json", "--overwrite")
     report = json.loads((out / "eval.json").read_text())
     return {
         "image_tokenizer": vq_summary(vq),

@@ -27,7 +27,7 @@ from genloom.data.parallel import add_task_prefix, load_parallel, task_tag
 from genloom.eval.bleu import LENGTH_BUCKETS
 from genloom.eval.translation import evaluate_translation
 from genloom.generate.translate import translate
-from genloom.models.registry import load_translation_model
+from genloom.registry import load_translation_model
 from genloom.train.config import TrainConfig
 from genloom.train.translate import train_translation
 

@@ -19,7 +19,7 @@ from cli_helpers import cli_ok, one_error_line, run_cli
 
 from genloom.cli import main
 from genloom.models.gpt import count_parameters
-from genloom.models.registry import load_pretrained
+from genloom.registry import load_pretrained
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SENTENCES = [

@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 
 from genloom.data.builtin_images import OPENMOJI_ATTRIBUTION
+from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.errors import GenloomError
-from genloom.generate.imagine import imagine, read_png_metadata, save_images
+from genloom.generate.image_io import read_png_metadata, save_images
+from genloom.generate.imagine import imagine
 from genloom.models.dalle import Dalle, DalleConfig
 from genloom.models.vqvae import VQVAE, VQConfig
 from genloom.tokenizers import BPETokenizer
-from genloom.train.text_to_image import CaptionCodec, train_caption_tokenizer
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square"]
 
@@ -106,7 +107,8 @@ def test_save_images_metadata_round_trip(parts, tmp_path) -> None:
     images, _ = run(parts, ["a red circle", "a cyan triangle"], n_images=2, seed=11, guidance_scale=2.0)
     params = {"temperature": 1.0, "top_k": None, "top_p": 0.9, "guidance_scale": 2.0, "seed": 11, "model": "m"}
     prompts = ["a red circle", "a cyan triangle"]
-    saved = save_images(images, tmp_path / "out", prompts, params, data_name="builtin:emoji")
+    saved = save_images(images, tmp_path / "out", prompts, params, data_name="builtin:emoji",
+                        attribution=OPENMOJI_ATTRIBUTION)
     assert len(saved.images) == len(saved.sidecars) == 4 and saved.grid.is_file()
     for i, (png, sidecar) in enumerate(zip(saved.images, saved.sidecars, strict=True)):
         meta = read_png_metadata(png)

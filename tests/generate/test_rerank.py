@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.errors import GenloomError
 from genloom.generate.imagine import imagine
 from genloom.generate.rerank import check_same_image_tokenizer, clip_scores, imagine_best_of
 from genloom.models.clip import Clip, ClipConfig
 from genloom.models.dalle import Dalle, DalleConfig
-from genloom.models.registry import LoadedClip, LoadedTextToImage
 from genloom.models.vqvae import VQVAE, VQConfig
-from genloom.train.text_to_image import CaptionCodec, train_caption_tokenizer
+from genloom.registry import LoadedClip, LoadedTextToImage
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle"]
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from genloom.data.builtin_parallel import builtin_pairs
-from genloom.data.translation import SpecialIds, encode_source
+from genloom.data.translation import encode_source
 from genloom.errors import GenloomError
 from genloom.generate.beam import beam_search
 from genloom.generate.translate import greedy_search, make_decoder, translate
-from genloom.models.registry import load_pretrained
+from genloom.registry import load_pretrained
+from genloom.tokenizers import SpecialIds
 from genloom.train.config import TrainConfig
 from genloom.train.translate import train_translation
 

@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from genloom.errors import GenloomError  # noqa: E402
 from genloom.interop.hf_gpt2 import export_hf_gpt2, load_hf_gpt2  # noqa: E402
 from genloom.models.gpt import GPT, GPTConfig  # noqa: E402
-from genloom.models.registry import load_pretrained  # noqa: E402
+from genloom.registry import load_pretrained  # noqa: E402
 from genloom.tokenizers import BPETokenizer  # noqa: E402
 
 TEXTS = [
@@ -78,18 +78,18 @@ def _greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
 
 def test_load_matches_transformers_logits(hf_dir: HFDir, tokenizer: BPETokenizer) -> None:
     hf, directory = hf_dir
-    loaded = load_hf_gpt2(directory)
-    assert isinstance(loaded.model, GPT) and not loaded.model.training
-    assert loaded.family == "gpt" and loaded.config.tie_embeddings
-    assert loaded.tokenizer.encode(PROMPT) == tokenizer.encode(PROMPT)
-    _assert_same_logits(loaded.model, hf, _ids(tokenizer))
+    model, loaded_tokenizer = load_hf_gpt2(directory)
+    assert isinstance(model, GPT) and not model.training and model.config.tie_embeddings
+    assert loaded_tokenizer.encode(PROMPT) == tokenizer.encode(PROMPT)
+    _assert_same_logits(model, hf, _ids(tokenizer))
+    assert load_pretrained(directory).family == "gpt"  # the registry takes HF directories wherever it loads
 
 
 def test_greedy_continuation_matches_transformers_generate(
     hf_dir: HFDir, tokenizer: BPETokenizer
 ) -> None:
     hf, directory = hf_dir
-    model = load_hf_gpt2(directory).model
+    model = load_hf_gpt2(directory)[0]
     assert isinstance(model, GPT)
     prompt = tokenizer.encode(PROMPT)
     with torch.no_grad():
@@ -107,13 +107,13 @@ def test_load_pytorch_model_bin_without_prefix_and_relu(tokenizer: BPETokenizer,
     hf.config.save_pretrained(tmp_path)
     tokenizer.save(tmp_path)
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    _assert_same_logits(load_hf_gpt2(tmp_path).model, hf, _ids(tokenizer))
+    _assert_same_logits(load_hf_gpt2(tmp_path)[0], hf, _ids(tokenizer))
     # GPT2Model checkpoints (like the original openai-community/gpt2) have no `transformer.` prefix and no
     # lm_head, and may carry causal-mask buffers; all of that is accepted.
     state = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
     state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
     torch.save(state, tmp_path / "pytorch_model.bin")
-    _assert_same_logits(load_hf_gpt2(tmp_path).model, hf, _ids(tokenizer))
+    _assert_same_logits(load_hf_gpt2(tmp_path)[0], hf, _ids(tokenizer))
 
 
 def test_export_round_trip_tied(tokenizer: BPETokenizer, tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_export_round_trip_tied(tokenizer: BPETokenizer, tmp_path: Path) -> None
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
     _assert_same_logits(model, hf, _ids(tokenizer))
     # And back again: the exported directory loads as genloom too.
-    _assert_same_logits(load_hf_gpt2(out).model, hf, _ids(tokenizer))
+    _assert_same_logits(load_hf_gpt2(out)[0], hf, _ids(tokenizer))
 
 
 def test_export_round_trip_untied(tokenizer: BPETokenizer, tmp_path: Path) -> None:

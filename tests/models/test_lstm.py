@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from genloom.checkpoint import save_checkpoint
 from genloom.errors import GenloomError
 from genloom.models.lstm import PRESETS, LSTMConfig, LSTMSeq2Seq, count_parameters, preset
-from genloom.models.registry import load_pretrained
 from genloom.models.seq2seq import count_parameters as count_transformer_parameters
 from genloom.models.seq2seq import preset as transformer_preset
+from genloom.registry import load_pretrained
 from genloom.tokenizers import CharTokenizer
-from genloom.train.checkpoint import save_checkpoint
 
 V, PAD = 40, 0
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from genloom.checkpoint import save_checkpoint
 from genloom.errors import GenloomError
-from genloom.models.registry import load_pretrained
 from genloom.models.seq2seq import PRESETS, Seq2SeqConfig, Seq2SeqTransformer, count_parameters, preset
+from genloom.registry import load_pretrained
 from genloom.tokenizers import CharTokenizer
-from genloom.train.checkpoint import save_checkpoint
 
 V, PAD = 40, 0
 

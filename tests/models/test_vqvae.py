@@ -11,20 +11,13 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from genloom.checkpoint import save_checkpoint
 from genloom.config import config_from_dict, config_to_dict
 from genloom.errors import GenloomError
-from genloom.models.registry import load_language_model, load_pretrained
 from genloom.models.vq_colour import compose, value_and_chroma
-from genloom.models.vqvae import (
-    PRESETS,
-    VQVAE,
-    VectorQuantizer,
-    VQConfig,
-    codebook_perplexity,
-    kmeans_plus_plus,
-    preset,
-)
-from genloom.train.checkpoint import save_checkpoint
+from genloom.models.vqvae import PRESETS, VQVAE, VQConfig, preset
+from genloom.nn.quantizer import VectorQuantizer, codebook_perplexity, kmeans_plus_plus
+from genloom.registry import load_language_model, load_pretrained
 
 
 def _tiny(**overrides) -> VQConfig:

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from genloom.checkpoint import save_checkpoint
 from genloom.cli import main
 from genloom.errors import GenloomError
 from genloom.models.gpt import GPT
-from genloom.models.registry import load_pretrained
+from genloom.registry import load_pretrained
 from genloom.train.average import average_checkpoints
-from genloom.train.checkpoint import save_checkpoint
 
 
 def _run_with_checkpoints(tmp_path, corpus, tiny_config, n: int):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genloom.data.translation import SpecialIds
+from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.models.clip import Clip, ClipConfig
-from genloom.tokenizers import BPETokenizer
+from genloom.tokenizers import BPETokenizer, SpecialIds
 from genloom.train.clip import ClipTask, contrastive_loss, replace_one_word, swap_two_words, word_mask
 from genloom.train.config import TrainConfig
-from genloom.train.text_to_image import CaptionCodec, train_caption_tokenizer
 from genloom.train.trainer import Trainer
 
 IDS = SpecialIds(pad=1, bos=2, eos=3)

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from genloom.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config
+from genloom.data.images import to_unit_range
 from genloom.errors import GenloomError
-from genloom.models.registry import load_pretrained
 from genloom.models.vqvae import VQVAE, VQConfig
-from genloom.train.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config
+from genloom.registry import load_pretrained
 from genloom.train.config import TrainConfig
-from genloom.train.image_tokenizer import ImageTokenizerTask, psnr, to_unit_range, train_image_tokenizer
+from genloom.train.image_tokenizer import ImageTokenizerTask, psnr, train_image_tokenizer
 from genloom.train.trainer import Trainer
 
 OVERRIDES: dict[str, object] = dict(
@@ -181,5 +182,5 @@ def test_resume_of_another_family_is_a_user_error(tmp_path: Path) -> None:
     train_image_tokenizer(TRAIN, VAL, "vq-tiny", _config(run, max_steps=2, eval_interval=2), OVERRIDES)
     raw = json.loads((list_checkpoints(run)[-1] / "config.json").read_text())
     (list_checkpoints(run)[-1] / "config.json").write_text(json.dumps({**raw, "family": "gpt"}))
-    with pytest.raises(GenloomError, match="holds a gpt model, not an image tokenizer"):
+    with pytest.raises(GenloomError, match="holds a gpt model, not a vqvae model"):
         train_image_tokenizer(TRAIN, VAL, "vq-tiny", _config(run), resume=True)

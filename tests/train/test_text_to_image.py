@@ -8,23 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from genloom.checkpoint import save_checkpoint
 from genloom.data.builtin_images import builtin_images
+from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.errors import GenloomError
 from genloom.generate.imagine import imagine
 from genloom.models.dalle import DalleConfig
-from genloom.models.registry import load_pretrained, load_text_to_image_model
+from genloom.models.vq_colour import usable_blank_token
 from genloom.models.vqvae import VQVAE, VQConfig
-from genloom.train.checkpoint import save_checkpoint
+from genloom.registry import load_pretrained, load_text_to_image_model
+from genloom.train.caption_image import IMAGE_TOKENIZER as IMAGE_TOKENIZER_DIR
+from genloom.train.caption_image import encode_images
 from genloom.train.config import TrainConfig
-from genloom.train.text_to_image import (
-    IMAGE_TOKENIZER_DIR,
-    CaptionCodec,
-    TextToImageTask,
-    encode_images,
-    train_caption_tokenizer,
-    train_text_to_image,
-    usable_blank_token,
-)
+from genloom.train.text_to_image import TextToImageTask, train_text_to_image
 
 VQ = VQConfig(resolution=16, widths=(8, 8, 8), res_blocks=1, norm_groups=4, codebook_size=32)  # 4x4 grid
 
@@ -163,7 +159,7 @@ def test_colour_factorised_tokenizer_sets_up_the_model(shapes, tmp_path) -> None
     assert torch.equal(codes // 8 == shape, codes % 8 == colour)  # blank patches black, lit ones coloured
     # With too few shape codes k-means gives a dim lit patch the blank patch's code: no blank token then.
     coarse = _factorised_vq(train.to_tensor(range(len(train))), 16)
-    assert coarse.blank_token() >= 0 and usable_blank_token(coarse, encode_images(coarse, train.images)) == -1
+    assert coarse.blank_token() >= 0 and usable_blank_token(coarse.blank_token(), 8, encode_images(coarse, train.images)) == -1
 
 
 def test_task_rejects_tokens_the_factorised_model_cannot_emit() -> None:

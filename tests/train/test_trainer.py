@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
+from genloom.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config, save_checkpoint
 from genloom.data.text import TokenArrays
 from genloom.errors import GenloomError
 from genloom.models.gpt import GPT, GPTConfig
-from genloom.train.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config, save_checkpoint
 from genloom.train.config import TrainConfig
 from genloom.train.lm import LanguageModelTask
 from genloom.train.optim import learning_rate, make_optimizer
+from genloom.train.task import Goal
 from genloom.train.trainer import Trainer, TrainResult
 
 
@@ -90,7 +92,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(corpus, tiny_config, tmp_p
     monkeypatch.setattr(corpus.tokenizer, "save", crash)
     with torch.no_grad():
         model.token_embedding.weight.add_(1.0)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(GenloomError, match=r"^cannot write checkpoint .*ckpt: disk full$"):
         save_checkpoint(target, model, "gpt", tiny_config, corpus.tokenizer, metadata={"step": 2})
     assert (target / "model.safetensors").read_bytes() == before
     assert read_checkpoint_config(target)["step"] == 1
@@ -145,6 +147,8 @@ def test_invalid_train_config_values():
 
 class ScriptedMetricTask(LanguageModelTask):
     """Reports a scripted `score` at each validation, to drive best/ selection and early stopping."""
+
+    metric_goals: ClassVar[dict[str, Goal]] = {"score": "max"}
 
     def __init__(self, *args, scores: list[float], **kwargs) -> None:
         super().__init__(*args, **kwargs)

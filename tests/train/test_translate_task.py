@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from genloom.data.builtin_parallel import builtin_pairs
 from genloom.data.parallel import add_task_prefix, task_tag
-from genloom.data.translation import SpecialIds, train_translation_tokenizer
+from genloom.data.translation import train_translation_tokenizer
 from genloom.errors import GenloomError
 from genloom.generate.translate import translate
 from genloom.models.seq2seq import Seq2SeqConfig
-from genloom.tokenizers import BPETokenizer
+from genloom.tokenizers import BPETokenizer, SpecialIds
 from genloom.train.config import TrainConfig
 from genloom.train.translate import TranslationTask, encode_pairs, label_smoothed_cross_entropy, train_translation
 

@@ -1,20 +1,49 @@
 """`genloom` command line: parse flags, call a library function, print. No logic of its own.
 
-Each family's commands live in their own module (`lm`, `translate`, `image`); this one assembles the parser, with
-the `train` and `eval` groups the families add their subcommands to, and turns
-user errors into one line and a non-zero exit.
+Each family's commands live in their own module (`lm`, `translate`, `image_train`, `imagine`, `image_eval`); this
+one assembles the parser, with the `train` and `eval` groups the families add their subcommands to, and turns
+user errors into one line and a non-zero exit. SIGTERM (a scheduler's kill, torchrun stopping its workers) is
+handled as Ctrl-C is: a save in progress removes its temporary files, and the command exits non-zero.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
-from genloom.cli import image, lm, translate
+from genloom.cli import image_eval, image_train, imagine, lm, translate
 from genloom.cli.common import Parser, positive_int
 from genloom.errors import GenloomError
 
-QUICKSTARTS = {"image": image.quickstart, "lm": lm.quickstart, "translate": translate.quickstart}
+QUICKSTARTS = ("image", "lm", "translate")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so the same cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def _quickstart(what: str, out: str | None, steps: int | None) -> None:
+    path = Path(out) if out is not None else None
+    if what == "lm":
+        from genloom.quickstart.lm import quickstart_lm
+
+        quickstart_lm(path, steps)
+    elif what == "translate":
+        from genloom.quickstart.translate import quickstart_translate
+
+        quickstart_translate(path, steps)
+    else:
+        from genloom.quickstart.image import quickstart_image
+
+        quickstart_image(path, steps)
 
 
 def build_parser() -> Parser:
@@ -26,31 +55,40 @@ def build_parser() -> Parser:
     eval_sub = ev.add_subparsers(dest="task", required=True, parser_class=Parser)
     lm.add_commands(sub, train_sub)
     translate.add_commands(sub, train_sub, eval_sub)
-    image.add_commands(sub, train_sub, eval_sub)
+    image_train.add_commands(train_sub)
+    imagine.add_commands(sub)
+    image_eval.add_commands(eval_sub)
 
     quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
-    quick.add_argument("what", nargs="?", choices=sorted(QUICKSTARTS), default="lm",
+    quick.add_argument("what", nargs="?", choices=QUICKSTARTS, default="lm",
                        help="lm: a character-level GPT (default); translate: English number words to German; "
                        "image: captions to pictures of coloured shapes")
-    quick.add_argument("--out", help=f"run directory (default {lm.QUICKSTART_DIR}, "
-                       f"{translate.QUICKSTART_TRANSLATE_DIR} or {image.QUICKSTART_IMAGE_DIR})")
+    quick.add_argument("--out", help="run directory (default runs/quickstart, runs/quickstart-translate or "
+                       "runs/quickstart-image); an earlier quickstart there is replaced, other files are refused")
     quick.add_argument("--steps", type=positive_int, help="training steps (default 1500 for lm)")
-    quick.set_defaults(func=lambda args: QUICKSTARTS[args.what](args))
+    quick.set_defaults(func=lambda args: _quickstart(args.what, args.out, args.steps))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread only
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         args.func(args)
     except GenloomError as e:
         print(f"genloom: error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("genloom: terminated (SIGTERM); the last complete checkpoint is kept", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("genloom: interrupted", file=sys.stderr)
+        print("genloom: interrupted; the last complete checkpoint is kept", file=sys.stderr)
         return 130
     except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
         print(f"genloom: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
-

@@ -62,6 +62,9 @@ def add_training_flags(
                    help="stop after this many validations without a better best metric; 0: never stop early")
     t.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run in --out")
+    t.add_argument("--ema-decay", type=non_negative_float, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999, warmed "
+                   "up), used for validation, best/ and inference; 0: off")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--no-progress", action="store_true")
@@ -78,19 +81,20 @@ def train_config(args: argparse.Namespace, **family_settings: object) -> TrainCo
             warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
             eval_interval=args.eval_interval, eval_batches=args.eval_batches, keep_last=args.keep_last,
             device=args.device, seed=args.seed, progress=not args.no_progress, max_minutes=args.max_minutes,
-            patience=args.patience, overwrite=args.overwrite,
+            patience=args.patience, overwrite=args.overwrite, ema_decay=args.ema_decay,
             **family_settings,  # type: ignore[arg-type]
         )
     except ValueError as e:
         raise GenloomError(str(e)) from None
 
 
-def report_done(result: TrainResult) -> None:
+def report_done(result: TrainResult, best_keys: tuple[str, ...] = ("val_loss", "bleu", "chrf")) -> None:
+    """The end of a training command: where the run is, and the validation numbers that chose `best/`."""
     if result.val_loss is None or os.environ.get("RANK", "0") != "0":  # once, not once per torchrun process
         return
     why = {"time_limit": " (time limit)", "early_stopping": " (early stopping)"}.get(result.stop_reason, "")
     print(f"done: step {result.step}{why}, val loss {result.val_loss:.4f}; checkpoints in {result.run_dir}")
-    best = {k: v for k, v in result.best.items() if k in ("val_loss", "bleu", "chrf")}
+    best = {k: result.best[k] for k in ("val_loss", *best_keys) if k in result.best}
     if best:
         shown = ", ".join(f"{k.removeprefix('val_').replace('_', ' ')} {v:.4g}" for k, v in best.items())
         print(f"best (step {int(result.best['step'])}, in {result.run_dir / 'best'}): {shown}")

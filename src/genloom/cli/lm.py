@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,11 +18,7 @@ from genloom.cli.common import (
 from genloom.errors import GenloomError
 
 if TYPE_CHECKING:
-    from genloom.generate import SamplingConfig
-
-QUICKSTART_DIR = "runs/quickstart"
-QUICKSTART_LM_STEPS = 1500
-
+    from genloom.generate import Completion, SamplingConfig
 
 def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParsersAction) -> None:
     """`train lm` under `train`, and the language-model commands at the top level."""
@@ -44,7 +39,8 @@ def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParser
 
     plot = sub.add_parser("plot", help="draw loss and learning-rate curves of a run to a PNG")
     plot.add_argument("run_dir")
-    plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, replaced on every call)")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     plot.set_defaults(func=_cmd_plot)
 
     export = sub.add_parser("export", help="export a checkpoint to another format")
@@ -83,22 +79,20 @@ def _add_train_lm(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train_lm(args: argparse.Namespace) -> None:
+    from genloom.registry import preset_config
     from genloom.train.distributed import shutdown_distributed
-    from genloom.train.lm import DataSpec, build_model_config, train_lm
+    from genloom.train.lm import DataSpec, train_lm
 
     data = DataSpec(data=args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                     val_fraction=args.val_fraction)
-    model_config = build_model_config(
-        args.preset, vocab_size=1, n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads,
-        context_length=args.context_length, dropout=args.dropout, positional=args.positional,
-        activation=args.activation, norm=args.norm, qk_norm=args.qk_norm,
-    )
+    overrides = {"n_layers": args.n_layers, "d_model": args.d_model, "n_heads": args.n_heads,
+                 "context_length": args.context_length, "dropout": args.dropout, "positional": args.positional,
+                 "activation": args.activation, "norm": args.norm, "qk_norm": args.qk_norm}
+    preset_config("gpt", args.preset, **overrides)  # a bad preset or size is an error before the data is read
+    train = train_config(args, batch_size=args.batch_size, min_lr=min(args.min_lr, args.lr), beta2=args.beta2,
+                         dtype=args.dtype, compile=args.compile)
     try:
-        train = train_config(
-            args, batch_size=args.batch_size, min_lr=min(args.min_lr, args.lr), beta2=args.beta2, dtype=args.dtype,
-            compile=args.compile,
-        )
-        _, result = train_lm(data, model_config, train, resume=args.resume)
+        _, result = train_lm(data, args.preset, train, overrides, resume=args.resume)
     finally:
         shutdown_distributed()
     report_done(result)
@@ -126,18 +120,20 @@ def _sampling_config(args: argparse.Namespace) -> SamplingConfig:
 
 def _cmd_generate(args: argparse.Namespace) -> None:
     from genloom.generate import generate
-    from genloom.models.registry import load_language_model
+    from genloom.registry import load_language_model
     from genloom.train.distributed import pick_device
 
     cfg = _sampling_config(args)
     if args.prompt is None or args.prompt == "-":
-        prompts = [_unescape(line.rstrip("\n")) for line in sys.stdin if line.strip()]
-        if not prompts:
+        # One output per input line, blank lines included (their completion is empty), so outputs line up.
+        prompts = [_unescape(line.rstrip("\r\n")) for line in sys.stdin]
+        if not any(p.strip() for p in prompts):
             raise GenloomError("no prompt given: pass PROMPT or lines on stdin")
     else:
         prompts = [_unescape(args.prompt)]
     model, tokenizer = load_language_model(Path(args.checkpoint))
     model = model.to(pick_device(args.device))
+    context = model.config.context_length
     if len(prompts) == 1:
         # One prompt: stream its tokens to the terminal as they are produced. The prompt is echoed with
         # the first piece, so an error (say, a prompt longer than the context) prints nothing else.
@@ -148,14 +144,26 @@ def _cmd_generate(args: argparse.Namespace) -> None:
             _write(piece if echoed else prompts[0] + piece)
             echoed = True
 
-        generate(model, tokenizer, prompts, cfg, on_text=stream)
+        completions = generate(model, tokenizer, prompts, cfg, on_text=stream)
         print("" if echoed else prompts[0])
+        _note_context_limit(completions, context)
         return
     for start in range(0, len(prompts), args.batch_size):
         chunk = prompts[start : start + args.batch_size]
-        for prompt, completion in zip(chunk, generate(model, tokenizer, chunk, cfg), strict=True):
-            print(prompt + completion.text)
+        real = [p for p in chunk if p]
+        done = iter(generate(model, tokenizer, real, cfg) if real else [])
+        for line, prompt in enumerate(chunk, start + 1):
+            completion = next(done) if prompt else None
+            print(prompt + (completion.text if completion is not None else ""))
             print("-" * 40)
+            if completion is not None:
+                _note_context_limit([completion], context, f"line {line}: ")
+
+
+def _note_context_limit(completions: list[Completion], context: int, where: str = "") -> None:
+    """Say on stderr when generation stopped because the model's context was full, not because it was done."""
+    if any(c.context_limited for c in completions):
+        print(f"genloom: note: {where}stopped at the context length of {context} tokens", file=sys.stderr)
 
 
 def _unescape(text: str) -> str:
@@ -177,7 +185,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     if args.preset is not None:
         print(describe_gpt(preset(args.preset), args.preset))
         return
-    from genloom.models.registry import load_pretrained
+    from genloom.registry import load_pretrained
 
     loaded = load_pretrained(Path(args.checkpoint))
     assert isinstance(loaded.config, GPTConfig)
@@ -186,50 +194,21 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
+    from genloom.outputs import check_output_file
     from genloom.train.plot import plot_run
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise GenloomError(f"{run_dir} is not a run directory")
+    if args.out:
+        check_output_file(Path(args.out), args.overwrite)
     print(f"wrote {plot_run(run_dir, Path(args.out) if args.out else None)}")
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
     from genloom.interop.hf_gpt2 import export_hf_gpt2
-    from genloom.models.registry import load_language_model
+    from genloom.registry import load_language_model
 
     model, tokenizer = load_language_model(Path(args.checkpoint))
     export_hf_gpt2(model, tokenizer, Path(args.out_dir))
     print(f"wrote a Hugging Face GPT-2 directory to {args.out_dir}")
-
-
-
-def quickstart(args: argparse.Namespace) -> None:
-    from genloom.generate import SamplingConfig, generate
-    from genloom.train.config import TrainConfig
-    from genloom.train.lm import DataSpec, build_model_config, train_lm
-
-    args.out = args.out if args.out is not None else QUICKSTART_DIR
-    args.steps = args.steps if args.steps is not None else QUICKSTART_LM_STEPS
-    print("genloom quickstart: a character-level GPT on the Python documentation (pydoc_data), on the CPU.")
-    start = time.perf_counter()
-    # nanoGPT's small CPU model with a longer context and the higher learning rate that suits it
-    # (benchmarks/train_shakespeare.py): about 1.5 minutes on 2 cores.
-    model_config = build_model_config("tiny", vocab_size=1, context_length=128)
-    train = TrainConfig(
-        out_dir=args.out, max_steps=args.steps, batch_size=12, lr=3e-3, min_lr=3e-4, warmup_steps=100,
-        eval_interval=max(1, args.steps // 4), eval_batches=10, device="cpu", overwrite=True,
-    )
-    _, result = train_lm(DataSpec(data="builtin:pydoc", tokenizer="char"), model_config, train)
-    print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; val loss {result.val_loss:.3f}")
-    from genloom.models.registry import load_language_model
-
-    model, tokenizer = load_language_model(Path(args.out))  # best/: the lowest validation loss
-    prompts = ["The for statement", "A class definition", "Exceptions are"]
-    samples = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=160, temperature=0.7, seed=0))
-    for prompt, sample in zip(prompts, samples, strict=True):
-        print("-" * 60)
-        print(prompt + sample.text)
-    print("-" * 60)
-    print(f"saved to {args.out}; try: genloom generate {args.out} \"The with statement\"")
-

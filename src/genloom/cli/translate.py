@@ -1,11 +1,9 @@
-"""Translation commands: `train translate`, `translate`, `eval translate`, `average-checkpoints` and
-`quickstart translate`."""
+"""Translation commands: `train translate`, `translate`, `eval translate` and `average-checkpoints`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,10 +26,6 @@ TRANSLATION_FAMILY = {"transformer": "seq2seq", "lstm": "lstm"}  # CLI name -> r
 DEFAULT_TRANSLATION_PRESET = {"transformer": "transformer-small", "lstm": "lstm-small"}
 DATA_HELP = ("builtin:numbers | builtin:emoji | builtin:dates | builtin:quantities | TSV file | SRC_FILE,TGT_FILE | "
              "a pattern like train.{lang}.gz naming one line-aligned file per language")
-QUICKSTART_TRANSLATE_DIR = "runs/quickstart-translate"
-QUICKSTART_TRANSLATE_STEPS = 1200
-QUICKSTART_TRANSLATE_LR = 2e-3
-QUICKSTART_TRANSLATE_MAX_TOKENS = 2048
 
 
 def add_commands(
@@ -55,6 +49,7 @@ def add_commands(
     evt.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                      help="a split of --data as training cut it, or all of it (e.g. an official test set)")
     evt.add_argument("--out", help="write the hypotheses here, one line per source")
+    evt.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     evt.add_argument("--tokenize", default="13a", help="sacreBLEU tokenizer: 13a, intl, char, zh, ...")
     _add_decoding_flags(evt)
     evt.set_defaults(func=_cmd_eval_translate)
@@ -141,7 +136,7 @@ def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load_translation(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
-    from genloom.models.registry import load_translation_model
+    from genloom.registry import load_translation_model
     from genloom.train.distributed import pick_device
 
     loaded = load_translation_model(Path(args.checkpoint))
@@ -171,7 +166,10 @@ def _cmd_eval_translate(args: argparse.Namespace) -> None:
     from genloom.data.parallel import load_parallel_splits
     from genloom.data.translation import direction_prefix
     from genloom.eval.translation import evaluate_translation
+    from genloom.outputs import check_output_file, write_text_atomically
 
+    if args.out:
+        check_output_file(Path(args.out), args.overwrite)  # before the minutes of decoding, not after
     model, tokenizer = _load_translation(args)
     prefix = direction_prefix(tokenizer, args.src_lang, args.tgt_lang)
     if args.split == "all":
@@ -184,7 +182,7 @@ def _cmd_eval_translate(args: argparse.Namespace) -> None:
     print(f"{args.split} split of {args.data} ({args.src_lang}->{args.tgt_lang}), beam {args.beam_size}")
     print(scores.format_report())
     if args.out:
-        Path(args.out).write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), encoding="utf-8")
+        write_text_atomically(Path(args.out), "".join(h.replace("\n", " ") + "\n" for h in hyps))
         print(f"wrote {len(hyps)} hypotheses to {args.out}")
 
 
@@ -193,42 +191,3 @@ def _cmd_average(args: argparse.Namespace) -> None:
 
     used = average_checkpoints(Path(args.run_dir), args.last, Path(args.out))
     print(f"averaged {', '.join(p.name for p in used)} into {args.out}")
-
-
-
-def quickstart(args: argparse.Namespace) -> None:
-    from genloom.data.parallel import load_parallel_splits
-    from genloom.eval.translation import evaluate_translation
-    from genloom.generate.translate import translate
-    from genloom.train.config import TrainConfig
-    from genloom.train.translate import train_translation
-
-    out = args.out if args.out is not None else QUICKSTART_TRANSLATE_DIR
-    steps = args.steps if args.steps is not None else QUICKSTART_TRANSLATE_STEPS
-    print("genloom quickstart translate: a tiny Transformer translating English number words to German "
-          "(builtin:numbers, en->de), on the CPU.")
-    start = time.perf_counter()
-    splits = load_parallel_splits("builtin:numbers", "en", "de")
-    train = TrainConfig(
-        out_dir=out, max_steps=steps, lr=QUICKSTART_TRANSLATE_LR, min_lr=0.0, warmup_steps=100,
-        schedule="inverse_sqrt", weight_decay=0.0, eval_interval=max(1, steps // 4), eval_batches=5, device="cpu",
-        overwrite=True,
-    )
-    model, tokenizer, result = train_translation(
-        splits.train, splits.val, "seq2seq", "transformer-tiny", train, vocab_size=1000,
-        max_tokens=QUICKSTART_TRANSLATE_MAX_TOKENS, model_overrides={"dropout": 0.0},
-    )
-    print(f"trained {result.step} steps in {time.perf_counter() - start:.0f} s; val loss {result.val_loss:.3f}")
-    test = splits.test
-    # Character-level BLEU: each German target is one compound word ("vierunddreißig"), and word-level BLEU
-    # has no 4-grams to match in a one-word sentence, so it scores 0 even for perfect output.
-    _, scores = evaluate_translation(model, tokenizer, test, beam_size=4, tokenize="char")
-    print(f"held-out test split ({len(test)} numbers never seen in training), beam 4, character-level BLEU "
-          "(the German targets are single compound words):")
-    print(scores.format_report())
-    examples = test[:: max(1, len(test) // 6)][:6]
-    for (src, ref), hyp in zip(examples, translate(model, tokenizer, [s for s, _ in examples]), strict=True):
-        print(f"  {src}  ->  {hyp}   (reference: {ref})")
-    print(f"done in {time.perf_counter() - start:.0f} s; saved to {out}; "
-          f"try: genloom translate {out} \"forty-two\"")
-

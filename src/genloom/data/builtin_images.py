@@ -327,7 +327,7 @@ def emoji_images(resolution: int = 32, names: str = "unicode") -> ImageCaptionSe
             continue
         images.append(image)
         captions.append(caption)
-    return ImageCaptionSet(np.stack(images), captions, name="builtin:emoji")
+    return ImageCaptionSet(np.stack(images), captions, name="builtin:emoji", attribution=OPENMOJI_ATTRIBUTION)
 
 
 # ---- registry ------------------------------------------------------------------------------------------
@@ -343,6 +343,11 @@ BUILTIN_IMAGES: dict[str, Callable[..., ImageCaptionSet]] = {
     "digits": digit_images,
     "emoji": emoji_images,
 }
+
+
+def builtin_attribution(spec: str) -> str | None:
+    """The credit images of the built-in set `spec` ("builtin:emoji") must carry, if its licence asks for one."""
+    return OPENMOJI_ATTRIBUTION if spec == "builtin:emoji" else None
 
 
 def builtin_images(name: str, resolution: int | None = None, **options: Any) -> ImageCaptionSet:

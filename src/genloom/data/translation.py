@@ -10,34 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from genloom.data.parallel import task_tag
 from genloom.errors import GenloomError
-from genloom.tokenizers import BPETokenizer, Tokenizer
+from genloom.tokenizers import SPECIAL_TOKENS, BPETokenizer, SpecialIds, Tokenizer
 
-PAD_TOKEN = "<pad>"
-BOS_TOKEN = "<s>"
-EOS_TOKEN = "</s>"
-SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
 _TAG = re.compile(r"^(<[^<>\s]+-[^<>\s]+>)")  # a leading task tag as `task_tag` writes it, e.g. "<de-en> "
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    pad: int
-    bos: int
-    eos: int
-
-    @classmethod
-    def of(cls, tokenizer: Tokenizer) -> SpecialIds:
-        if not isinstance(tokenizer, BPETokenizer):
-            raise GenloomError(f"translation needs a BPE tokenizer with {', '.join(SPECIAL_TOKENS)}, not a "
-                               f"{type(tokenizer).__name__}")
-        return cls(*(tokenizer.token_id(t) for t in SPECIAL_TOKENS))
 
 
 def find_task_tags(sources: Iterable[str]) -> list[str]:
@@ -52,8 +33,7 @@ def find_task_tags(sources: Iterable[str]) -> list[str]:
 
 def model_task_tags(tokenizer: Tokenizer) -> list[str]:
     """The task tags a multi-task model's tokenizer was trained with (`<de-en>`, ...); [] for one direction."""
-    specials = tokenizer.special_tokens if isinstance(tokenizer, BPETokenizer) else []
-    return [t for t in specials if _TAG.fullmatch(t)]
+    return [t for t in tokenizer.special_tokens if _TAG.fullmatch(t)]
 
 
 def direction_prefix(tokenizer: Tokenizer, src_lang: str | None, tgt_lang: str | None) -> str:

@@ -8,36 +8,27 @@ caption the model saw through caption dropout) in one batch and samples from
 scale 1 is plain conditional sampling (the unconditional rows are then skipped), scale 0 ignores the prompt.
 
 Image i of a call (prompt-major: all images of prompt 0, then of prompt 1, ...) samples with its own generator
-seeded `seed + i`, so it is the same image whether made alone (with seed + i) or in a batch.
+seeded `seed + i`, so it is the same image whether made alone (with seed + i) or in a batch. Saving the images
+(PNGs with their parameters, sidecars, a grid) is `genloom.generate.image_io`'s, for any image method.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 from tqdm import tqdm
 
-import genloom
-from genloom.data.builtin_images import OPENMOJI_ATTRIBUTION
+from genloom.data.captions import CaptionCodec
 from genloom.errors import GenloomError
 from genloom.generate.sampling import SamplingConfig, choose_tokens
-from genloom.models.dalle import Dalle, check_image_tokenizer
+from genloom.models.caption_image import check_image_tokenizer
+from genloom.models.dalle import Dalle
 from genloom.models.vqvae import VQVAE
 from genloom.tokenizers import Tokenizer
-from genloom.train.text_to_image import CaptionCodec
-
-EMOJI_DATA = "builtin:emoji"
 
 
 def codes_to_images(vq: VQVAE, codes: Tensor, batch_size: int = 64) -> np.ndarray:
@@ -146,114 +137,3 @@ def imagine(
         model.train(was_training)
     codes = tokens.view(-1, cfg.grid_size, cfg.grid_size).cpu()  # (N, g, g)
     return codes_to_images(vq_model, codes), codes
-
-
-# ---- saving -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SavedImages:
-    images: list[Path]  # one PNG per image
-    sidecars: list[Path]  # one JSON per image, next to its PNG
-    grid: Path  # all images in one PNG
-
-
-def _slug(text: str, limit: int = 40) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:limit].rstrip("-") or "image"
-
-
-def image_grid(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
-    """Images (N, H, W, 3) tiled row by row on white with `gap` pixels between them; columns default ~sqrt(N)."""
-    n, h, w, _ = images.shape
-    cols = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image
-    return grid
-
-
-def _png_info(record: dict[str, Any]) -> PngInfo:
-    """Text chunks: prompt(s) and attribution as plain text, every parameter as one JSON `parameters` chunk."""
-    info = PngInfo()
-    for key in ("prompt", "attribution"):
-        if record.get(key) is not None:
-            info.add_text(key, record[key])  # Pillow switches to UTF-8 iTXt by itself when Latin-1 cannot encode it
-    if "prompts" in record:
-        info.add_text("prompts", json.dumps(record["prompts"], ensure_ascii=False))
-    info.add_text("parameters", json.dumps(record["parameters"], ensure_ascii=False, sort_keys=True))
-    info.add_text("Software", f"genloom {genloom.__version__}")
-    return info
-
-
-def read_png_metadata(path: Path) -> dict[str, Any]:
-    """The record `save_images` wrote into a PNG: prompt (or prompts), attribution if any, parameters."""
-    with Image.open(path) as img:
-        text = dict(getattr(img, "text", {}))
-    record: dict[str, Any] = {k: text[k] for k in ("prompt", "attribution") if k in text}
-    if "prompts" in text:
-        record["prompts"] = json.loads(text["prompts"])
-    record["parameters"] = json.loads(text.get("parameters", "{}"))
-    return record
-
-
-def save_images(
-    images: np.ndarray,
-    out_dir: Path,
-    prompts: Sequence[str],
-    params: dict[str, Any],
-    data_name: str | None = None,
-    attribution: str | None = None,
-    columns: int | None = None,
-    image_params: Sequence[dict[str, Any]] | None = None,
-) -> SavedImages:
-    """One PNG + JSON sidecar per image and a `grid.png`, each carrying the prompt and the sampling parameters.
-
-    prompts: one per image, or one per prompt of a prompt-major batch (each then covers N / P images).
-    params: sampling settings (temperature, top_k, top_p, guidance_scale, seed, model, ...); when `seed` is set
-    each image also records its own `image_seed` = seed + i, which reproduces it alone. The attribution (given,
-    or OpenMoji's when `data_name` is builtin:emoji) goes into every file, as CC BY-SA requires.
-    image_params: one dict per image that goes on top of `params` (e.g. the `image_seed` and `clip_score` of a
-    reranked image).
-    """
-    n = len(images)
-    if n == 0:
-        raise GenloomError("no images to save")
-    if not prompts or n % len(prompts):
-        raise GenloomError(f"{len(prompts)} prompts do not divide {n} images")
-    if image_params is not None and len(image_params) != n:
-        raise GenloomError(f"{len(image_params)} sets of image parameters for {n} images")
-    per_prompt = n // len(prompts)
-    per_image = [prompts[i // per_prompt] for i in range(n)]
-    if attribution is None and data_name == EMOJI_DATA:
-        attribution = OPENMOJI_ATTRIBUTION
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed = params.get("seed")
-    pngs, sidecars = [], []
-    for i, (image, prompt) in enumerate(zip(images, per_image, strict=True)):
-        parameters = {**params, **({"image_seed": seed + i} if isinstance(seed, int) else {}), "index": i,
-                      **(image_params[i] if image_params is not None else {})}
-        record: dict[str, Any] = {"prompt": prompt, "parameters": parameters}
-        if data_name is not None:
-            parameters.setdefault("data", data_name)
-        if attribution is not None:
-            record["attribution"] = attribution
-        stem = f"{i:03d}-{_slug(prompt)}"
-        png, sidecar = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
-        Image.fromarray(image, "RGB").save(png, pnginfo=_png_info(record))
-        sidecar.write_text(json.dumps({**record, "file": png.name}, indent=2, ensure_ascii=False) + "\n")
-        pngs.append(png)
-        sidecars.append(sidecar)
-    grid_record: dict[str, Any] = {"prompts": per_image, "parameters": dict(params)}
-    if data_name is not None:
-        grid_record["parameters"].setdefault("data", data_name)
-    if attribution is not None:
-        grid_record["attribution"] = attribution
-    grid = out_dir / "grid.png"
-    # One row per prompt when there are several prompts with several images each.
-    columns = columns or (per_prompt if len(prompts) > 1 and per_prompt > 1 else None)
-    Image.fromarray(image_grid(images, columns), "RGB").save(grid, pnginfo=_png_info(grid_record))
-    return SavedImages(pngs, sidecars, grid)

@@ -1,14 +1,16 @@
 """Text generation with a decoder-only model: KV-cached incremental decoding over a left-padded batch.
 
 Prompts of different lengths are left-padded; an attention mask hides the padding and each row's
-positions start at 0 on its first real token, so every row decodes exactly as it would alone.
+positions start at 0 on its first real token, so every row decodes exactly as it would alone. Decoding is an
+iterator (`TokenStream`: one step, one token per row) that knows nothing about text; `generate` turns its
+tokens into text as they come (`TextStream`), holding back what a stop string might still claim.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -16,6 +18,7 @@ from torch import Tensor
 from genloom.errors import GenloomError
 from genloom.generate.sampling import SamplingConfig, apply_repetition_penalty, choose_tokens
 from genloom.models.gpt import GPT
+from genloom.nn import KVCache
 from genloom.tokenizers import Tokenizer
 
 
@@ -24,6 +27,8 @@ class Completion:
     text: str  # the generated text, without the prompt, cut before any stop string
     tokens: list[int]
     finish_reason: str  # "stop" (eos or stop string) or "length"
+    # "length" because the context filled up before max_new_tokens: the model can see no more tokens.
+    context_limited: bool = False
 
 
 _HEADS: weakref.WeakKeyDictionary[GPT, tuple[tuple[int, int], Tensor]] = weakref.WeakKeyDictionary()
@@ -45,73 +50,145 @@ def _decoding_head(model: GPT) -> Tensor:
     return cached[1]
 
 
-@torch.inference_mode()
+class TokenStream:
+    """KV-cached decoding as an iterator: each step yields the new token of every row (None for a finished row).
+
+    A row finishes at EOS (when `cfg.stop_at_eos`), when the caller calls `finish(row)` (a stop string, a
+    client gone), or after `max_new` tokens: `cfg.max_new_tokens`, or fewer when the context fills up first
+    (`context_limited`). Streaming, chat and a batching server drive decoding through this one loop.
+
+        stream = TokenStream(model, prompts, cfg, eos_id)
+        for tokens in stream:          # one decoding step
+            ...                        # use tokens[row]; stream.finish(row) to end a row early
+    """
+
+    def __init__(
+        self, model: GPT, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int | None = None,
+        vocab_limit: int | None = None,
+    ) -> None:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise GenloomError("every prompt must have at least one token")
+        context = model.config.context_length
+        longest = max(len(p) for p in prompts)
+        if longest > context:
+            raise GenloomError(f"prompt of {longest} tokens is longer than the model's context of {context}")
+        self.model, self.prompts, self.cfg, self.eos_id = model, prompts, cfg, eos_id
+        self.vocab_limit = vocab_limit  # ids >= this are never produced (a model whose vocabulary is padded)
+        self.context_length = context
+        self.max_new = min(cfg.max_new_tokens, context - longest)
+        self.context_limited = self.max_new < cfg.max_new_tokens
+        self.done = [False] * len(prompts)
+
+    def finish(self, row: int) -> None:
+        """End `row`: it yields None from the next step on."""
+        self.done[row] = True
+
+    def __iter__(self) -> Iterator[list[int | None]]:
+        if self.max_new == 0:
+            return
+        # Inference mode around each step's work, not across the `yield`: the caller's code between steps runs
+        # in whatever mode it chose.
+        with torch.inference_mode():
+            state = self._prefill()
+        for step in range(self.max_new):
+            with torch.inference_mode():
+                tokens = self._choose(state)
+            emitted: list[int | None] = []
+            for row, token in enumerate(tokens.tolist()):
+                emitted.append(None if self.done[row] else token)
+                if self.cfg.stop_at_eos and token == self.eos_id:
+                    self.done[row] = True
+            yield emitted
+            if all(self.done) or step == self.max_new - 1:
+                return
+            with torch.inference_mode():
+                self._advance(state, tokens)
+
+    def _prefill(self) -> _DecodingState:
+        model, cfg, prompts = self.model, self.cfg, self.prompts
+        device = model.token_embedding.weight.device
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        idx = torch.zeros(batch, longest, dtype=torch.long)
+        valid = torch.zeros(batch, longest, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            idx[row, longest - len(prompt) :] = torch.tensor(prompt)
+            valid[row, longest - len(prompt) :] = True
+        idx, valid = idx.to(device), valid.to(device)
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
+        seen = torch.zeros(batch, model.config.vocab_size, dtype=torch.bool, device=device)
+        if cfg.repetition_penalty != 1.0:
+            seen.scatter_(1, idx, valid)
+        generators = None
+        if cfg.seed is not None:
+            generators = [torch.Generator(device=device).manual_seed(cfg.seed + row) for row in range(batch)]
+        state = _DecodingState(
+            caches=model.make_kv_caches(batch, longest + self.max_new), head=_decoding_head(model),
+            mask=None if bool(valid.all()) else valid, seen=seen, generators=generators,
+            next_position=positions[:, -1:] + 1,  # (B, 1)
+        )
+        state.logits = self._next_logits(state, idx, positions)
+        return state
+
+    def _next_logits(self, state: _DecodingState, tokens: Tensor, positions: Tensor) -> Tensor:
+        hidden = self.model.hidden_states(tokens, positions=positions, attention_mask=state.mask,
+                                          kv_caches=state.caches, last_only=True)
+        logits = hidden[:, -1] @ state.head  # (B, vocab)
+        if self.vocab_limit is not None:
+            logits[:, self.vocab_limit :] = float("-inf")
+        return logits
+
+    def _choose(self, state: _DecodingState) -> Tensor:
+        logits = apply_repetition_penalty(state.logits, state.seen, self.cfg.repetition_penalty)
+        return choose_tokens(logits, self.cfg, state.generators)  # (B,)
+
+    def _advance(self, state: _DecodingState, tokens: Tensor) -> None:
+        """Feed the chosen tokens (B,) through the model: the next step's logits."""
+        if self.cfg.repetition_penalty != 1.0:
+            state.seen.scatter_(1, tokens[:, None], True)
+        if state.mask is not None:
+            state.mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], dim=1)
+        state.logits = self._next_logits(state, tokens[:, None], state.next_position)
+        state.next_position = state.next_position + 1
+
+
+@dataclass
+class _DecodingState:
+    """What `TokenStream` carries from one decoding step to the next."""
+
+    caches: list[KVCache]
+    head: Tensor  # (d_model, vocab), see `_decoding_head`
+    mask: Tensor | None  # (B, T_so_far) True for real tokens; None when no row is padded
+    seen: Tensor  # (B, vocab) tokens in the prompt or output, for the repetition penalty
+    generators: list[torch.Generator] | None
+    next_position: Tensor  # (B, 1)
+    logits: Tensor = field(default_factory=lambda: torch.empty(0))  # (B, vocab) of the next token
+
+
 def generate_tokens(
     model: GPT,
     prompts: list[list[int]],
     cfg: SamplingConfig,
     eos_id: int | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
+    vocab_limit: int | None = None,
 ) -> list[list[int]]:
     """Generate up to cfg.max_new_tokens after each prompt. Returns the new tokens of every row.
 
     should_stop(row, token) is called for each new token; returning True ends that row (the token is kept).
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise GenloomError("every prompt must have at least one token")
-    context = model.config.context_length
-    longest = max(len(p) for p in prompts)
-    if longest > context:
-        raise GenloomError(f"prompt of {longest} tokens is longer than the model's context of {context}")
-    max_new = min(cfg.max_new_tokens, context - longest)
-    device = model.token_embedding.weight.device
-    batch = len(prompts)
+    return _collect(TokenStream(model, prompts, cfg, eos_id, vocab_limit), should_stop)
 
-    idx = torch.zeros(batch, longest, dtype=torch.long)
-    valid = torch.zeros(batch, longest, dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        idx[row, longest - len(prompt) :] = torch.tensor(prompt)
-        valid[row, longest - len(prompt) :] = True
-    idx, valid = idx.to(device), valid.to(device)
-    ragged = not bool(valid.all())
-    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
-    mask: Tensor | None = valid if ragged else None
 
-    seen = torch.zeros(batch, model.config.vocab_size, dtype=torch.bool, device=device)
-    if cfg.repetition_penalty != 1.0:
-        seen.scatter_(1, idx, valid)
-    generators = None
-    if cfg.seed is not None:
-        generators = [torch.Generator(device=device).manual_seed(cfg.seed + row) for row in range(batch)]
-
-    caches = model.make_kv_caches(batch, longest + max_new)
-    head = _decoding_head(model)
-
-    def next_logits(tokens: Tensor, pos: Tensor, key_mask: Tensor | None) -> Tensor:
-        hidden = model.hidden_states(tokens, positions=pos, attention_mask=key_mask, kv_caches=caches, last_only=True)
-        return hidden[:, -1] @ head  # (B, vocab)
-
-    logits = next_logits(idx, positions, mask)
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    next_position = positions[:, -1:] + 1  # (B, 1)
-    for step in range(max_new):
-        logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-        tokens = choose_tokens(logits, cfg, generators)  # (B,)
-        for row, token in enumerate(tokens.tolist()):
-            if done[row]:
+def _collect(stream: TokenStream, should_stop: Callable[[int, int], bool] | None) -> list[list[int]]:
+    """Run `stream` to the end; the tokens of every row."""
+    outputs: list[list[int]] = [[] for _ in stream.prompts]
+    for tokens in stream:
+        for row, token in enumerate(tokens):
+            if token is None:
                 continue
             outputs[row].append(token)
-            if (cfg.stop_at_eos and token == eos_id) or (should_stop is not None and should_stop(row, token)):
-                done[row] = True
-        if all(done) or step == max_new - 1:
-            break
-        if cfg.repetition_penalty != 1.0:
-            seen.scatter_(1, tokens[:, None], True)
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-        logits = next_logits(tokens[:, None], next_position, mask)
-        next_position = next_position + 1
+            if should_stop is not None and should_stop(row, token):
+                stream.finish(row)
     return outputs
 
 
@@ -176,13 +253,16 @@ def generate(
             on_text(row, piece)
         return streams[row].stopped
 
-    outputs = generate_tokens(model, encoded, cfg, tokenizer.eos_id, should_stop)
+    # A Hugging Face model may pad its vocabulary past the tokenizer's: never sample those rows.
+    vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
+    decoding = TokenStream(model, encoded, cfg, tokenizer.eos_id, vocab_limit)
+    outputs = _collect(decoding, should_stop)
     completions = []
-    for row, (tokens, stream) in enumerate(zip(outputs, streams, strict=True)):
-        rest = stream.flush()
+    for row, (tokens, text) in enumerate(zip(outputs, streams, strict=True)):
+        rest = text.flush()
         if rest and on_text is not None:
             on_text(row, rest)
         hit_eos = cfg.stop_at_eos and bool(tokens) and tokens[-1] == tokenizer.eos_id
-        finish = "stop" if stream.stopped or hit_eos else "length"
-        completions.append(Completion(stream.text, tokens, finish))
+        finish = "stop" if text.stopped or hit_eos else "length"
+        completions.append(Completion(text.text, tokens, finish, finish == "length" and decoding.context_limited))
     return completions

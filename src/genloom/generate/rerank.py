@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genloom.data.captions import CaptionCodec
 from genloom.errors import GenloomError
 from genloom.generate.imagine import imagine
-from genloom.models.registry import LoadedClip, LoadedTextToImage
 from genloom.models.vqvae import VQVAE
-from genloom.train.text_to_image import CaptionCodec
+from genloom.registry import LoadedClip, LoadedTextToImage
 
 
 def check_same_image_tokenizer(a: VQVAE, b: VQVAE, a_name: str, b_name: str) -> None:

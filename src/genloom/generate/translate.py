@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genloom.data.translation import SpecialIds, encode_source, pad_sequences
+from genloom.data.translation import encode_source, pad_sequences
 from genloom.errors import GenloomError
 from genloom.generate.beam import IncrementalDecoder, beam_search
 from genloom.models.lstm import LSTMSeq2Seq, State
 from genloom.models.seq2seq import Seq2SeqTransformer
-from genloom.tokenizers import Tokenizer
+from genloom.tokenizers import SpecialIds, Tokenizer
 
 # Beam search only ever continues a hypothesis of the same input, and every input's rows share one memory,
 # so the adapters never reorder the memory or its padding mask: rows i and indices[i] hold the same one.

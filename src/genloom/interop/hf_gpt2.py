@@ -16,13 +16,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from genloom.checkpoint import atomic_directory, load_state
 from genloom.config import read_json
 from genloom.errors import GenloomError
 from genloom.models.gpt import GPT, GPTConfig
-from genloom.models.registry import LoadedModel
 from genloom.nn.layers import Activation
-from genloom.tokenizers import Tokenizer, load_tokenizer
-from genloom.train.checkpoint import atomic_directory
+from genloom.tokenizers import Tokenizer, check_tokenizer_fits, load_tokenizer
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -192,23 +191,23 @@ def _convert_weights(hf: dict[str, Tensor], config: GPTConfig, path: Path) -> di
     return ours
 
 
-def load_hf_gpt2(path: Path) -> LoadedModel:
+def is_hf_directory(path: Path) -> bool:
+    """Whether `path` holds a Hugging Face model (its config.json names a `model_type`), not a genloom checkpoint."""
+    return (path / CONFIG_FILE).is_file() and "model_type" in read_json(path / CONFIG_FILE)
+
+
+def load_hf_gpt2(path: Path) -> tuple[GPT, Tokenizer]:
     """Load a local Hugging Face GPT-2 directory (config.json, weights, tokenizer) as a GPT in eval mode."""
     config = config_from_hf(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
     # Checked before the (possibly large) weights are read: without a tokenizer the model is unusable.
     tokenizer = load_tokenizer(path)  # BPE files, or the char vocabulary of an exported genloom model
+    # Not `exact`: Hugging Face models may pad the vocabulary (generation never samples the padding rows).
+    check_tokenizer_fits(tokenizer, config.vocab_size, str(path), exact=False)
     weights = _convert_weights(_read_weights(path), config, path)
     model = GPT(config)
-    expected = model.state_dict()
-    for name, tensor in weights.items():
-        if tensor.shape != expected[name].shape:
-            raise GenloomError(
-                f"{path}: {name} has shape {tuple(tensor.shape)} but config.json implies "
-                f"{tuple(expected[name].shape)}"
-            )
-    # strict: every parameter must be set, or the model would silently keep its random init.
-    model.load_state_dict(weights, strict=True)
-    return LoadedModel(model.eval(), config, tokenizer, "gpt", path)
+    # Every parameter must be set (with its shape), or the model would silently keep its random init.
+    load_state(model, weights, f"{path}: the weights")
+    return model.eval(), tokenizer
 
 
 def config_to_hf(config: GPTConfig, eos_id: int | None) -> dict[str, Any]:
@@ -272,10 +271,6 @@ def _hf_weights(model: GPT) -> dict[str, Tensor]:
 def export_hf_gpt2(model: GPT, tokenizer: Tokenizer, out_dir: Path) -> None:
     """Write `model` as a directory `transformers.GPT2LMHeadModel.from_pretrained` loads, atomically."""
     hf_config = config_to_hf(model.config, tokenizer.eos_id)  # refuse before writing anything
-    # The export replaces out_dir wholesale: refuse a folder of other files rather than delete them.
-    earlier_export = (out_dir / CONFIG_FILE).is_file() and "model_type" in read_json(out_dir / CONFIG_FILE)
-    if out_dir.exists() and not (out_dir.is_dir() and (earlier_export or not any(out_dir.iterdir()))):
-        raise GenloomError(f"{out_dir} exists and is not an earlier export; give a new or empty directory")
     weights = _hf_weights(model)
     # The dtype transformers' default dtype="auto" loads the weights as.
     hf_config["dtype"] = str(next(iter(weights.values())).dtype).removeprefix("torch.")
@@ -286,4 +281,5 @@ def export_hf_gpt2(model: GPT, tokenizer: Tokenizer, out_dir: Path) -> None:
         (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         tokenizer.save(tmp)
 
-    atomic_directory(out_dir, write)
+    # The export replaces out_dir wholesale: only an earlier export may be there (or nothing).
+    atomic_directory(out_dir, write, is_hf_directory, "an earlier Hugging Face export", "the export")

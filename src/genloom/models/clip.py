@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloom.config import from_presets
-from genloom.models.dalle import check_caption_image_config
+from genloom.models.caption_image import CaptionImageEmbeddings, check_caption_image_config
 from genloom.nn import BlockConfig, TransformerStack, gpt2_init_
 from genloom.nn.layers import Linear
 
@@ -75,24 +75,12 @@ class _Encoder(nn.Module):
         return F.normalize(self.projection(pooled), dim=-1)
 
 
-class Clip(nn.Module):
+class Clip(CaptionImageEmbeddings):
     """Captions (B, Lt) and image codes (B, N) -> unit embeddings (B, embed_dim) each; `score` = their cosine."""
 
-    image_rows: Tensor
-    image_cols: Tensor
-
     def __init__(self, config: ClipConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         self.config = config
-        d, g, colours = config.d_model, config.grid_size, config.colour_codes
-        self.text_embedding = nn.Embedding(config.text_vocab_size, d)
-        self.text_positions = nn.Embedding(config.text_len, d)
-        self.image_embedding = nn.Embedding(config.image_vocab_size // max(1, colours), d)
-        self.colour_embedding = nn.Embedding(colours, d) if colours else None
-        index = torch.arange(config.image_len)
-        self.register_buffer("image_rows", index // g, persistent=False)
-        self.register_buffer("image_cols", index % g, persistent=False)
-        self.row_embedding, self.col_embedding = nn.Embedding(g, d), nn.Embedding(g, d)
         self.text_encoder, self.image_encoder = _Encoder(config), _Encoder(config)
         gpt2_init_(self, config.n_layers)
         # CLIP's initial temperature 0.07, learned as a log scale (applied as exp, capped at 100 in `logits`).
@@ -100,19 +88,12 @@ class Clip(nn.Module):
 
     def encode_text(self, text: Tensor) -> Tensor:
         """(B, Lt) caption ids -> (B, embed_dim) unit vectors; pads are left out of the mean."""
-        x = self.text_embedding(text) + self.text_positions.weight[: text.shape[1]]
-        return self.text_encoder(x, text != self.config.pad_id)
+        return self.text_encoder(self.embed_caption(text), text != self.config.pad_id)
 
     def encode_image(self, codes: Tensor) -> Tensor:
         """(B, N) or (B, g, g) image codes -> (B, embed_dim) unit vectors."""
         codes = codes.flatten(1)
-        colours = self.config.colour_codes
-        if self.colour_embedding is not None:
-            x = self.image_embedding(codes // colours) + self.colour_embedding(codes % colours)
-        else:
-            x = self.image_embedding(codes)
-        x = x + self.row_embedding(self.image_rows) + self.col_embedding(self.image_cols)
-        return self.image_encoder(x, torch.ones_like(codes, dtype=torch.bool))
+        return self.image_encoder(self.embed_image(codes), torch.ones_like(codes, dtype=torch.bool))
 
     def forward(self, text: Tensor, codes: Tensor) -> Tensor:
         """Captions (Bt, Lt), image codes (Bi, N) -> (Bi, Bt) logits: every image against every caption."""

@@ -9,7 +9,7 @@ Caption layout: `<s>` caption `</s>` then `<pad>` up to `text_len`. Padding is a
 its position embedding makes each pad distinct (DALL-E learns a padding token per position for the same
 reason), and decoding needs no mask, so a cached step attends to every earlier position. The unconditional
 caption of classifier-free guidance is the EMPTY caption, `<s></s><pad>...`, which training shows the model by
-caption dropout (see `genloom.train.text_to_image`).
+caption dropout (see `genloom.train.text_to_image`); `genloom.data.captions` encodes captions so.
 
 With a factorised image tokenizer (`VQConfig.colour_codes` = C > 0) image token i is the pair (i // C, i % C),
 a shape code and a colour code: its embedding is the sum of one embedding per part, and two heads give
@@ -25,57 +25,20 @@ feeds image[:, :-1], and returns logits for text[:, 1:] and image[:, :].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from genloom.config import from_presets
 from genloom.errors import GenloomError
-from genloom.models.vqvae import VQConfig
-from genloom.nn import BlockConfig, KVCache, TransformerStack, gpt2_init_, sinusoidal_2d_table
+from genloom.models.caption_image import CaptionImageEmbeddings, ImagePositional, check_caption_image_config
+from genloom.models.vq_colour import blank_rule_masks, factorised_log_probs
+from genloom.nn import BlockConfig, KVCache, TransformerStack, gpt2_init_
 from genloom.nn.layers import Activation, Linear, NormKind, dropout_layer
-from genloom.tokenizers import Tokenizer
 
-ImagePositional = Literal["learned", "sinusoidal"]
 CaptionAttention = Literal["causal", "self"]
-IMPOSSIBLE = -1e9  # the log-probability of image tokens a factorised model never emits
-
-
-class ReadsImageTokens(Protocol):
-    """A model config over VQ image tokens (Dalle's, Clip's): what the tokenizer has to match."""
-
-    grid_size: int
-    image_vocab_size: int
-    colour_codes: int
-
-
-class CaptionImageConfig(ReadsImageTokens, Protocol):
-    """A Transformer config over [caption ids ; image tokens] (Dalle's, Clip's)."""
-
-    text_vocab_size: int
-    text_len: int
-    pad_id: int
-    d_model: int
-    n_heads: int
-
-
-def check_caption_image_config(config: CaptionImageConfig, positive: tuple[str, ...] = ()) -> None:
-    """The ValueErrors every caption/image-token config shares; `positive` names more fields that must be > 0."""
-    for name in ("text_vocab_size", "image_vocab_size", "grid_size", "d_model", "n_heads", *positive):
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{name} ({getattr(config, name)}) must be positive")
-    if config.text_len < 2:
-        raise ValueError(f"text_len ({config.text_len}) must be at least 2 (<s> and </s>)")
-    if config.d_model % config.n_heads:
-        raise ValueError(f"d_model ({config.d_model}) must be divisible by n_heads ({config.n_heads})")
-    if not 0 <= config.pad_id < config.text_vocab_size:
-        raise ValueError(f"pad_id ({config.pad_id}) must be in [0, text_vocab_size {config.text_vocab_size})")
-    if config.colour_codes < 0 or (config.colour_codes and config.image_vocab_size % config.colour_codes):
-        raise ValueError(
-            f"colour_codes ({config.colour_codes}) must be 0 or divide image_vocab_size ({config.image_vocab_size})"
-        )
 
 
 @dataclass
@@ -158,43 +121,6 @@ def preset(name: str, **overrides: object) -> DalleConfig:
     return from_presets(PRESETS, name, **overrides)
 
 
-def breaks_blank_rule(tokens: Tensor, blank_token: int, colour_codes: int) -> Tensor:
-    """Mask of factorised `tokens` a model with this blank token never emits: the blank patch's shape code with a
-    colour other than black, or a lit shape code in black (see `Dalle._image_logits`)."""
-    shape, colour = divmod(blank_token, colour_codes)
-    return (tokens // colour_codes == shape) != (tokens % colour_codes == colour)
-
-
-def check_image_tokenizer(vq: VQConfig, model: ReadsImageTokens, vq_name: str, model_name: str) -> None:
-    """A one-line GenloomError unless the VQ tokenizer makes the image tokens the model reads and writes."""
-
-    def grid(g: int, vocab: int, colours: int) -> str:
-        return f"{g}x{g} grids of {vocab} tokens" + (f" ({colours} colours)" if colours else "")
-
-    made = grid(vq.grid_size, vq.vocab_size, vq.colour_codes)
-    expected = grid(model.grid_size, model.image_vocab_size, model.colour_codes)
-    if made != expected:
-        raise GenloomError(f"{vq_name} makes {made}; {model_name} expects {expected}")
-
-
-def encode_captions(
-    tokenizer: Tokenizer, captions: list[str], text_len: int, pad_id: int, bos_id: int, eos_id: int
-) -> Tensor:
-    """Captions -> (B, text_len) long: <s> caption </s> <pad>...; a one-line GenloomError if one is too long."""
-    if isinstance(captions, str):
-        raise GenloomError("captions must be a list of strings, not one string")
-    out = torch.full((len(captions), text_len), pad_id, dtype=torch.long)
-    for row, caption in enumerate(captions):
-        ids = [bos_id, *tokenizer.encode(caption), eos_id]
-        if len(ids) > text_len:
-            shown = caption if len(caption) <= 60 else caption[:57] + "..."
-            raise GenloomError(
-                f"caption {shown!r} is {len(ids)} tokens with <s> and </s>, more than the model's {text_len}"
-            )
-        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return out
-
-
 @dataclass
 class DalleLoss:
     total: Tensor  # (text + w * image) / (1 + w): what is optimised
@@ -217,52 +143,27 @@ def dalle_loss(
     return DalleLoss(total, text_loss, image_loss)
 
 
-class Dalle(nn.Module):
+class Dalle(CaptionImageEmbeddings):
     """Caption (B, Lt) + image codes (B, N) -> text logits (B, Lt - 1, V_text), image logits (B, N, V_image)."""
 
-    image_rows: Tensor
-    image_cols: Tensor
-    image_pos_table: Tensor | None
     blank_colour: Tensor | None
     blank_shape: Tensor | None
     impossible_pairs: Tensor | None
 
     def __init__(self, config: DalleConfig) -> None:
-        super().__init__()
+        super().__init__(config, config.image_positional)
         self.config = config
-        d, g = config.d_model, config.grid_size
-        self.text_embedding = nn.Embedding(config.text_vocab_size, d)
-        self.text_positions = nn.Embedding(config.text_len, d)
-        colours = config.colour_codes
-        # Factorised tokens: these two see the shape code and the colour code; otherwise the first sees the token.
-        self.image_embedding = nn.Embedding(config.image_vocab_size // max(1, colours), d)
-        self.colour_embedding = nn.Embedding(colours, d) if colours else None
-        # Raster order: token j sits at row j // g, column j % g.
-        index = torch.arange(config.image_len)
-        self.register_buffer("image_rows", index // g, persistent=False)
-        self.register_buffer("image_cols", index % g, persistent=False)
-        self.row_embedding: nn.Embedding | None = None
-        self.col_embedding: nn.Embedding | None = None
-        if config.image_positional == "learned":
-            self.row_embedding, self.col_embedding = nn.Embedding(g, d), nn.Embedding(g, d)
-            self.image_pos_table = None
-        else:
-            self.register_buffer("image_pos_table", sinusoidal_2d_table(g, g, d), persistent=False)  # (N, d)
+        d, colours = config.d_model, config.colour_codes
         self.embed_dropout = dropout_layer(config.dropout)
         self.transformer = TransformerStack(config.block_config(), config.n_layers)
         # Separate heads: a text position never spends probability on image codes, nor the reverse.
         self.text_head = Linear(d, config.text_vocab_size, bias=False)
         self.image_head = Linear(d, config.image_vocab_size // max(1, colours), bias=False)
         self.colour_head = Linear(d, colours, bias=False) if colours else None
-        # With a blank token (s0, k): masks of the black colour k (C,), of the blank shape s0 (S,) and of the
-        # impossible pairs (S, C), a lit patch in black or a blank one in colour; otherwise None.
+        # With a blank token: the masks of the blank-patch rule (`genloom.models.vq_colour`); otherwise None.
         masks: tuple[Tensor | None, ...] = (None, None, None)
         if config.blank_token >= 0:
-            s0, k = divmod(config.blank_token, colours)
-            is_black = torch.arange(colours) == k
-            is_blank = torch.arange(config.image_vocab_size // colours) == s0
-            pairs = torch.arange(config.image_vocab_size).view(-1, colours)  # (S, C): token s * C + c
-            masks = (is_black, is_blank, breaks_blank_rule(pairs, config.blank_token, colours))
+            masks = blank_rule_masks(config.blank_token, config.image_vocab_size, colours)
         for name, mask in zip(("blank_colour", "blank_shape", "impossible_pairs"), masks, strict=True):
             self.register_buffer(name, mask, persistent=False)
         gpt2_init_(self, config.n_layers)
@@ -273,14 +174,6 @@ class Dalle(nn.Module):
     def make_kv_caches(self, batch_size: int) -> list[KVCache]:
         p = self.text_embedding.weight
         return self.transformer.make_kv_caches(batch_size, self.config.seq_len, p.device, p.dtype)
-
-    def _image_positions(self, start: int, n: int) -> Tensor:
-        """Position vectors (n, d) of image tokens start .. start + n - 1."""
-        if self.image_pos_table is not None:
-            return self.image_pos_table[start : start + n]
-        assert self.row_embedding is not None and self.col_embedding is not None
-        rows, cols = self.image_rows[start : start + n], self.image_cols[start : start + n]
-        return self.row_embedding(rows) + self.col_embedding(cols)
 
     def hidden_states(
         self, text: Tensor | None, image: Tensor | None, kv_caches: list[KVCache] | None = None
@@ -298,7 +191,7 @@ class Dalle(nn.Module):
                 raise GenloomError("the caption must come first: the KV cache already holds tokens")
             if text.shape[1] != cfg.text_len:
                 raise GenloomError(f"captions must be {cfg.text_len} tokens (padded), got {text.shape[1]}")
-            parts.append(self.text_embedding(text) + self.text_positions.weight)  # (B, Lt, d)
+            parts.append(self.embed_caption(text))  # (B, Lt, d)
             past = cfg.text_len
         elif past < cfg.text_len:
             raise GenloomError("no caption: pass `text`, or a KV cache that holds the caption")
@@ -306,7 +199,7 @@ class Dalle(nn.Module):
             start, n = past - cfg.text_len, image.shape[1]
             if start + n > cfg.image_len - 1:
                 raise GenloomError(f"at most {cfg.image_len - 1} image tokens are fed, got {start + n}")
-            parts.append(self._embed_image(image) + self._image_positions(start, n))  # (B, n, d)
+            parts.append(self.embed_image(image, start))  # (B, n, d)
         if not parts:
             raise GenloomError("nothing to run: pass a caption or image tokens")
         x = self.embed_dropout(torch.cat(parts, dim=1))  # (B, T, d)
@@ -345,32 +238,16 @@ class Dalle(nn.Module):
         h = self.hidden_states(text, image, kv_caches)
         return self._image_logits(h[:, -1])
 
-    def _embed_image(self, image: Tensor) -> Tensor:
-        """Image tokens (B, n) -> (B, n, d)."""
-        if self.colour_embedding is None:
-            return self.image_embedding(image)
-        colours = self.config.colour_codes
-        return self.image_embedding(image // colours) + self.colour_embedding(image % colours)
-
     def _image_logits(self, h: Tensor) -> Tensor:
         """Hidden states (..., d) -> image logits (..., image_vocab_size).
 
-        Factorised tokens: log p(shape) + log p(colour), normalised log-probabilities, so cross-entropy,
-        temperature, top-k/top-p and guidance all work on them as on ordinary logits. With a blank token
-        (shape s0, colour k): p(s0, k) = p(s0), p(s, k) = 0 for s != s0 and p(s0, c) = 0 for c != k, and the
-        colour of a lit patch is drawn from the colour head without k. Two independent draws would otherwise
-        make a lit patch black (a hole in a shape) whenever the model is unsure whether a patch is lit.
+        Factorised tokens: log p(shape) + log p(colour), with the blank-patch rule when the model has a blank
+        token (see `genloom.models.vq_colour.factorised_log_probs`).
         """
         if self.colour_head is None:
             return self.image_head(h)
-        shape = F.log_softmax(self.image_head(h).float(), dim=-1)  # (..., S)
-        colour_logits = self.colour_head(h).float()  # (..., C)
-        if self.blank_colour is None:
-            colour = F.log_softmax(colour_logits, dim=-1)
-            return (shape.unsqueeze(-1) + colour.unsqueeze(-2)).flatten(-2)  # (..., S * C); token = s * C + c
-        assert self.blank_shape is not None and self.impossible_pairs is not None
-        colour = F.log_softmax(colour_logits.masked_fill(self.blank_colour, IMPOSSIBLE), dim=-1)  # never black
-        colour_given_shape = torch.where(self.blank_shape.unsqueeze(-1), 0.0, colour.unsqueeze(-2))  # (..., S, C)
-        joint = shape.unsqueeze(-1) + colour_given_shape
-        # A constant, not -inf: guidance's cond + g * (cond - uncond) keeps it (-inf - -inf would be NaN).
-        return joint.masked_fill(self.impossible_pairs, IMPOSSIBLE).flatten(-2)
+        rule = None
+        if self.blank_colour is not None:
+            assert self.blank_shape is not None and self.impossible_pairs is not None
+            rule = (self.blank_colour, self.blank_shape, self.impossible_pairs)
+        return factorised_log_probs(self.image_head(h), self.colour_head(h), rule)

@@ -94,6 +94,14 @@ class BPETokenizer:
             raise GenloomError(f"the tokenizer has no token {name!r}")
         return int(token_id)
 
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Append the tokens it lacks as special tokens (after every existing id); the ids of all `tokens`."""
+        if any(not isinstance(t, str) or not t for t in tokens):
+            raise GenloomError("special tokens must be non-empty strings")
+        self.tokenizer.add_special_tokens(list(tokens))
+        self._eos_id = self.tokenizer.token_to_id(EOS_TOKEN)
+        return [self.token_id(t) for t in tokens]
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text).ids)
 

@@ -19,32 +19,26 @@ run, as for text-to-image): the reranker scores candidates by their codes, witho
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genloom.config import config_from_dict
+from genloom.data.captions import CaptionCodec
 from genloom.data.images import ImageCaptionSet
-from genloom.data.translation import SpecialIds
 from genloom.errors import GenloomError
-from genloom.models.clip import Clip, ClipConfig, preset
-from genloom.models.dalle import check_image_tokenizer
-from genloom.tokenizers import Tokenizer
+from genloom.models.caption_image import check_image_tokenizer
+from genloom.models.clip import Clip, ClipConfig
+from genloom.tokenizers import SpecialIds, Tokenizer
+from genloom.train.caption_image import caption_image_run, check_caption_image_pairs, check_pad_id, encode_images
 from genloom.train.config import TrainConfig
 from genloom.train.distributed import init_distributed
-from genloom.train.text_to_image import (
-    CaptionCodec,
-    check_caption_image_pairs,
-    check_pad_id,
-    encode_images,
-    fresh_caption_tokenizer,
-    fresh_image_tokenizer,
-    resume_caption_image_run,
-    start_caption_image_run,
-)
-from genloom.train.trainer import Batch, Trainer, TrainResult
+from genloom.train.run import new_model, run_model_config
+from genloom.train.task import Batch, Goal, Task
+from genloom.train.trainer import Trainer, TrainResult
 
 FAMILY = "clip"
 
@@ -98,10 +92,11 @@ def contrastive_loss(logits: Tensor, text: Tensor, candidates: Tensor) -> Tensor
     return (image_to_text + text_to_image) / 2
 
 
-class ClipTask:
+class ClipTask(Task):
     """Random batches of (captions, image codes, swapped-word captions, replaced-word captions)."""
 
     family = FAMILY
+    metric_goals: ClassVar[dict[str, Goal]] = {"val_accuracy": "max"}
 
     def __init__(
         self,
@@ -122,7 +117,7 @@ class ClipTask:
             check_caption_image_pairs(split, text, codes, cfg)
         check_pad_id(tokenizer, cfg.pad_id)
         self.model_config = cfg
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self.ids = SpecialIds.of(tokenizer)
         self.batch_size = batch_size
         self.train_text, self.train_codes = train_text.long(), train_codes.long()
@@ -133,10 +128,6 @@ class ClipTask:
             for i in range(0, len(val_text), batch_size)
             if len(val_text[i : i + batch_size]) >= 2
         ]
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._tokenizer
 
     def _with_negatives(self, text: Tensor, codes: Tensor, generator: torch.Generator) -> Batch:
         words = word_mask(text, self.ids)
@@ -188,38 +179,29 @@ def train_clip(
     preset_name: str,
     train_config: TrainConfig,
     vocab_size: int = 512,
-    model_overrides: dict[str, object] | None = None,
+    model_overrides: Mapping[str, object] | None = None,
     resume: bool = False,
+    run_record: dict[str, Any] | None = None,
 ) -> tuple[Clip, Tokenizer, TrainResult]:
     """Code the images with the VQ tokenizer at `vq_checkpoint` (the text-to-image model's), train a caption BPE
     and a Clip from a preset with the shared Trainer. `train_config.batch_size` counts (caption, image) pairs.
 
-    As for text-to-image: a fresh run copies the VQ model to `<out_dir>/image_tokenizer/`; on resume that copy,
-    the run's tokenizer and its model config win (`vq_checkpoint` may then be None).
+    As for text-to-image: the run carries the VQ model; on resume that copy, the run's tokenizer and its model
+    config win (`vq_checkpoint` may then be None).
     """
-    run_dir = Path(train_config.out_dir)
     ctx = init_distributed(train_config.device)
-    overrides = {k: v for k, v in (model_overrides or {}).items() if v is not None}
-    if resume:
-        saved, tokenizer, vq = resume_caption_image_run(run_dir, FAMILY, "a CLIP reranker")
-        model_config = config_from_dict(ClipConfig, saved)
-    else:
-        vq = fresh_image_tokenizer(vq_checkpoint, "CLIP")
-        tokenizer, text_len = fresh_caption_tokenizer(train, val, None, vocab_size, overrides.pop("text_len", None))
-        model_config = preset(
-            preset_name, **overrides, text_len=text_len, text_vocab_size=tokenizer.vocab_size,
-            pad_id=SpecialIds.of(tokenizer).pad, image_vocab_size=vq.config.vocab_size,
-            colour_codes=vq.config.colour_codes, grid_size=vq.config.grid_size,
-        )
-        start_caption_image_run(run_dir, vq, train_config, ctx)
-    check_image_tokenizer(vq.config, model_config, "the VQ tokenizer", "the model")
-    vq = vq.to(ctx.device)
-    codec = CaptionCodec(tokenizer, model_config.text_len)
+    overrides = dict(model_overrides or {})
+    run = caption_image_run(FAMILY, train_config, resume, vq_checkpoint, train, val, vocab_size,
+                            overrides.pop("text_len", None))
+    model_config = run_model_config(FAMILY, preset_name, run.saved, overrides, **run.token_fields())
+    check_image_tokenizer(run.vq.config, model_config, "the VQ tokenizer", "the model")
+    vq = run.vq.to(ctx.device)
+    codec = CaptionCodec(run.tokenizer, model_config.text_len)
     task = ClipTask(
-        model_config, tokenizer, codec.encode(train.captions), encode_images(vq, train.images),
+        model_config, run.tokenizer, codec.encode(train.captions), encode_images(vq, train.images),
         codec.encode(val.captions), encode_images(vq, val.images), train_config.batch_size,
     )
-    torch.manual_seed(train_config.seed)  # the same initial weights on every process and every rerun
-    model = Clip(model_config)
-    result = Trainer(task, model, train_config, ctx).fit(resume=resume)
-    return model, tokenizer, result
+    model = new_model(FAMILY, model_config, train_config.seed)
+    assert isinstance(model, Clip)
+    result = Trainer(task, model, train_config, ctx, run.components(), run_record).fit(resume=resume)
+    return model, run.tokenizer, result

@@ -38,13 +38,18 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without a better best_metric; 0: never stop early
     best_metric: str = "val_loss"  # validation metric that picks best/ and drives patience (e.g. bleu)
     overwrite: bool = False  # a fresh run may delete the checkpoints of an earlier run in out_dir
+    # > 0: keep an exponential moving average of the weights with this decay (warmed up, see train/ema.py);
+    # validation, best/ and inference then use the averaged weights. 0: off.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be at least 1")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"need 0 <= min_lr ({self.min_lr}) <= lr ({self.lr}) and lr > 0")
+        if not self.lr > 0:
+            raise ValueError(f"the learning rate ({self.lr:g}) must be > 0")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"the final learning rate min_lr ({self.min_lr:g}) must be in [0, lr ({self.lr:g})]")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be >= 0")
         if self.schedule not in ("cosine", "constant", "inverse_sqrt"):
@@ -53,14 +58,5 @@ class TrainConfig:
             raise ValueError(f"max_minutes ({self.max_minutes}) and patience ({self.patience}) must be >= 0")
         if self.dtype not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; expected fp32, bf16 or fp16")
-
-
-# Validation metrics where lower is better; every other one (bleu, chrf, psnr, ...) is maximized.
-LOWER_IS_BETTER = frozenset({"val_loss", "val_ppl", "val_mse", "val_image_loss"})
-
-
-def is_improvement(metric: str, value: float, best: float | None) -> bool:
-    """Whether `value` of `metric` beats the best so far (None: nothing yet)."""
-    if best is None:
-        return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay ({self.ema_decay}) must be in [0, 1); 0 turns the EMA off")

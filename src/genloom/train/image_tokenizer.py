@@ -6,31 +6,23 @@ captions play no part in learning the image tokenizer.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genloom.config import config_from_dict
+from genloom.data.images import images_to_tensor, to_unit_range
 from genloom.errors import GenloomError
-from genloom.models.vqvae import VQVAE, VQConfig, preset
-from genloom.train.checkpoint import CheckpointManager, read_checkpoint_config
+from genloom.models.vqvae import VQVAE, VQConfig
 from genloom.train.config import TrainConfig
-from genloom.train.trainer import Batch, Trainer, TrainResult
+from genloom.train.run import new_model, run_model_config, saved_run
+from genloom.train.task import Batch, Goal, Task
+from genloom.train.trainer import Trainer, TrainResult
 
 FAMILY = "vqvae"
-
-
-def images_to_tensor(images: np.ndarray) -> Tensor:
-    """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W); kept as bytes until a batch is drawn (4x less memory)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 (B, 3, H, W) in [0, 255] -> float (B, 3, H, W) in [-1, 1], the VQ-VAE's input range."""
-    return images.float() / 127.5 - 1.0
 
 
 def psnr(reference: Tensor, reconstruction: Tensor) -> Tensor:
@@ -54,7 +46,7 @@ def _check_images(images: np.ndarray, split: str, resolution: int) -> None:
         )
 
 
-class ImageTokenizerTask:
+class ImageTokenizerTask(Task):
     """Random batches of whole images; loss is pixel MSE of the reconstruction plus the VQ commitment loss.
 
     Every micro-batch is `batch_size` images drawn uniformly (with replacement) by the trainer's generator,
@@ -63,6 +55,10 @@ class ImageTokenizerTask:
 
     family = FAMILY
     tokenizer = None  # images in, codes out: no text tokenizer to save
+    metric_goals: ClassVar[dict[str, Goal]] = {
+        "psnr": "max", "val_mse": "min", "codebook_usage": "max", "codebook_perplexity": "max",
+        "colour_codebook_usage": "max", "colour_perplexity": "max",
+    }
 
     def __init__(
         self, model_config: VQConfig, train_images: np.ndarray, val_images: np.ndarray, batch_size: int
@@ -131,33 +127,24 @@ class ImageTokenizerTask:
         return metrics
 
 
-def build_model_config(preset_name: str, **overrides: object) -> VQConfig:
-    """Preset + explicit settings (None means keep the preset's value)."""
-    return preset(preset_name, **{k: v for k, v in overrides.items() if v is not None})
-
-
 def train_image_tokenizer(
     train_images: np.ndarray,
     val_images: np.ndarray,
     preset_name: str,
     train_config: TrainConfig,
-    model_overrides: dict[str, object] | None = None,
+    model_overrides: Mapping[str, object] | None = None,
     resume: bool = False,
+    run_record: dict[str, Any] | None = None,
 ) -> tuple[VQVAE, TrainResult]:
     """Build a VQ-VAE from a preset and train it with the shared Trainer on uint8 (N, H, W, 3) images.
 
-    `train_config.batch_size` counts images. On resume the run's saved model config wins.
+    `train_config.batch_size` counts images. On resume the run's saved model config wins. `run_record`: the
+    run's data record (see `genloom.run_record`).
     """
-    if resume:
-        latest = CheckpointManager(Path(train_config.out_dir)).latest()
-        raw = read_checkpoint_config(latest)
-        if raw["family"] != FAMILY:
-            raise GenloomError(f"--resume: {latest} holds a {raw['family']} model, not an image tokenizer ({FAMILY})")
-        model_config = config_from_dict(VQConfig, raw["model"])
-    else:
-        model_config = build_model_config(preset_name, **(model_overrides or {}))
+    saved = saved_run(FAMILY, train_config) if resume else None
+    model_config = run_model_config(FAMILY, preset_name, saved, model_overrides)
     task = ImageTokenizerTask(model_config, train_images, val_images, train_config.batch_size)
-    torch.manual_seed(train_config.seed)  # the same initial weights on every process and every rerun
-    model = VQVAE(model_config)
-    result = Trainer(task, model, train_config).fit(resume=resume)
+    model = new_model(FAMILY, model_config, train_config.seed)
+    assert isinstance(model, VQVAE)
+    result = Trainer(task, model, train_config, run_record=run_record).fit(resume=resume)
     return model, result

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genloom.config import config_from_dict
 from genloom.data.builtin import builtin_corpus
 from genloom.data.text import TokenArrays, read_documents, sample_windows, tokenize_corpus
 from genloom.errors import GenloomError
-from genloom.models.gpt import GPT, GPTConfig, preset
+from genloom.models.gpt import GPT, GPTConfig
 from genloom.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
-from genloom.train.checkpoint import CheckpointManager, read_checkpoint_config
 from genloom.train.config import TrainConfig
-from genloom.train.trainer import Batch, Trainer, TrainResult
+from genloom.train.run import new_model, run_model_config, saved_run
+from genloom.train.task import Batch, Task
+from genloom.train.trainer import Trainer, TrainResult
 
 VAL_SEED = 2024  # validation windows are drawn with a fixed seed so every evaluation sees the same text
 
 
-class LanguageModelTask:
+class LanguageModelTask(Task):
     """Random windows of `block_size` tokens; loss is next-token cross-entropy."""
 
     family = "gpt"
@@ -98,34 +99,28 @@ def _cache(spec: DataSpec) -> Path | None:
     return Path(spec.cache_dir) if spec.cache_dir else None
 
 
-def build_model_config(preset_name: str, vocab_size: int, **overrides: object) -> GPTConfig:
-    """Preset + explicit size flags (None means keep the preset's value) + the tokenizer's vocabulary size."""
-    chosen = {k: v for k, v in overrides.items() if v is not None}
-    return preset(preset_name, vocab_size=vocab_size, **chosen)
-
-
 def train_lm(
-    data: DataSpec, model_config: GPTConfig, train: TrainConfig, resume: bool = False
+    data: DataSpec, preset_name: str, train: TrainConfig, overrides: Mapping[str, object] | None = None,
+    resume: bool = False,
 ) -> tuple[GPT, TrainResult]:
-    """Tokenize (cached), build the model, train. On --resume the run's saved model config wins."""
+    """Tokenize (cached), build the model from a preset and the size `overrides` (None keeps the preset's value),
+    train. On --resume the run's saved model config wins."""
     corpus = load_corpus(data)
-    if resume:
-        latest = CheckpointManager(Path(train.out_dir)).latest()
-        model_config = config_from_dict(GPTConfig, read_checkpoint_config(latest)["model"])
-        if model_config.vocab_size != corpus.tokenizer.vocab_size:
-            raise GenloomError(
-                f"--resume: the data's tokenizer has {corpus.tokenizer.vocab_size} tokens but {latest} was trained "
-                f"with {model_config.vocab_size}; resume with the same --data and --tokenizer"
-            )
-    model_config = replace(model_config, vocab_size=corpus.tokenizer.vocab_size)
+    saved = saved_run("gpt", train) if resume else None
+    model_config = run_model_config("gpt", preset_name, saved, overrides, vocab_size=corpus.tokenizer.vocab_size)
+    if saved is not None and model_config.vocab_size != corpus.tokenizer.vocab_size:
+        raise GenloomError(
+            f"--resume: the data's tokenizer has {corpus.tokenizer.vocab_size} tokens but {saved.checkpoint} was "
+            f"trained with {model_config.vocab_size}; resume with the same --data and --tokenizer"
+        )
     for split, tokens in (("train", corpus.train), ("validation", corpus.val)):
         if len(tokens) <= model_config.context_length:
             raise GenloomError(
                 f"the {split} split has {len(tokens)} tokens, not more than the context length "
                 f"{model_config.context_length}; use more text or a smaller --context-length"
             )
-    torch.manual_seed(train.seed)  # the same initial weights on every process and every rerun
-    model = GPT(model_config)
+    model = new_model("gpt", model_config, train.seed)
+    assert isinstance(model, GPT)
     task = LanguageModelTask(model_config, corpus.tokenizer, corpus, train.batch_size)
     result = Trainer(task, model, train).fit(resume=resume)
     return model, result

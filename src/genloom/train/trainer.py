@@ -1,8 +1,14 @@
-"""The one training loop. Each model family supplies a `Task`: its batches and its loss.
+"""The one training loop. Each model family supplies a `Task` (see `genloom.train.task`): its batches and its loss.
 
 Runs unchanged on one CPU, one GPU or many processes under `torchrun` (DistributedDataParallel). Every
 process draws the same global batch from a shared seeded generator and takes its own slice, so N
 processes with batch B see exactly what one process with batch N*B sees, and the averaged gradients match.
+
+A run directory holds `checkpoint-NNNNNNN/` (the last `keep_last`), `best/`, `metrics.jsonl`, the run's data
+record (`data.json`) and its components (sub-models such as a VQ image tokenizer, saved once at the start).
+A resumed run continues bit for bit: weights, optimizer, RNG states, the data position, the EMA, the task's
+own state, and the part of the logging interval summed before the checkpoint, so its `metrics.jsonl` rows
+equal the uninterrupted run's (timings aside).
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,51 +28,31 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from genloom.checkpoint import (
+    EMA_FILE,
+    MODEL_FILE,
+    CheckpointManager,
+    Component,
+    is_run_directory,
+    load_training_state,
+    load_weights,
+    read_weights,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from genloom.config import config_to_dict
 from genloom.errors import GenloomError
-from genloom.tokenizers import Tokenizer
-from genloom.train.checkpoint import CheckpointManager, load_training_state, load_weights
-from genloom.train.config import TrainConfig, is_improvement
+from genloom.outputs import check_output_dir
+from genloom.run_record import DATA_RECORD, write_data_record
+from genloom.train.config import TrainConfig
 from genloom.train.distributed import DistributedContext, init_distributed
+from genloom.train.ema import ExponentialMovingAverage
 from genloom.train.metrics import MetricsLog
 from genloom.train.optim import learning_rate, make_optimizer
+from genloom.train.task import Batch, Task, is_improvement, metric_goal
 
-Batch = Sequence[Tensor]
-
-
-class Task(Protocol):
-    """What a model family gives the trainer."""
-
-    family: str  # name in the model registry, saved in every checkpoint
-    model_config: Any  # the model's config dataclass
-
-    @property
-    def tokenizer(self) -> Tokenizer | None:
-        """Saved with every checkpoint; None for a model that reads no text (the VQ image tokenizer)."""
-        ...
-
-    def micro_batches(self, generator: torch.Generator, rank: int, world_size: int, n_micro: int) -> list[Batch]:
-        """This process's `n_micro` micro-batches of one optimizer step, drawn from `generator`."""
-        ...
-
-    def val_batches(self, n: int, rank: int, world_size: int) -> list[Batch]:
-        """This process's share of the same `n` validation batches, every time it is called.
-
-        The batches must not depend on how many processes share them, so that a validation loss means
-        the same under torchrun as in one process.
-        """
-        ...
-
-    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
-        """Mean loss of `batch`; `model` may be wrapped (DDP, torch.compile)."""
-        ...
-
-    def count_tokens(self, batch: Batch) -> int: ...
-
-
-# A task may also define `validation_metrics(model) -> dict[str, float]`: metrics beyond the loss (e.g. BLEU
-# of greedy translations), computed at every validation on every process (they must agree) and eligible as
-# `TrainConfig.best_metric`.
+# Settings that may change on --resume without a note: where the run goes and how long it may run.
+_RESUME_QUIET = frozenset({"out_dir", "progress", "overwrite", "device", "max_steps", "max_minutes"})
 
 
 @dataclass
@@ -76,8 +62,18 @@ class TrainResult:
     train_losses: list[float] = field(default_factory=list)  # one per optimizer step of this run
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     run_dir: Path = Path()
-    stop_reason: str = "max_steps"  # max_steps | time_limit | early_stopping
+    stop_reason: str = "max_steps"  # max_steps | time_limit | early_stopping | nothing_to_do
     best: dict[str, float] = field(default_factory=dict)  # step and metrics of best/
+
+
+@dataclass
+class _Interval:
+    """The train losses summed since the last logged row (kept in checkpoints, so a resumed run logs the same)."""
+
+    loss: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
@@ -89,14 +85,32 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
 
 
 class Trainer:
-    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, ctx: DistributedContext | None = None):
+    """Trains `model` on `task` as `cfg` says, into the run directory `cfg.out_dir`.
+
+    components: sub-models the run carries (saved once into the run directory under their names when a fresh
+    run starts, and listed in every checkpoint's config, see `genloom.registry`); run_record: the run's data
+    record (`data.json`), written when a fresh run starts (and on a resume that lacks one).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        cfg: TrainConfig,
+        ctx: DistributedContext | None = None,
+        components: Mapping[str, Component] | None = None,
+        run_record: dict[str, Any] | None = None,
+    ) -> None:
         self.task = task
         self.cfg = cfg
         self.ctx = ctx or init_distributed(cfg.device)
         self.model = model.to(self.ctx.device)
         self.run_dir = Path(cfg.out_dir)
         self.checkpoints = CheckpointManager(self.run_dir, cfg.keep_last)
+        self.components = dict(components or {})
+        self.run_record = run_record
         self.optimizer = make_optimizer(self.model, cfg, self.ctx.device.type)
+        self.ema = ExponentialMovingAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.data_generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         # Early stopping: the best value of cfg.best_metric so far and validations since it last improved.
@@ -105,6 +119,9 @@ class Trainer:
         # Seconds of the run's max_minutes budget spent so far, by rank 0's clock; kept across --resume, so
         # the budget and the time-aware learning-rate schedule cover the whole run.
         self.elapsed_s = 0.0
+        self.interval = _Interval()
+        self._metrics = MetricsLog(self.run_dir)
+        self._bar: tqdm[Any] | None = None
 
     # ---- state -----------------------------------------------------------------------------------------
     def _training_state(self) -> dict[str, Any]:
@@ -117,16 +134,28 @@ class Trainer:
             "train_config": config_to_dict(self.cfg),
             "stale_evals": self.stale_evals,
             "elapsed_s": self.elapsed_s,
+            "log_interval": {"loss": self.interval.loss, "steps": self.interval.steps},
+            "task": self.task.state_dict(),
         }
+        if self.ema is not None:
+            state["ema_updates"] = self.ema.updates
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
     def _resume(self) -> None:
         latest = self.checkpoints.latest()
-        load_weights(self.model, latest)
+        load_weights(self.model, latest, MODEL_FILE)
         state = load_training_state(latest)
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved_config = state.get("train_config", {})
+        changed = [f"{k} {saved_config[k]} -> {v}" for k, v in config_to_dict(self.cfg).items()
+                   if k in saved_config and saved_config[k] != v and k not in _RESUME_QUIET]
+        if changed:
+            self._print(f"note: --resume with changed settings, which apply from here on: {', '.join(changed)}")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise GenloomError(f"--resume: the optimizer state in {latest} does not fit this model: {e}") from None
         self.data_generator.set_state(state["data_generator"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -135,8 +164,46 @@ class Trainer:
         self.step = int(state["step"])
         self.stale_evals = int(state.get("stale_evals", 0))
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        interval = state.get("log_interval", {})
+        self.interval = _Interval(float(interval.get("loss", 0.0)), int(interval.get("steps", 0)))
+        self.task.load_state_dict(state.get("task", {}))
+        if self.ema is not None:
+            if not (latest / EMA_FILE).is_file():
+                raise GenloomError(f"--resume: {latest} has no {EMA_FILE}; the run was trained without --ema-decay")
+            self.ema.load_state_dict(read_weights(latest / EMA_FILE), int(state.get("ema_updates", 0)))
         best = self.checkpoints.best_metadata().get(self.cfg.best_metric)
         self.best_score = None if best is None else float(best)
+
+    # ---- the run directory ---------------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        """Rank 0 makes the run directory ready (refusing a foreign one, removing what a killed save left,
+        clearing an earlier run with --overwrite, saving the components and the data record); every process
+        learns the outcome, so under torchrun all of them stop with an error instead of waiting for rank 0."""
+        error: GenloomError | None = None
+        if self.ctx.is_main:
+            try:
+                self._prepare_as_main(resume)
+            except GenloomError as e:
+                error = e
+        if self.ctx.enabled:
+            failed = torch.tensor(float(error is not None), device=self.ctx.device)
+            dist.broadcast(failed, src=0)  # also a barrier: nobody writes while rank 0 may still be deleting
+            if bool(failed) and error is None:
+                error = GenloomError(f"{self.run_dir} cannot be used for this run (see the first process)")
+        if error is not None:
+            raise error
+
+    def _prepare_as_main(self, resume: bool) -> None:
+        check_output_dir(self.run_dir, is_run_directory, "a genloom run directory")
+        for name in remove_stale_temporaries(self.run_dir):
+            self._print(f"note: removed {name}, left in {self.run_dir} by a save that was interrupted")
+        if not resume:
+            self.checkpoints.clear(self.cfg.overwrite)
+            for name, component in self.components.items():
+                save_checkpoint(self.run_dir / name, component.model, component.family, component.config, None)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_record is not None and not (resume and (self.run_dir / DATA_RECORD).exists()):
+            write_data_record(self.run_dir, self.run_record)
 
     # ---- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -154,15 +221,18 @@ class Trainer:
         self.model.train()
         return float(total[0] / total[1])
 
+    def _validated_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The weights validation measures and best/ holds: the EMA's when the run keeps one."""
+        return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
+
     def validation_metrics(self) -> dict[str, float]:
-        """val_loss and val_ppl, plus whatever the task's optional `validation_metrics` adds."""
-        val_loss = self.evaluate()
-        metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-        extra = getattr(self.task, "validation_metrics", None)
-        if extra is not None:
+        """val_loss and val_ppl, plus whatever the task's `validation_metrics` adds."""
+        with self._validated_weights():
+            val_loss = self.evaluate()
+            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
             self.model.eval()
             try:
-                metrics.update(extra(self.model))
+                metrics.update(self.task.validation_metrics(self.model))
             finally:
                 self.model.train()
         if self.cfg.best_metric not in metrics:
@@ -175,7 +245,7 @@ class Trainer:
         """Validate, checkpoint, update best/; True when patience has run out."""
         metrics = self.validation_metrics()
         score = metrics[self.cfg.best_metric]
-        is_best = is_improvement(self.cfg.best_metric, score, self.best_score)
+        is_best = is_improvement(metric_goal(self.task, self.cfg.best_metric), score, self.best_score)
         if is_best:
             self.best_score, self.stale_evals = score, 0
             result.best = {"step": self.step, **metrics}
@@ -184,33 +254,21 @@ class Trainer:
         result.val_loss = metrics["val_loss"]
         result.val_losses.append((self.step, metrics["val_loss"]))
         shown = ", ".join(f"{k.removeprefix('val_').replace('ppl', 'perplexity')} {v:.4g}" for k, v in metrics.items())
-        self._bar.write(f"step {self.step}: val {shown}" + (" (best)" if is_best else ""))
+        self._print(f"step {self.step}: val {shown}" + (" (best)" if is_best else ""))
         if self.ctx.is_main:
+            task, metadata = self.task, {**metrics, "components": {n: c.family for n, c in self.components.items()}}
+            ema = self.ema.state_dict(self.model) if self.ema is not None else None
+            self.checkpoints.save(self.step, self.model, task.family, task.model_config, task.tokenizer,
+                                  self._training_state(), metadata, ema)
+            if is_best:
+                with self._validated_weights():
+                    self.checkpoints.save_best(self.step, self.model, task.family, task.model_config,
+                                               task.tokenizer, metadata)
+            # Logged once its checkpoint is complete: a crash mid-save leaves no row a resume would not redo.
             self._metrics.write({"step": self.step, **metrics})
-            self.checkpoints.save(
-                self.step, self.model, self.task.family, self.task.model_config, self.task.tokenizer,
-                self._training_state(), metrics, is_best,
-            )
         if self.ctx.enabled:
             dist.barrier()
         return self.cfg.patience > 0 and self.stale_evals >= self.cfg.patience
-
-    def _clear_earlier_run(self) -> None:
-        """Rank 0 refuses or deletes an earlier run's checkpoints; every process learns the outcome, so under
-        torchrun all of them stop with the error instead of waiting for rank 0 forever."""
-        error: GenloomError | None = None
-        if self.ctx.is_main:
-            try:
-                self.checkpoints.clear(self.cfg.overwrite)
-            except GenloomError as e:
-                error = e
-        if self.ctx.enabled:
-            failed = torch.tensor(float(error is not None), device=self.ctx.device)
-            dist.broadcast(failed, src=0)  # also a barrier: nobody writes while rank 0 may still be deleting
-            if bool(failed) and error is None:
-                error = GenloomError(f"{self.run_dir} holds checkpoints of an earlier run (see the first process)")
-        if error is not None:
-            raise error
 
     def _time_fraction(self, started: float, elapsed_before: float) -> float:
         """Share of the time budget spent (0 without one). Under torchrun rank 0's clock decides, so every rank
@@ -227,18 +285,36 @@ class Trainer:
     def _to_device(self, batch: Batch) -> list[Tensor]:
         return [t.to(self.ctx.device, non_blocking=True) for t in batch]
 
+    def _print(self, line: str) -> None:
+        """A line for the user, from rank 0 only, above the progress bar when there is one."""
+        if not self.ctx.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def _not_finite(self, loss: float) -> GenloomError:
+        hint = "lower --lr" if self.cfg.dtype == "fp32" else "lower --lr or train in fp32 (--dtype fp32)"
+        return GenloomError(f"loss became {loss} at step {self.step}; {hint}")
+
     # ---- the loop --------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
+        self._prepare_run_dir(resume)
         if resume:
             self._resume()
-        else:
-            self._clear_earlier_run()
-        metrics = MetricsLog(self.run_dir)
+        result = TrainResult(step=self.step, val_loss=None, run_dir=self.run_dir)
+        if self.step >= cfg.max_steps:
+            self._print(f"nothing to do: {self.run_dir} is at step {self.step} and --steps is {cfg.max_steps}; "
+                        "raise --steps to train further")
+            result.stop_reason = "nothing_to_do"
+            result.best = self.checkpoints.best_metadata() if ctx.is_main else {}
+            return result
+        metrics = self._metrics
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             metrics.truncate_after(self.step)
 
         ddp = DistributedDataParallel(self.model) if ctx.enabled else None
@@ -248,15 +324,13 @@ class Trainer:
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.dtype == "fp16")
         self.model.train()
 
-        result = TrainResult(step=self.step, val_loss=None, run_dir=self.run_dir)
-        self._metrics = metrics
         self._bar = bar = tqdm(
             total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
             disable=not (ctx.is_main and cfg.progress),
         )
         started, elapsed_before = time.perf_counter(), self.elapsed_s
         time_fraction = self._time_fraction(started, elapsed_before)
-        interval_loss, interval_tokens, interval_time = 0.0, 0, 0.0
+        interval = self.interval
         while self.step < cfg.max_steps:
             self.step += 1
             t0 = time.perf_counter()
@@ -280,14 +354,18 @@ class Trainer:
             scaler.step(self.optimizer)
             scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.task.after_step(self.model, self.step)
             if ctx.enabled:
                 dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
             loss_value = float(step_loss)
             if not math.isfinite(loss_value):
-                raise GenloomError(f"loss became {loss_value} at step {self.step}; lower --lr or use fp32/bf16")
-            interval_time += time.perf_counter() - t0
-            interval_loss += loss_value
-            interval_tokens += tokens * ctx.world_size
+                raise self._not_finite(loss_value)
+            interval.seconds += time.perf_counter() - t0
+            interval.loss += loss_value
+            interval.steps += 1
+            interval.tokens += tokens * ctx.world_size
             result.train_losses.append(loss_value)
             bar.update(1)
 
@@ -295,25 +373,26 @@ class Trainer:
             out_of_time = time_fraction >= 1.0
             last = self.step == cfg.max_steps or out_of_time
             if self.step % cfg.log_interval == 0 or last:
-                n = cfg.log_interval if self.step % cfg.log_interval == 0 else self.step % cfg.log_interval
-                tokens_per_s = interval_tokens / max(interval_time, 1e-9)
-                bar.set_postfix(loss=f"{interval_loss / n:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+                n = interval.steps
+                tokens_per_s = interval.tokens / max(interval.seconds, 1e-9)
+                bar.set_postfix(loss=f"{interval.loss / n:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
                 if ctx.is_main:
                     metrics.write({
-                        "step": self.step, "loss": interval_loss / n, "lr": lr,
-                        "tokens_per_s": tokens_per_s, "step_ms": 1000 * interval_time / n,
+                        "step": self.step, "loss": interval.loss / n, "lr": lr,
+                        "tokens_per_s": tokens_per_s, "step_ms": 1000 * interval.seconds / max(1, n),
                     })
-                interval_loss, interval_tokens, interval_time = 0.0, 0, 0.0
+                interval = self.interval = _Interval()
 
             if (self.step % cfg.eval_interval == 0 or last) and self._validate_and_save(result):
                 result.stop_reason = "early_stopping"
-                bar.write(f"early stopping: no better {cfg.best_metric} in {cfg.patience} validations")
+                self._print(f"early stopping: no better {cfg.best_metric} in {cfg.patience} validations")
                 break
             if out_of_time:
                 result.stop_reason = "time_limit"
-                bar.write(f"time limit: stopping after {cfg.max_minutes:g} minutes at step {self.step}")
+                self._print(f"time limit: stopping after {cfg.max_minutes:g} minutes at step {self.step}")
                 break
         bar.close()
+        self._bar = None
         result.step = self.step
         if not result.best:
             result.best = self.checkpoints.best_metadata() if ctx.is_main else {}

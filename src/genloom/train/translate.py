@@ -6,33 +6,26 @@ return teacher-forced logits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genloom.config import config_from_dict
 from genloom.data.batching import token_batches
-from genloom.data.translation import (
-    SpecialIds,
-    collate,
-    encode_source,
-    encode_target,
-    train_translation_tokenizer,
-)
+from genloom.data.translation import collate, encode_source, encode_target, train_translation_tokenizer
 from genloom.errors import GenloomError
-from genloom.models import lstm, seq2seq
-from genloom.tokenizers import Tokenizer, load_tokenizer
-from genloom.train.checkpoint import CheckpointManager, read_checkpoint_config
+from genloom.eval.translation import evaluate_translation
+from genloom.registry import TRANSLATION_FAMILIES
+from genloom.tokenizers import SpecialIds, Tokenizer
 from genloom.train.config import TrainConfig
-from genloom.train.trainer import Batch, Trainer, TrainResult
+from genloom.train.run import new_model, run_model_config, saved_run
+from genloom.train.task import Batch, Goal, Task
+from genloom.train.trainer import Trainer, TrainResult
 
 VAL_SEED = 2024  # validation batches are cut with a fixed seed so every evaluation sees the same ones
 EPOCH_SEED = 0  # the fixed cut of the training set into token batches
-TRANSLATION_FAMILIES = ("seq2seq", "lstm")
 
 TokenPair = tuple[list[int], list[int]]  # (source ids incl. EOS, target ids without BOS/EOS)
 
@@ -63,13 +56,16 @@ def model_max_len(model_config: Any) -> int | None:
     return getattr(model_config, "max_len", None)
 
 
-class TranslationTask:
+class TranslationTask(Task):
     """Token-budget batches of (source, target) pairs; loss is label-smoothed cross-entropy over the target.
 
     The training set is cut once into batches of at most `max_tokens` padded tokens (length-bucketed, see
     `token_batches`); every micro-batch is one of them, drawn uniformly from the trainer's generator. So the
     data position is the generator state alone, and resuming from a checkpoint continues exactly.
     """
+
+    metric_goals: ClassVar[dict[str, Goal]] = {"bleu": "max", "chrf": "max"}
+    tokenizer: Tokenizer
 
     def __init__(
         self,
@@ -143,8 +139,6 @@ class TranslationTask:
         """sacreBLEU BLEU and chrF of greedy translations of `bleu_pairs` ({} when there are none)."""
         if not self.bleu_pairs:
             return {}
-        from genloom.eval.translation import evaluate_translation
-
         _, scores = evaluate_translation(model, self.tokenizer, self.bleu_pairs, beam_size=1, batch_size=64)
         return {"bleu": scores.bleu, "chrf": scores.chrf}
 
@@ -159,20 +153,6 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]) -> list
     return [(encode_source(tokenizer, ids, src), encode_target(tokenizer, tgt)) for src, tgt in pairs]
 
 
-def build_model(family: str, preset_name: str, vocab_size: int, pad_id: int, **overrides: object) -> nn.Module:
-    """A `seq2seq` or `lstm` model from a preset, sized to the tokenizer; None overrides keep the preset's value."""
-    chosen = {k: v for k, v in overrides.items() if v is not None}
-    if family == "seq2seq":
-        return seq2seq.Seq2SeqTransformer(seq2seq.preset(preset_name, vocab_size=vocab_size, pad_id=pad_id, **chosen))
-    if family == "lstm":
-        return lstm.LSTMSeq2Seq(lstm.preset(preset_name, vocab_size=vocab_size, pad_id=pad_id, **chosen))
-    raise GenloomError(f"unknown translation family {family!r}; choose from: {', '.join(TRANSLATION_FAMILIES)}")
-
-
-def _model_from_config(family: str, config: Any) -> nn.Module:
-    return seq2seq.Seq2SeqTransformer(config) if family == "seq2seq" else lstm.LSTMSeq2Seq(config)
-
-
 def train_translation(
     pairs_train: Sequence[tuple[str, str]],
     pairs_val: Sequence[tuple[str, str]],
@@ -183,7 +163,7 @@ def train_translation(
     vocab_size: int = 8000,
     max_tokens: int = 4096,
     label_smoothing: float = 0.1,
-    model_overrides: dict[str, object] | None = None,
+    model_overrides: Mapping[str, object] | None = None,
     resume: bool = False,
     bleu_sentences: int = 0,
 ) -> tuple[nn.Module, Tokenizer, TrainResult]:
@@ -198,23 +178,15 @@ def train_translation(
         raise GenloomError(f"unknown translation family {family!r}; choose from: {', '.join(TRANSLATION_FAMILIES)}")
     if not pairs_train or not pairs_val:
         raise GenloomError("translation training needs at least one training and one validation pair")
-    if resume:
-        latest = CheckpointManager(Path(train_config.out_dir)).latest()
-        raw = read_checkpoint_config(latest)
-        if raw["family"] != family:
-            raise GenloomError(f"--resume: {latest} holds a {raw['family']} model, not {family}")
-        tokenizer = load_tokenizer(latest)
-        config_cls = seq2seq.Seq2SeqConfig if family == "seq2seq" else lstm.LSTMConfig
-        model_config = config_from_dict(config_cls, raw["model"])
-        torch.manual_seed(train_config.seed)
-        model = _model_from_config(family, model_config)
-    else:
-        if tokenizer is None:
-            tokenizer = train_translation_tokenizer(list(pairs_train), vocab_size)
-        ids = SpecialIds.of(tokenizer)
-        torch.manual_seed(train_config.seed)  # the same initial weights on every process and every rerun
-        model = build_model(family, preset_name, tokenizer.vocab_size, ids.pad, **(model_overrides or {}))
-        model_config = model.config
+    saved = saved_run(family, train_config) if resume else None
+    if saved is not None:
+        assert saved.tokenizer is not None, "the registry loads a translation model with its tokenizer"
+        tokenizer = saved.tokenizer
+    elif tokenizer is None:
+        tokenizer = train_translation_tokenizer(list(pairs_train), vocab_size)
+    model_config = run_model_config(family, preset_name, saved, model_overrides, vocab_size=tokenizer.vocab_size,
+                                    pad_id=SpecialIds.of(tokenizer).pad)
+    model = new_model(family, model_config, train_config.seed)
     task = TranslationTask(
         family, model_config, tokenizer, encode_pairs(tokenizer, pairs_train), encode_pairs(tokenizer, pairs_val),
         max_tokens, label_smoothing, val_texts=pairs_val, bleu_sentences=bleu_sentences,

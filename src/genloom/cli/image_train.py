@@ -1,0 +1,206 @@
+"""Image training commands: `train image-tokenizer`, `train text-to-image` and `train clip` (the reranker).
+
+Each writes the run's data record (`genloom.run_record`), which `eval text-to-image` reads to rebuild the split
+and `imagine` to credit the data's licence.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from genloom.cli.common import add_training_flags, non_negative_float, positive_int, report_done, train_config
+from genloom.data.image_sets import IMAGE_DATA_HELP
+from genloom.errors import GenloomError
+
+if TYPE_CHECKING:
+    from genloom.data.images import ImageCaptionSet
+
+METHODS = ("tokens",)  # `--method diffusion` (latent diffusion) is a later addition
+
+
+def add_commands(train_sub: argparse._SubParsersAction) -> None:
+    _add_train_image_tokenizer(train_sub)
+    _add_train_text_to_image(train_sub)
+    _add_train_clip(train_sub)
+
+
+def _add_data_flags(d: argparse._ActionsContainer, resolution_help: str) -> None:
+    d.add_argument("--data", required=True, help=IMAGE_DATA_HELP)
+    d.add_argument("--resolution", type=positive_int, help=resolution_help)
+    d.add_argument("--limit", type=positive_int,
+                   help="use only the first N images (builtin:shapes: draw N scenes instead of 5000)")
+    d.add_argument("--val-fraction", type=float, default=0.05, help="share of the images held out for validation")
+
+
+def _add_train_image_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("image-tokenizer", help="train a VQ image tokenizer (images -> a grid of codes)")
+    _add_data_flags(p.add_argument_group("data"), "images and tokenizer at N x N (default: the preset's "
+                    "resolution); the code grid is N / 2**(len(widths) - 1) on a side")
+    m = p.add_argument_group("model (flags override the preset)")
+    m.add_argument("--preset", default="vq-small", help="vq-tiny, vq-small, vq-digits, vq-colour")
+    m.add_argument("--encoder", choices=("conv", "patch"),
+                   help="conv: codes also see neighbouring patches; patch: each code sees only its own patch, so "
+                   "equal patches get equal codes (easier for the caption->image model on flat-colour images)")
+    m.add_argument("--codebook-size", type=positive_int, help="codes in the codebook (the image vocabulary)")
+    m.add_argument("--code-dim", type=positive_int, help="dimension of a code")
+    m.add_argument("--colour-codes", type=positive_int,
+                   help="factorised tokens for flat-coloured images on a dark background: --codebook-size shape "
+                   "codes of the patch's brightness x this many colour codes (needs --encoder patch)")
+    m.add_argument("--commitment", type=non_negative_float, help="weight of the commitment loss")
+    m.add_argument("--dead-code-steps", type=int, help="re-seed codes unused this many steps; 0: never")
+    t = add_training_flags(p, out="runs/image-tokenizer", lr_help="peak learning rate", warmup=100, weight_decay=0.0)
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per micro-batch per process")
+    p.set_defaults(func=_cmd_train_image_tokenizer)
+
+
+def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("text-to-image", help="train a caption -> image model on top of a VQ image tokenizer")
+    p.add_argument("--method", default="tokens", help="tokens: a Transformer over caption + image tokens (DALL-E)")
+    d = p.add_argument_group("data")
+    _add_data_flags(d, "load images at N x N (default: the image tokenizer's resolution, which they must match)")
+    d.add_argument("--image-tokenizer", help="run directory or checkpoint of `genloom train image-tokenizer`")
+    d.add_argument("--vocab-size", type=positive_int, default=512, help="caption BPE vocabulary size")
+    m = p.add_argument_group("model (flags override the preset)")
+    m.add_argument("--preset", default="dalle-small", help="dalle-tiny, dalle-compact, dalle-small")
+    m.add_argument("--d-model", type=positive_int)
+    m.add_argument("--n-layers", type=positive_int)
+    m.add_argument("--n-heads", type=positive_int)
+    m.add_argument("--d-ff", type=positive_int, help="hidden width of each MLP")
+    m.add_argument("--dropout", type=non_negative_float)
+    m.add_argument("--caption-attention", choices=("causal", "self"),
+                   help="causal: caption tokens see earlier caption tokens (DALL-E); self: only themselves, so words "
+                   "reach the image uncontextualised")
+    m.add_argument("--image-loss-weight", type=non_negative_float,
+                   help="weight w of the image tokens' loss against the caption's, 1:w (default 7, as DALL-E)")
+    t = add_training_flags(p, out="runs/text-to-image", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
+    t.add_argument("--batch-size", type=positive_int, default=32, help="(caption, image) pairs per micro-batch")
+    t.add_argument("--caption-dropout", type=non_negative_float, default=0.15,
+                   help="share of captions replaced by the empty one, for classifier-free guidance")
+    p.set_defaults(func=_cmd_train_text_to_image)
+
+
+def _add_train_clip(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("clip", help="train a CLIP-style caption/image reranker on the codes of a VQ image tokenizer")
+    d = p.add_argument_group("data")
+    _add_data_flags(d, "default: the image tokenizer's")
+    d.add_argument("--image-tokenizer", help="the text-to-image run's image_tokenizer/ (or the image-tokenizer run "
+                   "it was trained with): the reranker reads the codes that model writes")
+    d.add_argument("--vocab-size", type=positive_int, default=512, help="caption BPE vocabulary size")
+    m = p.add_argument_group("model (flags override the preset)")
+    m.add_argument("--preset", default="clip-small", help="clip-tiny, clip-small")
+    m.add_argument("--d-model", type=positive_int)
+    m.add_argument("--n-layers", type=positive_int, help="layers of each encoder")
+    m.add_argument("--n-heads", type=positive_int)
+    m.add_argument("--embed-dim", type=positive_int, help="dimension of the shared caption/image space")
+    t = add_training_flags(p, out="runs/clip", lr_help="peak learning rate", warmup=100, weight_decay=0.01)
+    t.add_argument("--batch-size", type=positive_int, default=128,
+                   help="(caption, image) pairs per micro-batch: each image's in-batch negatives")
+    p.set_defaults(func=_cmd_train_clip)
+
+
+def _load_data(args: argparse.Namespace, resolution: int | None) -> tuple[ImageCaptionSet, ...]:
+    """(all, train, val, test) of --data as every command cuts it, after a line saying what they are."""
+    from genloom.data.image_sets import load_images, split_images
+
+    data = load_images(args.data, resolution, args.limit)
+    if data.skipped:
+        print(f"skipped {data.skipped} unreadable images in {args.data}")
+    train, val, test = split_images(data, args.val_fraction)
+    held = "" if data.held_out is None else f"; {len(test)} held-out combinations kept for testing"
+    print(f"{data.name}: {len(train)} training and {len(val)} validation images at {data.resolution[0]}x"
+          f"{data.resolution[1]}{held}")
+    return data, train, val, test
+
+
+def _cmd_train_image_tokenizer(args: argparse.Namespace) -> None:
+    from genloom.registry import preset_config
+    from genloom.run_record import image_data_record
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.image_tokenizer import train_image_tokenizer
+
+    overrides = {"resolution": args.resolution, "encoder": args.encoder, "codebook_size": args.codebook_size,
+                 "code_dim": args.code_dim, "colour_codes": args.colour_codes, "commitment": args.commitment,
+                 "dead_code_steps": args.dead_code_steps}
+    resolution = preset_config("vqvae", args.preset, **overrides).resolution
+    data, train, val, _ = _load_data(args, resolution)
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="psnr")
+    try:
+        _, result = train_image_tokenizer(train.images, val.images, args.preset, cfg, model_overrides=overrides,
+                                          resume=args.resume,
+                                          run_record=image_data_record(data, args.limit, args.val_fraction))
+    finally:
+        shutdown_distributed()
+    report_done(result, ("psnr", "codebook_usage", "codebook_perplexity"))
+
+
+def _image_tokenizer_flag(args: argparse.Namespace) -> Path:
+    if args.image_tokenizer is None:
+        raise GenloomError("--image-tokenizer is required: the run directory of `genloom train image-tokenizer`")
+    path = Path(args.image_tokenizer)
+    if not path.exists():
+        raise GenloomError(f"--image-tokenizer {path} does not exist; train one with `genloom train image-tokenizer`")
+    return path
+
+
+def _vq_for(args: argparse.Namespace) -> tuple[Path | None, int]:
+    """(the --image-tokenizer path, or None on --resume; the resolution the VQ model reads)."""
+    from genloom.registry import load_image_tokenizer
+    from genloom.train.caption_image import IMAGE_TOKENIZER
+
+    vq_path = None if args.resume else _image_tokenizer_flag(args)
+    vq = load_image_tokenizer(vq_path or Path(args.out) / IMAGE_TOKENIZER)
+    return vq_path, vq.config.resolution
+
+
+def _record_for(args: argparse.Namespace, data: ImageCaptionSet, vq_path: Path | None) -> dict[str, object]:
+    """The data record of a caption/image run; the VQ tokenizer's data's attribution when its own has none."""
+    from genloom.run_record import attribution, image_data_record, read_data_record
+
+    vq_record = read_data_record(vq_path) if vq_path is not None else {}
+    record = image_data_record(data, args.limit, args.val_fraction, image_tokenizer_data=vq_record.get("data"))
+    record["attribution"] = data.attribution or attribution(vq_record)
+    return record
+
+
+def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.text_to_image import train_text_to_image
+
+    if args.method == "diffusion":
+        raise GenloomError("--method diffusion (latent diffusion) is not available yet; use --method tokens")
+    if args.method not in METHODS:
+        raise GenloomError(f"unknown --method {args.method!r}; choose from: {', '.join(METHODS)}")
+    vq_path, resolution = _vq_for(args)
+    data, train, val, _ = _load_data(args, args.resolution or resolution)
+    overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
+                 "dropout": args.dropout, "image_loss_weight": args.image_loss_weight,
+                 "caption_attention": args.caption_attention}
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="val_image_loss")
+    try:
+        _, _, _, result = train_text_to_image(
+            train, val, vq_path, args.preset, cfg, vocab_size=args.vocab_size, caption_dropout=args.caption_dropout,
+            model_overrides=overrides, resume=args.resume, run_record=_record_for(args, data, vq_path),
+        )
+    finally:
+        shutdown_distributed()
+    report_done(result, ("val_image_loss", "val_image_accuracy"))
+
+
+def _cmd_train_clip(args: argparse.Namespace) -> None:
+    from genloom.train.clip import train_clip
+    from genloom.train.distributed import shutdown_distributed
+
+    vq_path, resolution = _vq_for(args)
+    data, train, val, _ = _load_data(args, args.resolution or resolution)
+    overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads,
+                 "embed_dim": args.embed_dim}
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10)
+    try:
+        _, _, result = train_clip(train, val, vq_path, args.preset, cfg, vocab_size=args.vocab_size,
+                                  model_overrides=overrides, resume=args.resume,
+                                  run_record=_record_for(args, data, vq_path))
+    finally:
+        shutdown_distributed()
+    report_done(result, ("val_accuracy",))
