@@ -58,7 +58,7 @@ def _imports(path: Path, module: str) -> list[tuple[str, int]]:
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
-                base = module.split(".")[: -node.level] if not path.name == "__init__.py" else module.split(".")
+                base = module.split(".")[: -node.level] if path.name != "__init__.py" else module.split(".")
                 name = ".".join([*base, node.module] if node.module else base)
             else:
                 name = node.module or ""

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from genloom.checkpoint import save_checkpoint
 from genloom.errors import GenloomError
 from genloom.models.lstm import PRESETS, LSTMConfig, LSTMSeq2Seq, count_parameters, preset
 from genloom.models.seq2seq import count_parameters as count_transformer_parameters
 from genloom.models.seq2seq import preset as transformer_preset
-from genloom.registry import load_pretrained
-from genloom.tokenizers import CharTokenizer
 
 V, PAD = 40, 0
 
@@ -131,27 +126,9 @@ def test_tied_embeddings_share_storage() -> None:
     assert untied.num_parameters() - model.num_parameters() == 2 * V * 16
 
 
-def test_checkpoint_roundtrip_through_registry(tmp_path: Path) -> None:
-    tokenizer = CharTokenizer.train("abcdefg")
-    cfg = _tiny(vocab_size=tokenizer.vocab_size)
-    model = _model(cfg)
-    save_checkpoint(tmp_path / "ckpt", model, "lstm", cfg, tokenizer)
-    loaded = load_pretrained(tmp_path / "ckpt")
-    assert loaded.family == "lstm" and isinstance(loaded.model, LSTMSeq2Seq)
-    src, tgt = torch.tensor([[3, 4, 5]]), torch.tensor([[1, 2]])
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.model(src, tgt), model(src, tgt))
-
-
 @pytest.mark.parametrize("attention", [True, False])
-def test_tiny_model_learns_to_reverse_digits(attention: bool) -> None:
-    """4 fixed pairs: digits -> the digits reversed (ids 0 pad, 1 BOS, 2 EOS, 3..12 digits)."""
-    digits = [[1, 2, 3, 4], [5, 6, 7], [8, 9, 0, 1, 2], [3, 3, 7]]
-    width = 6
-    src = torch.tensor([[d + 3 for d in s] + [2] + [PAD] * (width - len(s) - 1) for s in digits])
-    out = [[d + 3 for d in reversed(s)] + [2] for s in digits]
-    tgt_in = torch.tensor([[1, *o] + [PAD] * (width - len(o)) for o in out])
-    targets = torch.tensor([o + [-100] * (width + 1 - len(o)) for o in out])
+def test_tiny_model_learns_to_reverse_digits(attention: bool, reverse_digits) -> None:
+    src, tgt_in, targets = reverse_digits
     torch.manual_seed(0)
     model = LSTMSeq2Seq(_tiny(vocab_size=13, embed_dim=32, hidden_size=32, attention=attention))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from genloom.checkpoint import save_checkpoint
 from genloom.errors import GenloomError
 from genloom.models.seq2seq import PRESETS, Seq2SeqConfig, Seq2SeqTransformer, count_parameters, preset
-from genloom.registry import load_pretrained
-from genloom.tokenizers import CharTokenizer
 
 V, PAD = 40, 0
 
@@ -167,33 +163,10 @@ def test_tied_embeddings_share_storage() -> None:
     assert untied.num_parameters() - tied.num_parameters() == 2 * V * 32
 
 
-def test_checkpoint_roundtrip_through_registry(tmp_path: Path) -> None:
-    tokenizer = CharTokenizer.train("abcdefg")
-    cfg = _tiny(vocab_size=tokenizer.vocab_size)
-    model = _model(cfg)
-    save_checkpoint(tmp_path / "ckpt", model, "seq2seq", cfg, tokenizer)
-    loaded = load_pretrained(tmp_path / "ckpt")
-    assert loaded.family == "seq2seq" and isinstance(loaded.model, Seq2SeqTransformer)
-    src, tgt = torch.tensor([[3, 4, 5]]), torch.tensor([[1, 2]])
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.model(src, tgt), model(src, tgt))
-
-
-def _reverse_task() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """4 fixed pairs: a digit string -> the same digits reversed. Ids: 0 pad, 1 BOS, 2 EOS, 3..12 digits."""
-    digits = [[1, 2, 3, 4], [5, 6, 7], [8, 9, 0, 1, 2], [3, 3, 7]]
-    width = 6
-    src = torch.tensor([[d + 3 for d in s] + [2] + [PAD] * (width - len(s) - 1) for s in digits])
-    out = [[d + 3 for d in reversed(s)] + [2] for s in digits]
-    tgt_in = torch.tensor([[1, *o] + [PAD] * (width - len(o)) for o in out])
-    targets = torch.tensor([o + [-100] * (width + 1 - len(o)) for o in out])
-    return src, tgt_in, targets
-
-
-def test_tiny_model_learns_to_reverse_digits() -> None:
+def test_tiny_model_learns_to_reverse_digits(reverse_digits) -> None:
     torch.manual_seed(0)
     model = Seq2SeqTransformer(_tiny(vocab_size=13, norm_first=True))
-    src, tgt_in, targets = _reverse_task()
+    src, tgt_in, targets = reverse_digits
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(200):
         loss = model.loss(src, tgt_in, targets)

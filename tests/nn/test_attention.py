@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from genloom.nn import KVCache, MultiHeadAttention, RotaryEmbedding, build_attention_mask
 
@@ -264,8 +263,16 @@ def test_dropout_only_in_training() -> None:
     assert not torch.allclose(mha(x), mha(x))
 
 
-def test_sdpa_reference_sanity() -> None:
-    """The reference itself agrees with PyTorch's SDPA on raw tensors (guards the test helper)."""
-    q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
-    ref = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1) @ v
-    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), ref)
+def test_causal_attention_on_a_hand_computed_example() -> None:
+    """Two positions, one head, identity projections: every number below is worked out by hand."""
+    mha = MultiHeadAttention(2, 1, bias=False).eval()
+    with torch.no_grad():
+        mha.qkv_proj.weight.copy_(torch.cat([torch.eye(2)] * 3, dim=1))  # q = k = v = x
+        mha.out_proj.weight.copy_(torch.eye(2))
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (1, 2, 2)
+    out = mha(x, is_causal=True)
+    # Position 0 sees only itself. Position 1 scores its keys q1·k0 = 0 and q1·k1 = 1, scaled by 1/sqrt(2).
+    w1 = math.exp(1 / math.sqrt(2)) / (1 + math.exp(1 / math.sqrt(2)))
+    torch.testing.assert_close(out, torch.tensor([[[1.0, 0.0], [1 - w1, w1]]]))
+    # Without the causal mask position 0 also sees position 1, with the same two weights.
+    torch.testing.assert_close(mha(x)[0, 0], torch.tensor([w1, 1 - w1]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_helpers import interrupt_at
 
 from genloom.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config
 from genloom.data.images import to_unit_range
@@ -145,27 +146,13 @@ def test_training_lowers_reconstruction_error_and_the_checkpoint_loads_back(tmp_
         assert torch.equal(loaded.model.decode(codes), model.decode(codes))
 
 
-class InterruptingTask(ImageTokenizerTask):
-    """Raises KeyboardInterrupt when asked for the batches of step `stop_at`, like a Ctrl-C mid-run."""
-
-    def __init__(self, *args, stop_at: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls, self.stop_at = 0, stop_at
-
-    def micro_batches(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt
-        return super().micro_batches(*args, **kwargs)
-
-
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
     full_model, full = train_image_tokenizer(TRAIN, VAL, "vq-tiny", _config(tmp_path / "full", max_steps=20), OVERRIDES)
 
     cfg = _config(tmp_path / "cut", max_steps=20)
     config = VQConfig(**OVERRIDES)  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed)
-    task = InterruptingTask(config, TRAIN, VAL, cfg.batch_size, stop_at=13)
+    task = interrupt_at(ImageTokenizerTask(config, TRAIN, VAL, cfg.batch_size), 13)
     with pytest.raises(KeyboardInterrupt):
         Trainer(task, VQVAE(config), cfg).fit()
     # The saved model config wins on resume: a different preset name is ignored.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,30 +85,59 @@ def test_encode_images_matches_vq(shapes) -> None:
     assert torch.equal(codes, vq.eval().encode(train.to_tensor(range(10))).flatten(1))
 
 
-def test_short_run_learns_saves_loads_and_samples(shapes, tmp_path) -> None:
+TINY = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def short_run(shapes, tmp_path_factory):
+    """(vq_dir, config, model, tokenizer, result) of a 40-step run on a random-weight VQ (encoding needs none)."""
     train, val, _ = shapes
+    root = tmp_path_factory.mktemp("t2i")
     torch.manual_seed(0)
-    vq = VQVAE(VQ)  # random weights: encoding needs no training
-    vq_dir = tmp_path / "vq"
-    save_checkpoint(vq_dir, vq, "vqvae", VQ, None)
+    vq_dir = root / "vq"
+    save_checkpoint(vq_dir, VQVAE(VQ), "vqvae", VQ, None)
     # A constant schedule, so a 20-step run is the first half of the 40-step one (the resume check below).
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5,
+    cfg = TrainConfig(out_dir=str(root / "run"), max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5,
                       schedule="constant", eval_interval=20, eval_batches=2, log_interval=10,
                       progress=False, device="cpu")
-    model, tokenizer, _, result = train_text_to_image(
-        train, val, vq_dir, "dalle-tiny", cfg, vocab_size=300,
-        model_overrides={"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1},
-    )
+    model, tokenizer, _, result = train_text_to_image(train, val, vq_dir, "dalle-tiny", cfg, vocab_size=300,
+                                                      model_overrides=TINY)
+    return vq_dir, cfg, model, tokenizer, result
+
+
+def test_short_run_learns(shapes, short_run) -> None:
+    train, val, _ = shapes
+    _, _, model, tokenizer, result = short_run
     losses = result.train_losses
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < losses[0] - 0.5, (losses[0], losses[-5:])
     assert model.config.image_vocab_size == 32 and model.config.grid_size == 4
     assert model.config.text_len == max(len(tokenizer.encode(c)) for c in train.captions + val.captions) + 2
-    assert "val_image_loss" in result.best and 0.0 <= result.best["val_image_accuracy"] <= 1.0
-    assert (tmp_path / "run" / IMAGE_TOKENIZER_DIR / "model.safetensors").is_file()
 
-    loaded = load_text_to_image_model(tmp_path / "run")
-    assert load_pretrained(tmp_path / "run").family == "dalle"
+
+def test_best_metrics_are_the_best_checkpoints_own(shapes, short_run) -> None:
+    """val_image_loss / val_image_accuracy as logged equal a recomputation with best/ on the validation set."""
+    _, val, _ = shapes
+    _, cfg, _, _, result = short_run
+    loaded = load_text_to_image_model(Path(cfg.out_dir) / "best")
+    codes = encode_images(loaded.vq, val.images)
+    text = CaptionCodec(loaded.tokenizer, loaded.model.config.text_len).encode(val.captions)
+    with torch.no_grad():
+        _, logits = loaded.model(text, codes)  # (N, image_len, V)
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    accuracy = float((flat.argmax(-1) == codes.reshape(-1)).float().mean())
+    loss = float(torch.nn.functional.cross_entropy(flat, codes.reshape(-1)))
+    assert result.best["val_image_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert result.best["val_image_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_the_run_loads_back_with_its_image_tokenizer_and_samples(shapes, short_run) -> None:
+    train, _, _ = shapes
+    _, cfg, model, _, _ = short_run
+    run = Path(cfg.out_dir)
+    assert (run / IMAGE_TOKENIZER_DIR / "model.safetensors").is_file()  # the VQ model travels with the run
+    loaded = load_text_to_image_model(run)
+    assert load_pretrained(run).family == "dalle"
     model.eval()
     for name, p in model.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[name], p)
@@ -115,21 +145,29 @@ def test_short_run_learns_saves_loads_and_samples(shapes, tmp_path) -> None:
                             guidance_scale=2.0, progress=False)
     assert images.shape == (2, 16, 16, 3) and codes.shape == (2, 4, 4)
 
-    # Stopping at step 20 and resuming (without the VQ path: the run's copy is used) continues exactly.
-    half = TrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "half"), "max_steps": 20})
-    overrides = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1}
-    train_text_to_image(train, val, vq_dir, "dalle-tiny", half, vocab_size=300, model_overrides=overrides)
-    rest = TrainConfig(**{**half.__dict__, "max_steps": 40})
-    *_, resumed = train_text_to_image(train, val, None, "dalle-tiny", rest, resume=True)
-    np.testing.assert_allclose(resumed.train_losses, losses[20:], rtol=1e-5)
 
+def test_resume_continues_exactly_from_the_runs_vq_copy(shapes, short_run, tmp_path) -> None:
+    train, val, _ = shapes
+    vq_dir, cfg, _, _, result = short_run
+    half = TrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "half"), "max_steps": 20})
+    train_text_to_image(train, val, vq_dir, "dalle-tiny", half, vocab_size=300, model_overrides=TINY)
+    rest = TrainConfig(**{**half.__dict__, "max_steps": 40})
+    *_, resumed = train_text_to_image(train, val, None, "dalle-tiny", rest, resume=True)  # no VQ path needed
+    np.testing.assert_allclose(resumed.train_losses, result.train_losses[20:], rtol=1e-5)
+
+
+def test_a_fresh_run_is_refused_and_a_missing_image_tokenizer_named(shapes, short_run, tmp_path) -> None:
+    train, val, _ = shapes
+    vq_dir, cfg, *_ = short_run
+    run = tmp_path / "copy"
+    shutil.copytree(cfg.out_dir, run)
+    again = TrainConfig(**{**cfg.__dict__, "out_dir": str(run)})
     # A fresh run into the same directory is refused before anything (the VQ copy included) is replaced.
     with pytest.raises(GenloomError, match="earlier run"):
-        train_text_to_image(train, val, vq_dir, "dalle-tiny", cfg, vocab_size=300)
-    # Loading a checkpoint whose image tokenizer is missing is a one-line error.
-    shutil.rmtree(tmp_path / "run" / IMAGE_TOKENIZER_DIR)
+        train_text_to_image(train, val, vq_dir, "dalle-tiny", again, vocab_size=300)
+    shutil.rmtree(run / IMAGE_TOKENIZER_DIR)
     with pytest.raises(GenloomError, match="image_tokenizer"):
-        load_text_to_image_model(tmp_path / "run")
+        load_text_to_image_model(run)
 
 
 def _factorised_vq(images: torch.Tensor, codebook_size: int) -> VQVAE:
@@ -159,7 +197,8 @@ def test_colour_factorised_tokenizer_sets_up_the_model(shapes, tmp_path) -> None
     assert torch.equal(codes // 8 == shape, codes % 8 == colour)  # blank patches black, lit ones coloured
     # With too few shape codes k-means gives a dim lit patch the blank patch's code: no blank token then.
     coarse = _factorised_vq(train.to_tensor(range(len(train))), 16)
-    assert coarse.blank_token() >= 0 and usable_blank_token(coarse.blank_token(), 8, encode_images(coarse, train.images)) == -1
+    coarse_codes = encode_images(coarse, train.images)
+    assert coarse.blank_token() >= 0 and usable_blank_token(coarse.blank_token(), 8, coarse_codes) == -1
 
 
 def test_task_rejects_tokens_the_factorised_model_cannot_emit() -> None:

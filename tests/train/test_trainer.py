@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from train_helpers import interrupt_at
 
 from genloom.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config, save_checkpoint
 from genloom.data.text import TokenArrays
@@ -33,27 +34,13 @@ def _train(corpus: TokenArrays, model_config: GPTConfig, cfg: TrainConfig, resum
     return Trainer(task, GPT(model_config), cfg).fit(resume=resume)
 
 
-class InterruptingTask(LanguageModelTask):
-    """Raises KeyboardInterrupt when asked for the batches of step `stop_at`, like a Ctrl-C mid-run."""
-
-    def __init__(self, *args, stop_at: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls, self.stop_at = 0, stop_at
-
-    def micro_batches(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt
-        return super().micro_batches(*args, **kwargs)
-
-
 def test_interrupted_and_resumed_run_matches_uninterrupted(corpus, tiny_config, tmp_path):
     model_config = GPTConfig(**{**tiny_config.__dict__, "dropout": 0.1})  # dropout makes RNG state matter
     full = _train(corpus, model_config, _config(tmp_path / "full"))
 
     cfg = _config(tmp_path / "cut")
     torch.manual_seed(0)
-    task = InterruptingTask(model_config, corpus.tokenizer, corpus, cfg.batch_size, stop_at=13)
+    task = interrupt_at(LanguageModelTask(model_config, corpus.tokenizer, corpus, cfg.batch_size), 13)
     with pytest.raises(KeyboardInterrupt):
         Trainer(task, GPT(model_config), cfg).fit()
     resumed = _train(corpus, model_config, cfg, resume=True)  # continues from checkpoint-10

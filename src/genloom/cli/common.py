@@ -35,7 +35,7 @@ def non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
+    if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
