@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genloom.errors import GenloomError
-from genloom.generate import SamplingConfig, generate, generate_tokens
+from genloom.generate import SamplingConfig, TokenStream, generate, generate_tokens
 from genloom.generate.lm import TextStream
 from genloom.generate.sampling import apply_repetition_penalty, filter_logits
 from genloom.models.gpt import GPT, GPTConfig
@@ -138,3 +138,44 @@ def test_decoding_head_copy_follows_weight_updates(model):
     with torch.no_grad():
         model.lm_head.weight.mul_(2.0)
     torch.testing.assert_close(_decoding_head(model), model.lm_head.weight.t())
+
+
+def test_token_stream_yields_one_token_per_row_per_step(model):
+    cfg = SamplingConfig(max_new_tokens=6, temperature=0)
+    stream = TokenStream(model, PROMPTS, cfg)
+    steps = list(stream)
+    assert len(steps) == 6 and all(len(step) == len(PROMPTS) for step in steps)
+    assert [[s[row] for s in steps] for row in range(len(PROMPTS))] == generate_tokens(model, PROMPTS, cfg)
+    assert not stream.context_limited
+
+
+def test_finishing_a_row_mid_stream_leaves_the_others_unchanged(model):
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0)
+    stream = TokenStream(model, PROMPTS, cfg)
+    seen: list[list[int | None]] = []
+    for step, tokens in enumerate(stream):
+        seen.append(tokens)
+        if step == 2:
+            stream.finish(1)  # the caller ends row 1 (a stop string, a client gone)
+    assert all(tokens[1] is None for tokens in seen[3:]) and seen[2][1] is not None
+    full = generate_tokens(model, PROMPTS, cfg)
+    for row in (0, 2, 3):
+        assert [tokens[row] for tokens in seen] == full[row]
+
+
+def test_a_prompt_that_fills_the_context_yields_nothing_and_says_why(model, monkeypatch):
+    tokenizer = CharTokenizer.train("".join(chr(ord("a") + i) for i in range(40)))
+    prompt = "a" * model.config.context_length
+    (full,) = generate(model, tokenizer, [prompt], SamplingConfig(max_new_tokens=5))
+    assert full.tokens == [] and full.finish_reason == "length" and full.context_limited
+    (capped,) = generate(model, tokenizer, ["a" * 44], SamplingConfig(max_new_tokens=100, temperature=0))
+    assert len(capped.tokens) == 4 and capped.context_limited
+    (short,) = generate(model, tokenizer, ["a"], SamplingConfig(max_new_tokens=3, temperature=0))
+    assert short.finish_reason == "length" and not short.context_limited
+
+
+def test_generation_never_samples_ids_the_tokenizer_lacks(model):
+    tokenizer = CharTokenizer.train("abcdef")  # 6 ids; the model has 40 rows
+    for seed in range(5):
+        (out,) = generate(model, tokenizer, ["abc"], SamplingConfig(max_new_tokens=20, temperature=2.0, seed=seed))
+        assert all(t < tokenizer.vocab_size for t in out.tokens)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from genloom.errors import GenloomError
-from genloom.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
+from genloom.tokenizers import SPECIAL_TOKENS, BPETokenizer, CharTokenizer, SpecialIds, load_tokenizer
 from genloom.tokenizers.bpe import EOS_TOKEN
 
 CORPUS = [
@@ -123,4 +123,50 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "merges.txt").write_text("not a merges file\n")
     (tmp_path / "vocab.json").write_text("[not json")
     with pytest.raises(GenloomError):
+        load_tokenizer(tmp_path)
+
+
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_special_tokens_can_be_added_to_any_tokenizer(kind: str, tmp_path: Path) -> None:
+    tok = CharTokenizer.train("hello world|<>_imstarend") if kind == "char" else BPETokenizer.train(CORPUS, 300)
+    before = tok.vocab_size
+    plain = tok.encode("hello")
+    ids = tok.add_special_tokens(CHAT_TOKENS)
+    assert ids == [before, before + 1] and tok.vocab_size == before + 2
+    assert tok.add_special_tokens(CHAT_TOKENS) == ids  # adding them again changes nothing
+    assert set(CHAT_TOKENS) <= set(tok.special_tokens) and tok.token_id("<|im_end|>") == ids[1]
+    text = "<|im_start|>hello<|im_end|>"
+    assert tok.encode(text) == [ids[0], *plain, ids[1]]  # one id each, wherever they appear
+    assert tok.decode(tok.encode(text)) == text and tok.encode("hello") == plain
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.encode(text) == tok.encode(text) and again.special_tokens == tok.special_tokens
+    with pytest.raises(GenloomError, match="has no token '<pad>'"):
+        tok.token_id("<pad>")
+
+
+def test_special_ids_of_a_char_tokenizer() -> None:
+    tok = CharTokenizer.train("abc")
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    assert SpecialIds.of(tok) == SpecialIds(pad=3, bos=4, eos=5)
+    with pytest.raises(GenloomError, match="has no token '<pad>'"):
+        SpecialIds.of(CharTokenizer.train("abc"))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not a valid character vocabulary"),
+        ('{"chars": ["a", "bb"]}', "distinct single characters"),
+        ('{"chars": ["a", "a"]}', "distinct single characters"),
+        ('{"chars": ["a"], "special_tokens": [3]}', "special_tokens"),
+        ("[1, 2]", "distinct single characters"),
+    ],
+)
+def test_a_corrupt_char_vocabulary_is_one_line(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "char_tokenizer.json").write_text(content)
+    with pytest.raises(GenloomError, match=message):
         load_tokenizer(tmp_path)
