@@ -9,7 +9,7 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,79 +287,6 @@ def test_export_hf_refuses_what_gpt2_cannot_express(
     one_error_line(err)
     assert "rotary" in err
     assert not (tmp_path / "hf").exists()
-
-
-# ---- user errors ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Ctx:
-    data: Path
-    run: Path
-    tmp: Path
-
-
-def _empty_file(ctx: Ctx) -> Path:
-    (ctx.tmp / "empty.txt").write_text("")
-    return ctx.tmp / "empty.txt"
-
-
-def _not_a_checkpoint(ctx: Ctx) -> Path:
-    (ctx.tmp / "notes").mkdir()
-    (ctx.tmp / "notes" / "readme.txt").write_text("not a model")
-    return ctx.tmp / "notes"
-
-
-def _empty_dir(ctx: Ctx) -> Path:
-    (ctx.tmp / "empty-run").mkdir()
-    return ctx.tmp / "empty-run"
-
-
-def _train_args(data: object, *extra: object) -> list[object]:
-    return ["train", "lm", "--data", data, *TRAIN_FLAGS, *extra]
-
-
-ERRORS: dict[str, tuple[Callable[[Ctx], list[object]], int, str]] = {
-    # name: (argv builder, exit code, a word the message must contain)
-    "unknown-preset-train": (lambda c: _train_args(c.data, "--preset", "gpt5"), 1, "gpt5"),
-    "unknown-preset-info": (lambda c: ["info", "--preset", "gpt5"], 1, "gpt5"),
-    "missing-data": (lambda c: _train_args(c.tmp / "missing.txt"), 1, "missing.txt"),
-    "empty-data": (lambda c: _train_args(_empty_file(c)), 1, "empty"),
-    "heads-do-not-divide": (lambda c: _train_args(c.data, "--n-heads", "3"), 1, "divisible"),
-    "generate-not-a-checkpoint": (lambda c: ["generate", _not_a_checkpoint(c), "hi"], 1, "not a checkpoint"),
-    "generate-missing-path": (lambda c: ["generate", c.tmp / "nowhere", "hi"], 1, "does not exist"),
-    "prompt-longer-than-context": (lambda c: ["generate", c.run, "a" * 40], 1, "context"),
-    "steps-zero": (lambda c: _train_args(c.data, "--steps", "0"), 2, "--steps"),
-    "negative-temperature": (lambda c: ["generate", c.run, "hi", "--temperature", "-1"], 2, "--temperature"),
-    "top-p-above-one": (lambda c: ["generate", c.run, "To be", "--top-p", "2"], 1, "top_p"),
-    "char-not-in-vocab": (lambda c: ["generate", c.run, "To \u03b6"], 1, "vocabulary"),
-    "unknown-device": (lambda c: ["generate", c.run, "To be", "--device", "tpu9"], 1, "device"),
-    "resume-empty-dir": (lambda c: [*_train_args(c.data, "--out", _empty_dir(c)), "--resume"], 1, "resume"),
-    "info-nothing": (lambda c: ["info"], 1, "--preset"),
-    "plot-not-a-run": (lambda c: ["plot", c.tmp / "nowhere"], 1, "nowhere"),
-    "export-not-a-checkpoint": (lambda c: ["export", "hf", _not_a_checkpoint(c), c.tmp / "hf"], 1, "not a checkpoint"),
-    "unknown-command": (lambda c: ["fly"], 2, "fly"),
-    "no-command": (lambda c: [], 2, "required"),
-}
-
-
-@pytest.mark.parametrize("name", list(ERRORS))
-def test_user_error_is_one_line(
-    name: str, char_run: tuple[Path, str], workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    build, code, word = ERRORS[name]
-    argv = [str(a) for a in build(Ctx(workspace.data, char_run[0], tmp_path))]
-    capsys.readouterr()
-    if code == 2:
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        rc = exit_info.value.code
-    else:
-        rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == code, err
-    one_error_line(err)
-    assert word in err
 
 
 def test_stop_string_escape_means_newline(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,6 +24,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,11 +225,15 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise GenloomError(f"{directory} has no {STATE_FILE}; it cannot be resumed")
     try:
-        # weights_only: tensors and plain containers only, never arbitrary pickled code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise GenloomError(f"cannot read {path}: it holds more than tensors and plain values (not a genloom "
-                           "training state), and is not loaded") from None
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error says enough
+            warnings.simplefilter("ignore")
+            # weights_only: tensors and plain containers only, never arbitrary pickled code.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():  # a pickle of arbitrary objects: refused, never run
+            raise GenloomError(f"cannot read {path}: it holds more than tensors and plain values (not a genloom "
+                               "training state), and is not loaded") from None
+        raise GenloomError(f"cannot read {path}: not a training state file (truncated or damaged)") from None
     except Exception as e:  # a truncated zip, a foreign file: torch raises assorted errors
         raise GenloomError(f"cannot read {path}: {_failure_reason(e)} (truncated or not a training state)") from None
     required = ("step", "optimizer", "data_generator", "torch_rng", "python_rng")

@@ -72,9 +72,18 @@ def add_training_flags(
 
 
 def train_config(args: argparse.Namespace, **family_settings: object) -> TrainConfig:
-    """TrainConfig from the shared training flags plus a family's own settings."""
+    """TrainConfig from the shared training flags plus a family's own settings.
+
+    A --out that is neither new, empty nor a genloom run is refused here, before any data is read (the
+    trainer checks again when it starts).
+    """
+    from pathlib import Path
+
+    from genloom.checkpoint import is_run_directory
+    from genloom.outputs import check_output_dir
     from genloom.train.config import TrainConfig
 
+    check_output_dir(Path(args.out), is_run_directory, "a genloom run directory")
     try:
         return TrainConfig(
             out_dir=args.out, max_steps=args.steps, grad_accum=args.grad_accum, lr=args.lr,

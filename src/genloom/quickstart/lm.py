@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from genloom.checkpoint import is_run_directory
 from genloom.generate import SamplingConfig, generate
+from genloom.outputs import check_output_dir
 from genloom.registry import load_language_model
 from genloom.train.config import TrainConfig
 from genloom.train.lm import DataSpec, train_lm
@@ -19,6 +21,7 @@ PROMPTS = ("The for statement", "A class definition", "Exceptions are")
 def quickstart_lm(out: Path | None = None, steps: int | None = None, say: Callable[[str], None] = print) -> None:
     out = out or Path(OUT)
     steps = steps or STEPS
+    check_output_dir(out, is_run_directory, "an earlier run")  # before the data is read
     say("genloom quickstart: a character-level GPT on the Python documentation (pydoc_data), on the CPU.")
     start = time.perf_counter()
     # nanoGPT's small CPU model with a longer context and the higher learning rate that suits it

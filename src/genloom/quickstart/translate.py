@@ -6,9 +6,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from genloom.checkpoint import is_run_directory
 from genloom.data.parallel import load_parallel_splits
 from genloom.eval.translation import evaluate_translation
 from genloom.generate.translate import translate
+from genloom.outputs import check_output_dir
 from genloom.train.config import TrainConfig
 from genloom.train.translate import train_translation
 
@@ -22,6 +24,7 @@ def quickstart_translate(out: Path | None = None, steps: int | None = None,
                          say: Callable[[str], None] = print) -> None:
     out = out or Path(OUT)
     steps = steps or STEPS
+    check_output_dir(out, is_run_directory, "an earlier run")  # before the data is read
     say("genloom quickstart translate: a tiny Transformer translating English number words to German "
         "(builtin:numbers, en->de), on the CPU.")
     start = time.perf_counter()
