@@ -6,9 +6,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +161,66 @@ def test_generate_prompts_on_stdin(
     completions = [block.strip("\n") for block in out.split("-" * 40) if block.strip()]
     assert len(completions) == 2
     assert completions[0].startswith("To be") and completions[1].startswith("The fox")
+
+
+def test_generate_keeps_one_output_per_input_line(
+    char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = char_run
+    monkeypatch.setattr(sys, "stdin", io.StringIO("To be\n\nThe fox\n"))
+    out = cli_ok(capsys, "generate", run, "--max-new-tokens", 4, "--seed", 0)
+    blocks = out.split("-" * 40 + "\n")[:-1]
+    assert len(blocks) == 3 and blocks[1] == "\n"  # the blank line's output is blank, in its place
+    assert blocks[0].startswith("To be") and blocks[2].startswith("The fox")
+
+
+def test_generation_capped_by_the_context_says_so(char_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    run, _ = char_run
+    rc, out, err = run_cli(capsys, "generate", run, "To be, or not to", "--max-new-tokens", 100)  # 16 = context
+    assert rc == 0 and out == "To be, or not to\n"
+    assert err.strip() == f"genloom: note: stopped at the context length of {CONTEXT} tokens"
+    rc, out, err = run_cli(capsys, "generate", run, PROMPT, "--max-new-tokens", 100000000)
+    assert rc == 0 and len(out) == CONTEXT + 1 and "stopped at the context length" in err
+    rc, _, err = run_cli(capsys, "generate", run, PROMPT, "--max-new-tokens", 3)
+    assert rc == 0 and err == ""
+
+
+def test_plot_and_resume_survive_a_torn_metrics_line(
+    char_run: tuple[Path, str], workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(char_run[0], run)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 21, "lo')  # what a crash mid-write leaves
+    rc, out, err = run_cli(capsys, "plot", run)
+    assert rc == 0 and "dropped a torn last line" in err
+    out = cli_ok(capsys, "train", "lm", "--data", workspace.data, *MODEL_FLAGS, "--steps", 30, "--eval-interval", 10,
+                 "--out", run, "--resume")
+    assert "done: step 30" in out and [r["step"] for r in _metrics(run) if "loss" in r] == [10, 20, 30]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_exits_non_zero_and_leaves_a_resumable_run(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "genloom.cli", "train", "lm", "--data", str(workspace.data), *MODEL_FLAGS,
+             "--eval-interval", "5", "--out", str(run)]
+    command = [*train, "--steps", "100000"]
+    env = {**os.environ, "GENLOOM_CACHE": str(workspace.cache)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("checkpoint-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "genloom: terminated (SIGTERM); the last complete checkpoint is kept"
+    assert "Traceback" not in err
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary copy left behind
+    out = subprocess.run([*train, "--steps", "1", "--resume"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "nothing to do" in out.stdout, out.stderr
 
 
 def test_generate_leaves_grad_mode_alone(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:

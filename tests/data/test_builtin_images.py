@@ -12,6 +12,7 @@ from genloom.data.builtin_images import (
     COLOURS,
     DIGIT_WORDS,
     HELD_OUT,
+    OPENMOJI_ATTRIBUTION,
     SHAPES,
     builtin_images,
     describe_scene,
@@ -154,6 +155,8 @@ def test_emoji_render_in_colour(emoji_set: ImageCaptionSet) -> None:
     assert (images[:, 0, 0] == 255).all()  # white background
     chroma = (images.max(axis=-1) - images.min(axis=-1)).max(axis=(1, 2))
     assert (chroma > 60).mean() > 0.6  # colour glyphs, not a black-only fallback font
+    # The set credits OpenMoji (CC BY-SA), and so does every subset and split of it.
+    assert emoji_set.attribution == emoji_set.split(0.1)[0].attribution == OPENMOJI_ATTRIBUTION
 
 
 def test_emoji_names_from_unicodedata(emoji_set: ImageCaptionSet) -> None:

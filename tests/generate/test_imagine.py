@@ -130,3 +130,16 @@ def test_save_images_metadata_round_trip(parts, tmp_path) -> None:
     assert "image_seed" not in meta["parameters"]
     with pytest.raises(GenloomError, match="do not divide"):
         save_images(images, tmp_path / "bad", ["a", "b", "c"], {})
+
+
+def test_saving_again_replaces_an_earlier_output_and_nothing_else(parts, tmp_path) -> None:
+    images, _ = run(parts, ["a red circle"], n_images=3, seed=0)
+    save_images(images, tmp_path / "out", ["a red circle"], {"seed": 0})
+    saved = save_images(images[:1], tmp_path / "out", ["a blue square"], {"seed": 1})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000-a-blue-square.json",
+                                                                     "000-a-blue-square.png", "grid.png"]
+    assert saved.images == [tmp_path / "out" / "000-a-blue-square.png"]
+    (tmp_path / "out" / "my-notes.txt").write_text("mine")
+    with pytest.raises(GenloomError, match="is not a folder of images genloom generated"):
+        save_images(images, tmp_path / "out", ["a red circle"], {"seed": 0})
+    assert (tmp_path / "out" / "my-notes.txt").read_text() == "mine"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 TEXT = "".join(f"Sentence {i}: distributed training splits {i % 9} batches across ranks.\n" for i in range(300))
 
 
-def _train(tmp_path: Path, name: str, processes: int, batch_size: int) -> Path:
+def _train(tmp_path: Path, name: str, processes: int, batch_size: int) -> tuple[Path, str]:
     data = tmp_path / "data.txt"
     data.write_text(TEXT)
     out = tmp_path / name
@@ -31,13 +31,16 @@ def _train(tmp_path: Path, name: str, processes: int, batch_size: int) -> Path:
     env = {**os.environ, "GENLOOM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    return out, proc.stdout
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    single = _train(tmp_path, "single", processes=1, batch_size=8)
-    ddp = _train(tmp_path, "ddp", processes=2, batch_size=4)
+    single, _ = _train(tmp_path, "single", processes=1, batch_size=8)
+    ddp, printed = _train(tmp_path, "ddp", processes=2, batch_size=4)
+    # Each validation and the summary are printed once, by rank 0, not once per process.
+    assert printed.count("step 3: val") == 1 and printed.count("step 6: val") == 1
+    assert printed.count("done: step 6") == 1
 
     def val_losses(run: Path) -> list[float]:
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from train_helpers import interrupt_at
+from train_helpers import Killed, interrupt_at
 
 from genloom.checkpoint import BEST_DIR, list_checkpoints, read_checkpoint_config, save_checkpoint
 from genloom.data.text import TokenArrays
@@ -197,3 +197,80 @@ def test_fresh_run_refuses_an_earlier_runs_checkpoints_unless_overwrite(corpus, 
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-0000005"]
     assert read_checkpoint_config(tmp_path / "run" / BEST_DIR)["step"] == 5
     assert result.step == 5
+
+
+TIMINGS = ("tokens_per_s", "step_ms")  # measured, so never equal between two runs
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+@pytest.mark.parametrize("kill_at", [14, 17, 23])  # mid-interval, just after a logged row, after a checkpoint
+def test_a_run_killed_anywhere_then_resumed_logs_exactly_the_uninterrupted_rows(
+    corpus, tiny_config, tmp_path, kill_at: int
+) -> None:
+    """log_interval 4 against eval_interval 10: logged intervals straddle the checkpoints, so the part of an
+    interval summed before a checkpoint must come back on --resume for the rows to match."""
+    model_config = GPTConfig(**{**tiny_config.__dict__, "dropout": 0.1})
+    settings = dict(max_steps=30, eval_interval=10, log_interval=4)
+    _train(corpus, model_config, _config(tmp_path / "full", **settings))
+    cfg = _config(tmp_path / "cut", **settings)
+    torch.manual_seed(0)
+    task = interrupt_at(LanguageModelTask(model_config, corpus.tokenizer, corpus, cfg.batch_size), kill_at, Killed)
+    with pytest.raises(Killed):
+        Trainer(task, GPT(model_config), cfg).fit()
+    _train(corpus, model_config, cfg, resume=True)
+    assert _rows(tmp_path / "cut") == _rows(tmp_path / "full")  # train and val rows, every value
+
+
+def test_resume_says_what_changed_and_when_there_is_nothing_to_do(corpus, tiny_config, tmp_path, capsys) -> None:
+    _train(corpus, tiny_config, _config(tmp_path / "run", max_steps=10))
+    capsys.readouterr()
+    result = _train(corpus, tiny_config, _config(tmp_path / "run", max_steps=10, lr=1e-3), resume=True)
+    out = capsys.readouterr().out
+    assert "changed settings, which apply from here on: lr 0.003 -> 0.001" in out
+    assert "nothing to do" in out and "at step 10 and --steps is 10" in out
+    assert result.stop_reason == "nothing_to_do" and result.step == 10
+
+
+def test_a_loss_that_is_not_finite_is_one_line_with_a_fitting_hint(corpus, tiny_config, tmp_path) -> None:
+    class Exploding(LanguageModelTask):
+        def loss(self, model, batch):
+            return super().loss(model, batch) * float("nan")
+
+    for dtype, hint in (("fp32", "lower --lr$"), ("bf16", r"lower --lr or train in fp32 \(--dtype fp32\)$")):
+        task = Exploding(tiny_config, corpus.tokenizer, corpus, 4)
+        with pytest.raises(GenloomError, match=f"loss became nan at step 1; {hint}"):
+            Trainer(task, GPT(tiny_config), _config(tmp_path / dtype, dtype=dtype)).fit()
+
+
+def test_a_run_cleans_up_after_a_save_that_was_killed(corpus, tiny_config, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    _train(corpus, tiny_config, _config(run, max_steps=10))
+    # What a kill between atomic_directory's steps leaves: a half-written copy, and best/ moved aside
+    # for the instant between its two renames (so best/ itself is missing).
+    (run / ".checkpoint-0000015.tmp-abc123").mkdir()
+    (run / ".checkpoint-0000015.tmp-abc123" / "model.safetensors").write_bytes(b"half")
+    (run / "best").rename(run / ".best.old-xyz789")
+    _train(corpus, tiny_config, _config(run, max_steps=12), resume=True)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+    assert read_checkpoint_config(run / BEST_DIR)["step"] in (5, 10, 12)  # put back, then kept up to date
+    assert "removed .checkpoint-0000015.tmp-abc123" in capsys.readouterr().out
+
+
+def test_a_failed_save_leaves_the_last_checkpoint_and_no_row_for_it(corpus, tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _train(corpus, tiny_config, _config(run, max_steps=10))
+    def disk_full(directory: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(corpus.tokenizer, "save", disk_full)
+    with pytest.raises(GenloomError, match=r"cannot write checkpoint .*checkpoint-0000015: No space left on device"):
+        _train(corpus, tiny_config, _config(run, max_steps=20), resume=True)
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-0000005", "checkpoint-0000010"]
+    steps = [json.loads(line).get("step") for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "val_loss" in line]
+    assert steps == [5, 10]  # the validation of step 15 never completed: no row claims it did
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
