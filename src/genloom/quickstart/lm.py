@@ -25,7 +25,7 @@ def quickstart_lm(out: Path | None = None, steps: int | None = None, say: Callab
     say("genloom quickstart: a character-level GPT on the Python documentation (pydoc_data), on the CPU.")
     start = time.perf_counter()
     # nanoGPT's small CPU model with a longer context and the higher learning rate that suits it
-    # (benchmarks/train_shakespeare.py): about 1.5 minutes on 2 cores.
+    # (benchmarks/train_shakespeare.py): 1.5-4 minutes on 2 cores, as fast as the machine is that day.
     train = TrainConfig(
         out_dir=str(out), max_steps=steps, batch_size=12, lr=3e-3, min_lr=3e-4, warmup_steps=100,
         eval_interval=max(1, steps // 4), eval_batches=10, device="cpu", overwrite=True,

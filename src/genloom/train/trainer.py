@@ -194,16 +194,23 @@ class Trainer:
             raise error
 
     def _prepare_as_main(self, resume: bool) -> None:
-        check_output_dir(self.run_dir, is_run_directory, "a genloom run directory")
+        components = set(self.components)
+
+        def is_own(directory: Path) -> bool:  # a run, or one killed after saving its components and before more
+            return is_run_directory(directory) or {p.name for p in directory.iterdir()} <= components
+
+        check_output_dir(self.run_dir, is_own, "a genloom run directory")
         for name in remove_stale_temporaries(self.run_dir):
             self._print(f"note: removed {name}, left in {self.run_dir} by a save that was interrupted")
         if not resume:
             self.checkpoints.clear(self.cfg.overwrite)
-            for name, component in self.components.items():
-                save_checkpoint(self.run_dir / name, component.model, component.family, component.config, None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The record first: from here on the directory shows it is a run's, whatever happens next.
         if self.run_record is not None and not (resume and (self.run_dir / DATA_RECORD).exists()):
             write_data_record(self.run_dir, self.run_record)
+        if not resume:
+            for name, component in self.components.items():
+                save_checkpoint(self.run_dir / name, component.model, component.family, component.config, None)
 
     # ---- evaluation ------------------------------------------------------------------------------------
     @torch.no_grad()
