@@ -257,7 +257,7 @@ def test_a_run_cleans_up_after_a_save_that_was_killed(corpus, tiny_config, tmp_p
     _train(corpus, tiny_config, _config(run, max_steps=12), resume=True)
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
     assert read_checkpoint_config(run / BEST_DIR)["step"] in (5, 10, 12)  # put back, then kept up to date
-    assert "removed .checkpoint-0000015.tmp-abc123" in capsys.readouterr().out
+    assert "cleaned up .checkpoint-0000015.tmp-abc123" in capsys.readouterr().out
 
 
 def test_a_failed_save_leaves_the_last_checkpoint_and_no_row_for_it(corpus, tiny_config, tmp_path, monkeypatch):

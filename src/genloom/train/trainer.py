@@ -201,7 +201,7 @@ class Trainer:
 
         check_output_dir(self.run_dir, is_own, "a genloom run directory")
         for name in remove_stale_temporaries(self.run_dir):
-            self._print(f"note: removed {name}, left in {self.run_dir} by a save that was interrupted")
+            self._print(f"note: cleaned up {name}, left in {self.run_dir} by a save that was interrupted")
         if not resume:
             self.checkpoints.clear(self.cfg.overwrite)
         self.run_dir.mkdir(parents=True, exist_ok=True)
