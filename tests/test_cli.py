@@ -152,18 +152,7 @@ def test_generate_greedy(char_run: tuple[Path, str], capsys: pytest.CaptureFixtu
     assert len(first) == len(PROMPT) + 8 + 1
 
 
-def test_generate_prompts_on_stdin(
-    char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run, _ = char_run
-    monkeypatch.setattr(sys, "stdin", io.StringIO("To be\nThe fox\n"))
-    out = cli_ok(capsys, "generate", run, "--max-new-tokens", 6, "--seed", 0)
-    completions = [block.strip("\n") for block in out.split("-" * 40) if block.strip()]
-    assert len(completions) == 2
-    assert completions[0].startswith("To be") and completions[1].startswith("The fox")
-
-
-def test_generate_keeps_one_output_per_input_line(
+def test_generate_reads_prompts_on_stdin_one_output_per_line(
     char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, _ = char_run

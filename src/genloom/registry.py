@@ -54,7 +54,8 @@ class Family:
     components: Mapping[str, tuple[str, ComponentCheck]] = field(default_factory=dict)  # name -> (family, check)
 
 
-_IMAGE_TOKENIZER = {"image_tokenizer": ("vqvae", _vq_makes_the_image_tokens)}
+IMAGE_TOKENIZER = "image_tokenizer"  # the component of dalle and clip runs: the VQ model that makes their codes
+_IMAGE_TOKENIZER = {IMAGE_TOKENIZER: ("vqvae", _vq_makes_the_image_tokens)}
 FAMILIES: dict[str, Family] = {
     "gpt": Family(gpt.GPTConfig, gpt.GPT, gpt.preset, "vocab_size"),
     "seq2seq": Family(seq2seq.Seq2SeqConfig, seq2seq.Seq2SeqTransformer, seq2seq.preset, "vocab_size"),
@@ -87,8 +88,10 @@ def build_model(family_name: str, config: Any) -> nn.Module:
     return family(family_name).module(config)
 
 
-def read_model_config(family_name: str, directory: Path) -> Any:
-    """The model config of checkpoint `directory`, which must be of `family_name`."""
+def read_model_config(family_name: str, path: Path) -> Any:
+    """The model config of the checkpoint (or run directory) `path`, which must hold a `family_name` model, read
+    without its weights."""
+    directory = resolve_checkpoint(path)
     raw = read_checkpoint_config(directory)
     if raw["family"] != family_name:
         raise GenloomError(f"{directory} holds a {raw['family']} model, not a {family_name} model")
@@ -195,7 +198,7 @@ class LoadedTextToImage:
 
 def _with_image_tokenizer(path: Path, family_name: str, what: str) -> tuple[LoadedTextModel, vqvae.VQVAE]:
     loaded = _text_model(load_family(path, (family_name,), what))
-    vq = loaded.components["image_tokenizer"].model
+    vq = loaded.components[IMAGE_TOKENIZER].model
     assert isinstance(vq, vqvae.VQVAE)
     return loaded, vq
 

@@ -145,13 +145,12 @@ def _image_tokenizer_flag(args: argparse.Namespace) -> Path:
 
 
 def _vq_for(args: argparse.Namespace) -> tuple[Path | None, int]:
-    """(the --image-tokenizer path, or None on --resume; the resolution the VQ model reads)."""
-    from genloom.registry import load_image_tokenizer
-    from genloom.train.caption_image import IMAGE_TOKENIZER
+    """(the --image-tokenizer path, or None on --resume; the resolution the VQ model reads), from its config
+    alone: the recipe loads the model."""
+    from genloom.registry import IMAGE_TOKENIZER, read_model_config
 
     vq_path = None if args.resume else _image_tokenizer_flag(args)
-    vq = load_image_tokenizer(vq_path or Path(args.out) / IMAGE_TOKENIZER)
-    return vq_path, vq.config.resolution
+    return vq_path, read_model_config("vqvae", vq_path or Path(args.out) / IMAGE_TOKENIZER).resolution
 
 
 def _record_for(args: argparse.Namespace, data: ImageCaptionSet, vq_path: Path | None) -> dict[str, object]:

@@ -128,8 +128,8 @@ class TextToImageEvaluation:
         images = load_images(spec, data.resolution or loaded.vq.config.resolution, limit)
         self.train, val, test = split_images(images, val_fraction)
         self.unseen = np.concatenate([val.images, test.images])  # real images no training step saw
-        self.loaded, self.reranker, self.sampling, self.spec, self.n = loaded, reranker, sampling, spec, \
-            data.n_per_caption
+        self.loaded, self.reranker, self.sampling, self.spec = loaded, reranker, sampling, spec
+        self.n = data.n_per_caption
         self.reference = images.images
         if spec == "builtin:shapes":
             self.captions = sample_captions(self.train, data.max_captions, sampling.seed)

@@ -74,7 +74,6 @@ class TokenStream:
             raise GenloomError(f"prompt of {longest} tokens is longer than the model's context of {context}")
         self.model, self.prompts, self.cfg, self.eos_id = model, prompts, cfg, eos_id
         self.vocab_limit = vocab_limit  # ids >= this are never produced (a model whose vocabulary is padded)
-        self.context_length = context
         self.max_new = min(cfg.max_new_tokens, context - longest)
         self.context_limited = self.max_new < cfg.max_new_tokens
         self.done = [False] * len(prompts)

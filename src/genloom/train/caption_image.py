@@ -24,12 +24,10 @@ from genloom.data.captions import caption_length, train_caption_tokenizer
 from genloom.data.images import ImageCaptionSet, check_resolution, images_to_tensor, to_unit_range
 from genloom.errors import GenloomError
 from genloom.models.vqvae import VQVAE
-from genloom.registry import load_image_tokenizer
+from genloom.registry import IMAGE_TOKENIZER, load_image_tokenizer
 from genloom.tokenizers import SpecialIds, Tokenizer
 from genloom.train.config import TrainConfig
 from genloom.train.run import SavedRun, saved_run
-
-IMAGE_TOKENIZER = "image_tokenizer"  # the component: the VQ model that makes (and decodes) the model's codes
 
 
 @torch.no_grad()

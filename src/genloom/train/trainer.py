@@ -337,7 +337,6 @@ class Trainer:
         )
         started, elapsed_before = time.perf_counter(), self.elapsed_s
         time_fraction = self._time_fraction(started, elapsed_before)
-        interval = self.interval
         while self.step < cfg.max_steps:
             self.step += 1
             t0 = time.perf_counter()
@@ -369,6 +368,7 @@ class Trainer:
             loss_value = float(step_loss)
             if not math.isfinite(loss_value):
                 raise self._not_finite(loss_value)
+            interval = self.interval
             interval.seconds += time.perf_counter() - t0
             interval.loss += loss_value
             interval.steps += 1
@@ -388,7 +388,7 @@ class Trainer:
                         "step": self.step, "loss": interval.loss / n, "lr": lr,
                         "tokens_per_s": tokens_per_s, "step_ms": 1000 * interval.seconds / max(1, n),
                     })
-                interval = self.interval = _Interval()
+                self.interval = _Interval()
 
             if (self.step % cfg.eval_interval == 0 or last) and self._validate_and_save(result):
                 result.stop_reason = "early_stopping"
