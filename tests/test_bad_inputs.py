@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from chat_helpers import make_base
 from cli_helpers import one_error_line, run_cli
 
 from genloom.checkpoint import STATE_FILE, list_checkpoints, save_checkpoint
@@ -30,6 +31,7 @@ from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from genloom.models.vqvae import VQVAE
 from genloom.models.vqvae import preset as vq_preset
 from genloom.tokenizers import SpecialIds
+from genloom.tokenizers.chat_template import CHATML
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}.\n" for i in range(80))
 LM_FLAGS = ["--preset", "gpt2", "--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--context-length", "16",
@@ -140,6 +142,19 @@ def _existing(tmp: Path, name: str) -> Path:
 def _empty(tmp: Path) -> Path:
     (tmp / "empty.txt").write_text("")
     return tmp / "empty.txt"
+
+
+def _conversations(tmp: Path) -> Path:
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}
+    (tmp / "chats.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    return tmp / "chats.jsonl"
+
+
+def _template_without_tokens(env: Env, tmp: Path) -> Path:
+    best = _lm_copy(env, tmp) / "best"
+    CHATML.save(best)  # a chat template beside a vocabulary that never had the chat tokens
+    return best
 
 
 def _train_lm(env: Env, *extra: object) -> list[object]:
@@ -255,6 +270,30 @@ CASES: dict[str, Case] = {
     "negative-temperature": Case(lambda e, t: ["generate", e.lm, "line", "--temperature", -1], "--temperature", 2),
     "top-p-above-one": Case(lambda e, t: ["generate", e.lm, "line", "--top-p", 2], "top_p"),
     "export-a-foreign-folder": Case(lambda e, t: ["export", "hf", e.foreign, t / "hf"], "not a checkpoint"),
+    # Chat.
+    "train-chat-on-a-translator": Case(lambda e, t: ["train", "chat", "--base", e.translator, "--out", t / "r"],
+                                       "chat fine-tuning needs a GPT"),
+    "train-chat-malformed-conversations": Case(
+        lambda e, t: ["train", "chat", "--base", e.lm, "--data", _conversations(t), "--out", t / "r"],
+        "chats.jsonl:2: message 2 has role 'robot'"),
+    "train-chat-nothing-to-learn": Case(lambda e, t: ["train", "chat", "--base", e.lm, "--out", t / "r"],
+                                        "no assistant tokens to learn from"),
+    "train-chat-into-a-foreign-folder": Case(lambda e, t: ["train", "chat", "--base", e.lm, "--out", e.foreign],
+                                             "not a genloom run directory"),
+    "chat-without-a-template": Case(lambda e, t: ["chat", e.lm], "has no chat template; make a chat model from it"),
+    "chat-lost-its-special-tokens": Case(lambda e, t: ["chat", _template_without_tokens(e, t)],
+                                         "needs the special token(s) <|im_start|>, <|im_end|>"),
+    "eval-chat-over-an-existing-json": Case(
+        lambda e, t: ["eval", "chat", e.lm, "--json", _existing(t, "scores.json")], "exists; pass --overwrite"),
+    "eval-few-shot-too-many-shots": Case(lambda e, t: ["eval", "few-shot", make_base(t / "b", 16), "--shots", "0,8"],
+                                         "does not fit the context of 16 tokens: at most"),
+    "eval-few-shot-symbols-not-in-vocabulary": Case(lambda e, t: ["eval", "few-shot", e.lm],
+                                                    "the few-shot prompts use characters"),
+    "eval-few-shot-bad-shots": Case(lambda e, t: ["eval", "few-shot", e.lm, "--shots", "two"], "comma-separated"),
+    "eval-few-shot-unknown-family": Case(lambda e, t: ["eval", "few-shot", e.lm, "--families", "poetry"],
+                                         "unknown few-shot family 'poetry'"),
+    "quickstart-chat-into-a-foreign-folder": Case(lambda e, t: ["quickstart", "chat", "--out", e.foreign],
+                                                  "not an earlier run"),
     "unknown-command": Case(lambda e, t: ["fly"], "fly", 2),
     "no-command": Case(lambda e, t: [], "required", 2),
 }

@@ -7,3 +7,7 @@ its message on one line and exits non-zero. Internal invariants use `assert` ins
 
 class GenloomError(Exception):
     """An error caused by the user's input, reported without a traceback."""
+
+
+class UnencodableTextError(GenloomError):
+    """Text the tokenizer cannot encode (a character-level vocabulary lacks one of its characters)."""

@@ -214,3 +214,24 @@ def test_output_shapes_and_config_validation() -> None:
         _tiny(positional="alibi")
     with pytest.raises(ValueError):
         _tiny(dropout=1.0)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_resizing_the_vocabulary_keeps_old_logits_and_starts_new_rows_at_the_mean(tie: bool) -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, context_length=16, n_layers=1, d_model=16, n_heads=2,
+                          tie_embeddings=tie)).eval()
+    idx = torch.randint(20, (2, 8))
+    before = model(idx)
+    old_embedding, old_head = model.token_embedding.weight.clone(), model.lm_head.weight.clone()
+    model.resize_vocabulary(23)
+    assert model.config.vocab_size == 23 and model.token_embedding.weight.shape == (23, 16)
+    torch.testing.assert_close(model(idx)[..., :20], before)
+    torch.testing.assert_close(model.token_embedding.weight[20:], old_embedding.mean(0).expand(3, -1))
+    torch.testing.assert_close(model.lm_head.weight[20:], old_head.mean(0).expand(3, -1))
+    assert (model.lm_head.weight is model.token_embedding.weight) == tie
+    # A padded vocabulary (rows no token uses) shrinks to the tokenizer's ids plus the new ones.
+    model.resize_vocabulary(12, keep=10)
+    torch.testing.assert_close(model.token_embedding.weight[10:], old_embedding[:10].mean(0).expand(2, -1))
+    with pytest.raises(GenloomError, match="cannot keep 13 rows"):
+        model.resize_vocabulary(12, keep=13)

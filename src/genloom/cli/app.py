@@ -8,6 +8,7 @@ handled as Ctrl-C is: a save in progress removes its temporary files, and the co
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
@@ -15,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from genloom.cli import image_eval, image_train, imagine, lm, translate
+from genloom.cli import chat, image_eval, image_train, imagine, lm, translate
 from genloom.cli.common import Parser, positive_int
 from genloom.errors import GenloomError
 
-QUICKSTARTS = ("image", "lm", "translate")
+QUICKSTARTS = ("chat", "image", "lm", "translate")
 
 
 class Terminated(KeyboardInterrupt):
@@ -30,9 +31,20 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def _quickstart(what: str, out: str | None, steps: int | None) -> None:
+def _quickstart(what: str, out: str | None, steps: int | None, interactive: bool | None) -> None:
     path = Path(out) if out is not None else None
-    if what == "lm":
+    if what == "chat":
+        from genloom.generate import SamplingConfig
+        from genloom.generate.chat import ChatSession
+        from genloom.quickstart.chat import quickstart_chat
+        from genloom.registry import load_language_model
+
+        interactive = sys.stdin.isatty() if interactive is None else interactive
+        run = quickstart_chat(path, steps, script=not interactive)
+        if interactive:
+            model, tokenizer = load_language_model(run)
+            chat.chat_loop(ChatSession(model, tokenizer, SamplingConfig(max_new_tokens=128, temperature=0.0)), str(run))
+    elif what == "lm":
         from genloom.quickstart.lm import quickstart_lm
 
         quickstart_lm(path, steps)
@@ -54,6 +66,7 @@ def build_parser() -> Parser:
     ev = sub.add_parser("eval", help="score a model on held-out data")
     eval_sub = ev.add_subparsers(dest="task", required=True, parser_class=Parser)
     lm.add_commands(sub, train_sub)
+    chat.add_commands(sub, train_sub, eval_sub)
     translate.add_commands(sub, train_sub, eval_sub)
     image_train.add_commands(train_sub)
     imagine.add_commands(sub)
@@ -61,12 +74,16 @@ def build_parser() -> Parser:
 
     quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
     quick.add_argument("what", nargs="?", choices=QUICKSTARTS, default="lm",
-                       help="lm: a character-level GPT (default); translate: English number words to German; "
-                       "image: captions to pictures of coloured shapes")
-    quick.add_argument("--out", help="run directory (default runs/quickstart, runs/quickstart-translate or "
-                       "runs/quickstart-image); an earlier quickstart there is replaced, other files are refused")
+                       help="lm: a character-level GPT (default); chat: a GPT fine-tuned into a chat model; "
+                       "translate: English number words to German; image: captions to pictures of coloured shapes")
+    quick.add_argument("--out", help="run directory (default runs/quickstart, runs/quickstart-translate, "
+                       "runs/quickstart-image or runs/quickstart-chat); an earlier quickstart there is replaced, "
+                       "other files are refused")
     quick.add_argument("--steps", type=positive_int, help="training steps (default 1500 for lm)")
-    quick.set_defaults(func=lambda args: _quickstart(args.what, args.out, args.steps))
+    quick.add_argument("--interactive", action=argparse.BooleanOptionalAction, default=None,
+                       help="chat: open the chat after training (default when stdin is a terminal) or print a "
+                       "scripted conversation (--no-interactive)")
+    quick.set_defaults(func=lambda args: _quickstart(args.what, args.out, args.steps, args.interactive))
     return parser
 
 

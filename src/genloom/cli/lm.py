@@ -27,7 +27,7 @@ def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParser
     gen = sub.add_parser("generate", help="continue a prompt with a language model")
     gen.add_argument("checkpoint", help="genloom checkpoint, run directory or Hugging Face GPT-2 directory")
     gen.add_argument("prompt", nargs="?", help="the prompt; omit or '-' to read one prompt per line on stdin")
-    _add_sampling_flags(gen)
+    add_sampling_flags(gen)
     gen.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together")
     gen.add_argument("--device", default="auto")
     gen.set_defaults(func=_cmd_generate)
@@ -98,7 +98,7 @@ def _cmd_train_lm(args: argparse.Namespace) -> None:
     report_done(result)
 
 
-def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=200)
     p.add_argument("--temperature", type=non_negative_float, default=0.8, help="0 means greedy")
     p.add_argument("--top-k", type=positive_int)
@@ -108,7 +108,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def _sampling_config(args: argparse.Namespace) -> SamplingConfig:
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     from genloom.generate import SamplingConfig
 
     return SamplingConfig(
@@ -123,7 +123,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from genloom.registry import load_language_model
     from genloom.train.distributed import pick_device
 
-    cfg = _sampling_config(args)
+    cfg = sampling_config(args)
     if args.prompt is None or args.prompt == "-":
         # One output per input line, blank lines included (their completion is empty), so outputs line up.
         prompts = [_unescape(line.rstrip("\r\n")) for line in sys.stdin]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from genloom.data.icl import icl_corpus
 from genloom.errors import GenloomError
 
 
@@ -14,7 +15,7 @@ def pydoc_topics() -> list[str]:
     return [topics[key] for key in sorted(topics)]
 
 
-BUILTIN_CORPORA = {"pydoc": pydoc_topics}
+BUILTIN_CORPORA = {"pydoc": pydoc_topics, "icl": icl_corpus}
 
 
 def builtin_corpus(name: str) -> list[str]:

@@ -241,27 +241,32 @@ def generate(
     prompts: list[str],
     cfg: SamplingConfig,
     on_text: Callable[[int, str], None] | None = None,
+    eos_id: int | None = None,
 ) -> list[Completion]:
-    """Complete each prompt; on_text(row, piece) receives text as soon as it is final (streaming)."""
+    """Complete each prompt; on_text(row, piece) receives text as soon as it is final (streaming).
+
+    eos_id: the token that ends a completion (a chat model's end-of-turn token), instead of the tokenizer's
+    end-of-text; it never appears in the text."""
     encoded = [tokenizer.encode(p) for p in prompts]
     streams = [TextStream(tokenizer, cfg.stop) for _ in prompts]
+    end_id = eos_id if eos_id is not None else tokenizer.eos_id
 
     def should_stop(row: int, token: int) -> bool:
-        piece = streams[row].push(token) if token != tokenizer.eos_id else ""
+        piece = streams[row].push(token) if token != end_id else ""
         if piece and on_text is not None:
             on_text(row, piece)
         return streams[row].stopped
 
     # A Hugging Face model may pad its vocabulary past the tokenizer's: never sample those rows.
     vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
-    decoding = TokenStream(model, encoded, cfg, tokenizer.eos_id, vocab_limit)
+    decoding = TokenStream(model, encoded, cfg, end_id, vocab_limit)
     outputs = _collect(decoding, should_stop)
     completions = []
     for row, (tokens, text) in enumerate(zip(outputs, streams, strict=True)):
         rest = text.flush()
         if rest and on_text is not None:
             on_text(row, rest)
-        hit_eos = cfg.stop_at_eos and bool(tokens) and tokens[-1] == tokenizer.eos_id
+        hit_eos = cfg.stop_at_eos and bool(tokens) and tokens[-1] == end_id
         finish = "stop" if text.stopped or hit_eos else "length"
         completions.append(Completion(text.text, tokens, finish, finish == "length" and decoding.context_limited))
     return completions

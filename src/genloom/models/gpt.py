@@ -7,7 +7,7 @@ Presets cover GPT-2 (small … xl) and the eight GPT-3 sizes of the GPT-3 paper,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -24,6 +24,7 @@ from genloom.nn import (
     SinusoidalPositionalEncoding,
     TransformerStack,
     build_attention_mask,
+    build_document_mask,
     gpt2_init_,
 )
 from genloom.nn.layers import Activation, NormKind, dropout_layer
@@ -156,13 +157,15 @@ class GPT(nn.Module):
         attention_mask: Tensor | None = None,
         kv_caches: list[KVCache] | None = None,
         last_only: bool = False,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Final hidden states, (B, T, d_model) or (B, 1, d_model) with last_only; `forward` without the head.
 
         idx: (B, T) token ids. positions: (B, T) position ids (default: continue after the cache).
         attention_mask: (B, T_past + T) True for real tokens, for left-padded batches.
         kv_caches: one per layer from `make_kv_caches`, filled in place. last_only: the last position
-        only, which is all that sampling needs.
+        only, which is all that sampling needs. document_ids: (B, T) for rows packing several documents, each
+        attending only to itself (give `positions` restarting at 0 with each document too); no cache.
         """
         t = idx.shape[1]
         past = kv_caches[0].length if kv_caches is not None else 0
@@ -182,7 +185,10 @@ class GPT(nn.Module):
         x = self.embed_dropout(x)
         rotary = self.rotary(positions) if self.rotary is not None else None
         mask = None
-        if attention_mask is not None:
+        if document_ids is not None:
+            assert kv_caches is None and attention_mask is None, "document_ids is for training on packed rows"
+            mask = build_document_mask(document_ids)
+        elif attention_mask is not None:
             mask = build_attention_mask(attention_mask, t, past, causal=True, device=idx.device)
         x = self.transformer(x, mask=mask, is_causal=True, rotary=rotary, kv_caches=kv_caches)
         return x[:, -1:, :] if last_only else x
@@ -195,12 +201,42 @@ class GPT(nn.Module):
         attention_mask: Tensor | None = None,
         kv_caches: list[KVCache] | None = None,
         last_only: bool = False,
+        document_ids: Tensor | None = None,
     ) -> Tensor:
         """Next-token logits (B, T, vocab_size); arguments as for `hidden_states`."""
         hidden = self.hidden_states(
-            idx, positions=positions, attention_mask=attention_mask, kv_caches=kv_caches, last_only=last_only
+            idx, positions=positions, attention_mask=attention_mask, kv_caches=kv_caches, last_only=last_only,
+            document_ids=document_ids,
         )
         return self.lm_head(hidden)
+
+    @torch.no_grad()
+    def resize_vocabulary(self, vocab_size: int, keep: int | None = None) -> None:
+        """Resize the token embedding and the head to `vocab_size` rows, for tokens added to the tokenizer (chat
+        markers). The first `keep` rows (default: all old rows that fit) keep their values, so outputs on those
+        tokens are unchanged; every other row starts at their mean, so a new token looks like an average token
+        rather than a random direction that dominates the logits (Hewitt 2021, "Initializing new word
+        embeddings"). `keep` below the old size also replaces rows a Hugging Face model pads its vocabulary
+        with, which no token uses."""
+        old = self.config.vocab_size
+        keep = min(old, vocab_size) if keep is None else keep
+        if not 0 < keep <= min(old, vocab_size):
+            raise GenloomError(f"cannot keep {keep} rows when resizing the vocabulary from {old} to {vocab_size}")
+
+        def resized(weight: Tensor) -> Tensor:
+            new_rows = weight[:keep].mean(0, keepdim=True).expand(vocab_size - keep, -1)
+            return torch.cat([weight[:keep], new_rows])  # (vocab_size, d_model)
+
+        embedding, head = self.token_embedding.weight, self.lm_head.weight
+        self.token_embedding = nn.Embedding(vocab_size, self.config.d_model, device=embedding.device,
+                                            dtype=embedding.dtype)
+        self.token_embedding.weight.copy_(resized(embedding))
+        self.lm_head = nn.Linear(self.config.d_model, vocab_size, bias=False, device=head.device, dtype=head.dtype)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+        else:
+            self.lm_head.weight.copy_(resized(head))
+        self.config = replace(self.config, vocab_size=vocab_size)
 
     def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy; targets (B, T) with -100 ignored."""

@@ -1,6 +1,6 @@
 """The shared Transformer core. Imports nothing from `genloom.models`."""
 
-from genloom.nn.attention import CrossKVCache, KVCache, MultiHeadAttention, build_attention_mask
+from genloom.nn.attention import CrossKVCache, KVCache, MultiHeadAttention, build_attention_mask, build_document_mask
 from genloom.nn.blocks import BlockConfig, TransformerBlock
 from genloom.nn.layers import MLP, Linear, RMSNorm, make_norm
 from genloom.nn.positional import (
@@ -28,6 +28,7 @@ __all__ = [
     "TransformerStack",
     "apply_rotary",
     "build_attention_mask",
+    "build_document_mask",
     "gpt2_init_",
     "make_norm",
     "sinusoidal_2d_table",

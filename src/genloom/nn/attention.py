@@ -89,6 +89,15 @@ def build_attention_mask(
     return mask
 
 
+def build_document_mask(document_ids: Tensor) -> Tensor:
+    """Boolean mask (B, 1, T, T) for rows that pack several documents: causal, and each token attends only to
+    tokens of its own document. document_ids: (B, T), equal for the tokens of one document."""
+    t = document_ids.shape[1]
+    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
+    causal = torch.ones(t, t, dtype=torch.bool, device=document_ids.device).tril()
+    return (same & causal)[:, None]  # (B, 1, T, T)
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention (one fused QKV projection) or cross-attention (Q from x, K/V from `context`)."""
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from genloom.errors import GenloomError
+
+if TYPE_CHECKING:
+    from genloom.tokenizers.chat_template import ChatFormat
 
 
 class Tokenizer(Protocol):
     """Text <-> token ids. Saved into every checkpoint directory so a model is never separated from it.
 
     Special tokens (`<pad>`, `<s>`, task tags, chat markers such as `<|im_start|>`) always encode to one id
-    each, wherever they appear in a text; any tokenizer can be given more of them (`add_special_tokens`).
+    each, wherever they appear in a text; any tokenizer can be given more of them (`add_special_tokens`). A chat
+    model's tokenizer carries its `chat_format` (the template and its tokens), saved and loaded with it.
     """
+
+    chat_format: ChatFormat | None
 
     @property
     def vocab_size(self) -> int: ...
@@ -45,15 +51,24 @@ class Tokenizer(Protocol):
 
 
 def find_tokenizer(directory: Path) -> Tokenizer | None:
-    """The tokenizer `directory` holds (genloom char vocabulary, HF tokenizer.json, or GPT-2 files), or None."""
+    """The tokenizer `directory` holds (genloom char vocabulary, HF tokenizer.json, or GPT-2 files), or None;
+    with the chat format saved beside it, checked against its special tokens."""
     from genloom.tokenizers.bpe import BPETokenizer
     from genloom.tokenizers.char import CHAR_FILE, CharTokenizer
+    from genloom.tokenizers.chat_template import ChatFormat
 
+    tokenizer: Tokenizer
     if (directory / CHAR_FILE).is_file():
-        return CharTokenizer.load(directory)
-    if (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file():
-        return BPETokenizer.load(directory)
-    return None
+        tokenizer = CharTokenizer.load(directory)
+    elif (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file():
+        tokenizer = BPETokenizer.load(directory)
+    else:
+        return None
+    chat_format = ChatFormat.load(directory)
+    if chat_format is not None:
+        chat_format.check_tokenizer(tokenizer, str(directory))
+    tokenizer.chat_format = chat_format
+    return tokenizer
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from genloom.errors import GenloomError
+from genloom.tokenizers.chat_template import ChatFormat
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -21,6 +22,7 @@ class BPETokenizer:
     def __init__(self, tokenizer: HFTokenizer) -> None:
         self.tokenizer = tokenizer
         self._eos_id = tokenizer.token_to_id(EOS_TOKEN)
+        self.chat_format: ChatFormat | None = None  # a chat model's template (see chat_template.py)
 
     @classmethod
     def train(
@@ -113,3 +115,5 @@ class BPETokenizer:
 
     def save(self, directory: Path) -> None:
         self.tokenizer.save(str(directory / "tokenizer.json"))
+        if self.chat_format is not None:
+            self.chat_format.save(directory)

@@ -11,7 +11,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, UnencodableTextError
+from genloom.tokenizers.chat_template import ChatFormat
 
 CHAR_FILE = "char_tokenizer.json"
 
@@ -24,6 +25,7 @@ class CharTokenizer:
         self.specials: list[str] = []
         self.index = {c: i for i, c in enumerate(self.chars)}
         self._special_pattern: re.Pattern[str] | None = None
+        self.chat_format: ChatFormat | None = None  # a chat model's template (see chat_template.py)
         self.add_special_tokens(special_tokens)
 
     @classmethod
@@ -62,7 +64,7 @@ class CharTokenizer:
         try:
             return [self.index[c] for c in text]
         except KeyError as e:
-            raise GenloomError(f"character {e.args[0]!r} is not in this model's vocabulary") from None
+            raise UnencodableTextError(f"character {e.args[0]!r} is not in this model's vocabulary") from None
 
     def encode(self, text: str) -> list[int]:
         if self._special_pattern is None:
@@ -82,6 +84,8 @@ class CharTokenizer:
     def save(self, directory: Path) -> None:
         record = {"type": "char", "chars": self.chars, "special_tokens": self.specials}
         (directory / CHAR_FILE).write_text(json.dumps(record, ensure_ascii=False))
+        if self.chat_format is not None:
+            self.chat_format.save(directory)
 
     @classmethod
     def load(cls, directory: Path) -> CharTokenizer:

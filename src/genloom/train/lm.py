@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -13,20 +14,29 @@ from torch import Tensor, nn
 from genloom.data.builtin import builtin_corpus
 from genloom.data.text import TokenArrays, read_documents, sample_windows, tokenize_corpus
 from genloom.errors import GenloomError
+from genloom.eval.icl import icl_probe_metrics
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
 from genloom.train.config import TrainConfig
 from genloom.train.run import new_model, run_model_config, saved_run
-from genloom.train.task import Batch, Task
+from genloom.train.task import Batch, Goal, Task
 from genloom.train.trainer import Trainer, TrainResult
 
 VAL_SEED = 2024  # validation windows are drawn with a fixed seed so every evaluation sees the same text
 
 
 class LanguageModelTask(Task):
-    """Random windows of `block_size` tokens; loss is next-token cross-entropy."""
+    """Random windows of `block_size` tokens; loss is next-token cross-entropy.
+
+    Every validation also logs the in-context-learning probes (`genloom.eval.icl`): the induction gain (loss on
+    the first minus the second copy of a repeated random sequence) and Olsson et al.'s ICL score (late-token
+    minus early-token loss), so the phase change in which induction heads form shows in metrics.jsonl.
+    """
 
     family = "gpt"
+    metric_goals: ClassVar[dict[str, Goal]] = {
+        "induction_first_loss": "min", "induction_second_loss": "min", "induction_gain": "max", "icl_score": "min",
+    }
 
     def __init__(self, model_config: GPTConfig, tokenizer: Tokenizer, data: TokenArrays, batch_size: int):
         self.model_config = model_config
@@ -60,6 +70,10 @@ class LanguageModelTask(Task):
 
     def count_tokens(self, batch: Batch) -> int:
         return batch[0].numel()
+
+    def validation_metrics(self, model: nn.Module) -> dict[str, float]:
+        assert isinstance(model, GPT)
+        return icl_probe_metrics(model, self.data.val, self.model_config.vocab_size)
 
 
 @dataclass

@@ -64,6 +64,8 @@ class TrainResult:
     run_dir: Path = Path()
     stop_reason: str = "max_steps"  # max_steps | time_limit | early_stopping | nothing_to_do
     best: dict[str, float] = field(default_factory=dict)  # step and metrics of best/
+    tokens_seen: int = 0  # counted by the task's `count_tokens`, over the whole run (--resume included)
+    train_seconds: float = 0.0  # the run's training time, --resume included
 
 
 @dataclass
@@ -119,6 +121,7 @@ class Trainer:
         # Seconds of the run's max_minutes budget spent so far, by rank 0's clock; kept across --resume, so
         # the budget and the time-aware learning-rate schedule cover the whole run.
         self.elapsed_s = 0.0
+        self.tokens_seen = 0  # by every process, over the whole run
         self.interval = _Interval()
         self._metrics = MetricsLog(self.run_dir)
         self._bar: tqdm[Any] | None = None
@@ -134,6 +137,7 @@ class Trainer:
             "train_config": config_to_dict(self.cfg),
             "stale_evals": self.stale_evals,
             "elapsed_s": self.elapsed_s,
+            "tokens_seen": self.tokens_seen,
             "log_interval": {"loss": self.interval.loss, "steps": self.interval.steps},
             "task": self.task.state_dict(),
         }
@@ -164,6 +168,7 @@ class Trainer:
         self.step = int(state["step"])
         self.stale_evals = int(state.get("stale_evals", 0))
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
         interval = state.get("log_interval", {})
         self.interval = _Interval(float(interval.get("loss", 0.0)), int(interval.get("steps", 0)))
         self.task.load_state_dict(state.get("task", {}))
@@ -280,7 +285,8 @@ class Trainer:
     def _time_fraction(self, started: float, elapsed_before: float) -> float:
         """Share of the time budget spent (0 without one). Under torchrun rank 0's clock decides, so every rank
         uses the same learning rate and all stop together."""
-        if self.cfg.max_minutes <= 0:
+        if self.cfg.max_minutes <= 0:  # no budget: the clock is kept for the record, no process waits on it
+            self.elapsed_s = elapsed_before + time.perf_counter() - started
             return 0.0
         elapsed = torch.tensor(elapsed_before + time.perf_counter() - started, dtype=torch.float64)
         if self.ctx.enabled:
@@ -318,6 +324,7 @@ class Trainer:
             self._print(f"nothing to do: {self.run_dir} is at step {self.step} and --steps is {cfg.max_steps}; "
                         "raise --steps to train further")
             result.stop_reason = "nothing_to_do"
+            result.tokens_seen, result.train_seconds = self.tokens_seen, self.elapsed_s
             result.best = self.checkpoints.best_metadata() if ctx.is_main else {}
             return result
         metrics = self._metrics
@@ -373,6 +380,7 @@ class Trainer:
             interval.loss += loss_value
             interval.steps += 1
             interval.tokens += tokens * ctx.world_size
+            self.tokens_seen += tokens * ctx.world_size
             result.train_losses.append(loss_value)
             bar.update(1)
 
@@ -385,7 +393,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{interval.loss / n:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
                 if ctx.is_main:
                     metrics.write({
-                        "step": self.step, "loss": interval.loss / n, "lr": lr,
+                        "step": self.step, "loss": interval.loss / n, "lr": lr, "tokens": self.tokens_seen,
                         "tokens_per_s": tokens_per_s, "step_ms": 1000 * interval.seconds / max(1, n),
                     })
                 self.interval = _Interval()
@@ -401,6 +409,7 @@ class Trainer:
         bar.close()
         self._bar = None
         result.step = self.step
+        result.tokens_seen, result.train_seconds = self.tokens_seen, self.elapsed_s
         if not result.best:
             result.best = self.checkpoints.best_metadata() if ctx.is_main else {}
         return result

@@ -1,0 +1,134 @@
+"""Chat fine-tuning on 2 CPU cores: held-out exact-answer accuracy by family, base (plain prompt) vs chat model,
+and packing vs padding (SFT tokens/s and the time to reach the same validation loss).
+
+Every run is genloom's own code: `train_lm` pretrains a character GPT on the Python docs (`builtin:pydoc`, the
+LM quickstart's data), `train_chat` fine-tunes it on `builtin:chat` (what `genloom train chat` runs), and
+`chat_accuracy` scores both on held-out questions (what `genloom eval chat` prints). Pretraining + fine-tuning
+stay within the issue's 30 minutes per run; the accuracy is reported as mean and range over seeds.
+
+Usage: python benchmarks/chat_sft.py [--base-minutes 4] [--sft-minutes 16] [--seeds 2] [--compare-minutes 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import print_table, set_threads
+
+from genloom.data.builtin_chat import CHAT_FAMILIES, arithmetic_digits, builtin_chat
+from genloom.data.conversations import Conversation
+from genloom.eval.chat import FamilyScore, chat_accuracy
+from genloom.registry import load_language_model
+from genloom.train.chat import ChatDataSpec, train_chat
+from genloom.train.config import TrainConfig
+from genloom.train.lm import DataSpec, train_lm
+from genloom.train.metrics import read_metrics
+
+N_PER_FAMILY = 100
+CONTEXT = 256
+
+
+def pretrain(out: Path, minutes: float, seed: int) -> None:
+    config = TrainConfig(out_dir=str(out), max_steps=100_000, max_minutes=minutes, batch_size=12, lr=3e-3,
+                         min_lr=3e-4, warmup_steps=100, eval_interval=500, eval_batches=5, device="cpu",
+                         progress=False, seed=seed)
+    train_lm(DataSpec(data="builtin:pydoc", tokenizer="char"), "tiny", config, {"context_length": CONTEXT})
+
+
+def fine_tune(base: Path, out: Path, minutes: float, seed: int, packing: bool, eval_interval: int = 250) -> None:
+    config = TrainConfig(out_dir=str(out), max_steps=100_000, max_minutes=minutes, batch_size=16, lr=1e-3,
+                         min_lr=1e-4, warmup_steps=50, weight_decay=0.0, eval_interval=eval_interval,
+                         eval_batches=8, device="cpu", progress=False, seed=seed)
+    data = ChatDataSpec(train_examples=60_000, val_examples=256, packing=packing, seed=seed)
+    train_chat(str(base), data, config, say=lambda line: print(f"  {line}", flush=True))
+
+
+def held_out() -> tuple[list[Conversation], list[Conversation]]:
+    """The test questions (the same for every run), and the arithmetic ones with at most 2-digit operands."""
+    examples = builtin_chat("chat", "test", N_PER_FAMILY * len(CHAT_FAMILIES), seed=123)
+    small = [e for e in builtin_chat("arithmetic", "test", 4 * N_PER_FAMILY, seed=123) if arithmetic_digits(e) <= 2]
+    as_conversations = [Conversation(e.messages, e.family) for e in examples]
+    return as_conversations, [Conversation(e.messages, "arithmetic <= 2 digits") for e in small[:N_PER_FAMILY]]
+
+
+def score(run: Path, questions: list[Conversation], plain: bool) -> dict[str, FamilyScore]:
+    model, tokenizer = load_language_model(run)
+    return chat_accuracy(model, tokenizer, questions, plain=plain)
+
+
+def accuracy_table(runs: list[tuple[dict[str, FamilyScore], dict[str, FamilyScore]]]) -> None:
+    families = sorted({f for before, _ in runs for f in before})
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+    rows = []
+    for family in families:
+        before = [100 * b[family].accuracy for b, _ in runs]
+        after = [100 * a[family].accuracy for _, a in runs]
+        rows.append([family, str(runs[0][1][family].total), cell(before), cell(after)])
+    print_table(["family", "questions", "base, plain prompt (%)", "chat model (%)"], rows)
+
+
+def val_curve(run: Path) -> tuple[list[tuple[float, float]], float]:
+    """(training seconds, val loss) at each validation, and the mean training tokens/s."""
+    seconds, curve, speeds = 0.0, [], []
+    last_step = 0
+    for row in read_metrics(run):
+        if "loss" in row:
+            seconds += row["step_ms"] / 1000 * (row["step"] - last_step)
+            last_step = row["step"]
+            speeds.append(row["tokens_per_s"])
+        if "val_loss" in row:
+            curve.append((seconds, row["val_loss"]))
+    return curve, statistics.mean(speeds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base-minutes", type=float, default=4.0)
+    parser.add_argument("--sft-minutes", type=float, default=16.0)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--compare-minutes", type=float, default=4.0, help="each of the packing / padding runs")
+    args = parser.parse_args()
+    set_threads()
+    questions, small_arithmetic = held_out()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for seed in range(args.seeds):
+            base, chat = root / f"base-{seed}", root / f"chat-{seed}"
+            pretrain(base, args.base_minutes, seed)
+            fine_tune(base, chat, args.sft_minutes, seed, packing=True)
+            before = score(base, questions + small_arithmetic, plain=True)
+            after = score(chat, questions + small_arithmetic, plain=False)
+            runs.append((before, after))
+            print(f"seed {seed}: chat accuracy {', '.join(f'{f} {100 * s.accuracy:.0f}%' for f, s in after.items())}",
+                  flush=True)
+        print(f"\nHeld-out exact-answer accuracy, % (mean and range over {args.seeds} seeds): {args.base_minutes:g} "
+              f"min pretraining on builtin:pydoc + {args.sft_minutes:g} min fine-tuning on builtin:chat, tiny "
+              f"preset (4 layers, d 128), context {CONTEXT}, 2 CPU threads\n")
+        accuracy_table(runs)
+
+        curves = {}
+        for packing in (True, False):
+            out = root / f"compare-{'packing' if packing else 'padding'}"
+            fine_tune(root / "base-0", out, args.compare_minutes, 0, packing, eval_interval=100)
+            curves[packing] = val_curve(out)
+    target = max(min(loss for _, loss in curve) for curve, _ in curves.values())
+    rows = []
+    for packing, (curve, speed) in curves.items():
+        reached = next(t for t, loss in curve if loss <= target)
+        rows.append(["packing" if packing else "padding", f"{speed:,.0f}", f"{min(loss for _, loss in curve):.3f}",
+                     f"{reached:.0f}"])
+    print(f"\nPacking vs padding, {args.compare_minutes:g} min each from the same base (time to val loss "
+          f"{target:.3f}, the better of the two runs' worse best):\n")
+    print_table(["layout", "SFT tokens/s", "best val loss", "seconds to reach it"], rows)
+    print(f"speed ratio packing / padding: {curves[True][1] / curves[False][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
