@@ -6,7 +6,7 @@ LM quickstart's data), `train_chat` fine-tunes it on `builtin:chat` (what `genlo
 `chat_accuracy` scores both on held-out questions (what `genloom eval chat` prints). Pretraining + fine-tuning
 stay within the issue's 30 minutes per run; the accuracy is reported as mean and range over seeds.
 
-Usage: python benchmarks/chat_sft.py [--base-minutes 4] [--sft-minutes 16] [--seeds 2] [--compare-minutes 4]
+Usage: python benchmarks/chat_sft.py [--base-minutes 4] [--sft-minutes 14] [--seeds 2] [--compare-minutes 3]
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def pretrain(out: Path, minutes: float, seed: int) -> None:
 
 
 def fine_tune(base: Path, out: Path, minutes: float, seed: int, packing: bool, eval_interval: int = 250) -> None:
-    config = TrainConfig(out_dir=str(out), max_steps=100_000, max_minutes=minutes, batch_size=16, lr=1e-3,
-                         min_lr=1e-4, warmup_steps=50, weight_decay=0.0, eval_interval=eval_interval,
+    config = TrainConfig(out_dir=str(out), max_steps=100_000, max_minutes=minutes, batch_size=16, lr=2e-3,
+                         min_lr=2e-4, warmup_steps=50, weight_decay=0.0, eval_interval=eval_interval,
                          eval_batches=8, device="cpu", progress=False, seed=seed)
     data = ChatDataSpec(train_examples=60_000, val_examples=256, packing=packing, seed=seed)
     train_chat(str(base), data, config, say=lambda line: print(f"  {line}", flush=True))
@@ -90,9 +90,9 @@ def val_curve(run: Path) -> tuple[list[tuple[float, float]], float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-minutes", type=float, default=4.0)
-    parser.add_argument("--sft-minutes", type=float, default=16.0)
+    parser.add_argument("--sft-minutes", type=float, default=14.0)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--compare-minutes", type=float, default=4.0, help="each of the packing / padding runs")
+    parser.add_argument("--compare-minutes", type=float, default=3.0, help="each of the packing / padding runs")
     args = parser.parse_args()
     set_threads()
     questions, small_arithmetic = held_out()

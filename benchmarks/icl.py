@@ -6,7 +6,7 @@ for a fixed time budget, with several seeds; accuracies are given as the mean an
 phase change is read off metrics.jsonl: the first validation at which the induction gain (loss on the first
 minus the second copy of a repeated random sequence) exceeds half of its final value.
 
-Usage: python benchmarks/icl.py [--minutes 5] [--seeds 2] [--n 100]
+Usage: python benchmarks/icl.py [--minutes 4] [--seeds 2] [--n 100]
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from genloom.train.lm import DataSpec, train_lm
 from genloom.train.metrics import read_metrics
 
 SHOTS = [0, 1, 2, 4, 8]
-WIDTH = {"d_model": 128, "n_heads": 4, "context_length": 256}
+WIDTH = {"d_model": 64, "n_heads": 4, "context_length": 256}
 
 
 def train(out: Path, n_layers: int, minutes: float, seed: int) -> dict[str, object]:
-    config = TrainConfig(out_dir=str(out), max_steps=100_000, max_minutes=minutes, batch_size=16, lr=2e-3,
-                         min_lr=2e-4, warmup_steps=100, weight_decay=0.1, eval_interval=150, eval_batches=4,
+    config = TrainConfig(out_dir=str(out), max_steps=100_000, max_minutes=minutes, batch_size=16, lr=3e-3,
+                         min_lr=3e-4, warmup_steps=100, weight_decay=0.1, eval_interval=200, eval_batches=4,
                          device="cpu", progress=False, seed=seed)
     _, result = train_lm(DataSpec(data="builtin:icl", tokenizer="char"), "tiny", config,
                          {**WIDTH, "n_layers": n_layers})
@@ -43,7 +43,7 @@ def train(out: Path, n_layers: int, minutes: float, seed: int) -> dict[str, obje
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--minutes", type=float, default=5.0, help="training time of each model")
+    parser.add_argument("--minutes", type=float, default=4.0, help="training time of each model")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--n", type=int, default=100, help="prompts per family and k")
     args = parser.parse_args()

@@ -229,6 +229,9 @@ def test_info_checkpoint(char_run: tuple[Path, str], capsys: pytest.CaptureFixtu
 
 def test_plot_writes_png(char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = char_run
+    # Every validation of a language model logs the in-context-learning probes, which the plot draws.
+    validations = [r for r in _metrics(run) if "val_loss" in r]
+    assert validations and all({"induction_gain", "icl_score", "induction_first_loss"} <= set(r) for r in validations)
     out = cli_ok(capsys, "plot", run)
     png = run / "curves.png"
     assert str(png) in out

@@ -22,6 +22,7 @@ from genloom.data.icl import (
 from genloom.errors import GenloomError
 
 LINE = re.compile(r"^([^>\n]+)>([^>\n]+)$")
+MAPPING_LINE = re.compile(r"^([a-f])([A-Z])$")  # a mapping's line has no separator: "bQ"
 
 
 def _parse(prompt: str) -> tuple[list[tuple[str, str]], str]:
@@ -29,9 +30,11 @@ def _parse(prompt: str) -> tuple[list[tuple[str, str]], str]:
     *lines, last = prompt.split("\n")
     examples = []
     for line in lines:
-        match = LINE.match(line)
+        match = LINE.match(line) or MAPPING_LINE.match(line)
         assert match, f"bad example line {line!r}"
         examples.append((match.group(1), match.group(2)))
+    if len(last) == 1 and last in "abcdef":  # a mapping's query
+        return examples, last
     assert last.endswith(">") and ">" not in last[:-1] and last[:-1]
     return examples, last[:-1]
 
@@ -83,7 +86,7 @@ def test_prompt_format_and_answers(family, k):
         assert len(examples) == k and "\n" not in item.answer and item.answer
         _check(family, examples, query, item.answer)
         if k == 0:
-            assert item.prompt == f"{query}>"
+            assert item.prompt == (query if family == "mapping" else f"{query}>")
 
 
 def test_eight_shots_fit_a_small_context():
@@ -134,7 +137,7 @@ def test_number_words_hold_out():
 def test_documents_are_one_instance_each():
     for doc in icl_documents(300, seed=1):
         assert doc and "\n\n" not in doc and not doc.endswith("\n") and len(doc) <= 250
-        examples = [LINE.match(line) for line in doc.split("\n")]
+        examples = [LINE.match(line) or MAPPING_LINE.match(line) for line in doc.split("\n")]
         assert all(examples) and 8 <= len(examples) <= 20
         pairs = [(m.group(1), m.group(2)) for m in examples if m]
         # Which family: the first one whose rule explains every line (copy/sort of "11"-like lists may coincide).

@@ -91,9 +91,9 @@ def test_too_many_shots_names_how_many_fit():
     assert longest(fit) <= 64 < longest(fit + 1)
     with pytest.raises(GenloomError, match=rf"--shots 20 does not fit the context of 64 tokens: at most {fit} shots"):
         few_shot_accuracy(_tiny(), TOKENIZER, ICL_FAMILIES, [0, 20], n=20)
-    assert max_shots_that_fit(TOKENIZER, ["mapping"], 3, n=5) == -1  # "b>" + "Q" + the newline
+    assert max_shots_that_fit(TOKENIZER, ["mapping"], 2, n=5) == -1  # "b" + "Q" + the newline
     with pytest.raises(GenloomError, match="not even a prompt with no shots fits"):
-        few_shot_accuracy(_tiny(context=3), TOKENIZER, ["mapping"], [0], n=5)
+        few_shot_accuracy(_tiny(context=2), TOKENIZER, ["mapping"], [0], n=5)
 
 
 def test_induction_score_is_deterministic():

@@ -147,7 +147,13 @@ def chat_loop(session: ChatSession, name: str) -> None:
             continue
         if interactive:
             sys.stdout.write("assistant> ")
-        reply = session.reply(line.replace("\\n", "\n"), on_text=_write)
+        try:
+            reply = session.reply(line.replace("\\n", "\n"), on_text=_write)
+        except GenloomError as e:
+            if not interactive:
+                raise  # a script's answers would no longer line up with its questions
+            print(f"\ngenloom: error: {e}", file=sys.stderr)  # a person can say it differently
+            continue
         print()
         if reply.dropped_turns:
             print(f"genloom: note: the {reply.dropped_turns} oldest turn(s) no longer fit the context and were "
@@ -189,15 +195,14 @@ def _write(piece: str) -> None:
 
 
 def _cmd_eval_chat(args: argparse.Namespace) -> None:
-    from genloom.data.conversations import load_conversations
+    from genloom.data.conversations import held_out_conversations
     from genloom.eval.chat import chat_accuracy, format_scores, overall
     from genloom.outputs import check_output_file, write_text_atomically
 
     if args.json:
         check_output_file(Path(args.json), args.overwrite)
-    builtin = args.data.startswith("builtin:")
     model, tokenizer = _load(args.checkpoint, args.device)
-    conversations = load_conversations(args.data, "test", args.n * 5 if builtin else args.n)
+    conversations = held_out_conversations(args.data, args.n)
     scores = chat_accuracy(model, tokenizer, conversations, batch_size=args.batch_size, plain=args.plain or None)
     how = "chat template" if tokenizer.chat_format is not None and not args.plain else "plain prompt"
     print(format_scores(scores, f"{args.checkpoint} on {args.data} (held out, {how}):"))

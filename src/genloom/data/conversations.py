@@ -36,16 +36,16 @@ class Conversation:
     family: str = "file"  # for per-family accuracy: the built-in task, or the file record's "family"
 
 
-def read_conversations(path: Path) -> list[Conversation]:
-    """The conversations of a JSONL file; a GenloomError naming `file:line` for a malformed record, an unknown
-    role, a content that is not a string, or a conversation without an assistant turn."""
+def read_message_lines(path: Path) -> list[tuple[str, dict[str, object], list[dict[str, str]]]]:
+    """(`file:line`, record, its checked messages) for every non-blank line of a JSONL file of
+    `{"messages": [...]}` records; a GenloomError naming `file:line` for a malformed one."""
     if not path.is_file():
         raise GenloomError(f"conversation file {path} does not exist")
-    conversations = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise GenloomError(f"{path} is not UTF-8 text") from None
+    records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -56,15 +56,23 @@ def read_conversations(path: Path) -> list[Conversation]:
             raise GenloomError(f"{where}: invalid JSON ({e.msg})") from None
         if not isinstance(record, dict) or "messages" not in record:
             raise GenloomError(f"{where}: expected an object with a \"messages\" list")
-        messages = check_messages(record["messages"], where)
+        records.append((where, record, check_messages(record["messages"], where)))
+    if not records:
+        raise GenloomError(f"{path} holds no conversations")
+    return records
+
+
+def read_conversations(path: Path) -> list[Conversation]:
+    """The conversations of a JSONL file; a GenloomError naming `file:line` for a malformed record, an unknown
+    role, a content that is not a string, or a conversation without an assistant turn."""
+    conversations = []
+    for where, record, messages in read_message_lines(path):
         if not any(m["role"] == "assistant" for m in messages):
             raise GenloomError(f"{where}: the conversation has no assistant turn to learn from")
         family = record.get("family", "file")
         if not isinstance(family, str):
             raise GenloomError(f"{where}: \"family\" must be a string")
         conversations.append(Conversation(tuple(messages), family))
-    if not conversations:
-        raise GenloomError(f"{path} holds no conversations")
     return conversations
 
 
@@ -87,6 +95,15 @@ def load_conversations(source: str, split: str, n: int, seed: int = 0, val_fract
                            "validation; add more or lower --val-fraction")
     chosen = conversations[-n_val:] if split == "val" else conversations[:-n_val]
     return chosen[:n]
+
+
+def held_out_conversations(source: str, n: int, seed: int = 0) -> list[Conversation]:
+    """The conversations to evaluate on: `n` test questions per family of a built-in set (`builtin:chat` mixes
+    them all), or the first `n` conversations of a file."""
+    from genloom.data.builtin_chat import CHAT_FAMILIES
+
+    families = len(CHAT_FAMILIES) if source == "builtin:chat" else 1
+    return load_conversations(source, "test", n * families, seed)
 
 
 def answer_of(conversation: Conversation) -> tuple[list[dict[str, str]], str]:

@@ -1,12 +1,13 @@
 """Synthetic few-shot tasks for measuring in-context learning (Brown et al. 2020), with no download.
 
-Every example is one line, `input>output`, in a compact character format so 8 solved examples and a query fit
-in ~200 characters (the context of a tiny character-level GPT). The families:
+Every example is one line, `input>output` (a mapping's `inputoutput`), in a compact character format so 8
+solved examples and a query fit in ~200 characters (the context of a tiny character-level GPT). The families:
 
 - `mapping`: a letter of `abcdef` mapped through a random injection into `A`-`Z` that is new in every prompt and
-  document ("b>Q"). The map can only be read off the examples, so the query is a letter an example showed (with
-  no examples it is at chance, 1 in 26): this is the task induction heads solve (find the earlier `b>`, copy what
-  followed), the phase change Olsson et al. (2022) describe.
+  document, written without a separator ("bQ"). The map can only be read off the examples, so the query is a
+  letter an example showed (with no examples it is at chance, 1 in 26): this is the task induction heads solve
+  (at a `b`, find the earlier `b` and copy what followed it), the phase change Olsson et al. (2022) describe. A
+  third of the training documents are mappings, the induction signal the other families dilute.
 - `copy`, `reverse`, `sort`: a list of 2-5 digits, or of lowercase letters (chosen per instance), written back
   unchanged, reversed, or sorted ("3817>1378").
 - `linear`: y = a*x + b with x 0-9 and a (1-5), b (0-9) fresh per instance ("3>11" for a=3, b=2).
@@ -90,6 +91,7 @@ class _Instance:
     solve: Callable[[str], str]
     draw_query: Callable[[random.Random], str]
     query_shown: bool = False  # the query must be an input an example showed (a mapping cannot be guessed)
+    separator: str = SEPARATOR  # between input and output
 
 
 def _new_instance(family: str, rng: random.Random) -> _Instance:
@@ -100,7 +102,9 @@ def _new_instance(family: str, rng: random.Random) -> _Instance:
         def draw_letter(r: random.Random) -> str:
             return r.choice(MAP_INPUTS)
 
-        return _Instance(draw_letter, lambda x: table[x], draw_letter, query_shown=True)
+        # No separator: "bQ" makes the lookup plain induction (at a `b`, copy what followed the last `b`), the
+        # circuit a 2-layer model forms; behind a ">" the match is on the token before last, a slower circuit.
+        return _Instance(draw_letter, lambda x: table[x], draw_letter, query_shown=True, separator="")
     if family in ("copy", "reverse", "sort"):
         items = rng.choice(LIST_ITEMS)
 
@@ -128,8 +132,8 @@ def _new_instance(family: str, rng: random.Random) -> _Instance:
     raise GenloomError(f"unknown in-context task family {family!r}; choose from: {', '.join(ICL_FAMILIES)}")
 
 
-def _line(x: str, y: str) -> str:
-    return f"{x}{SEPARATOR}{y}"
+def _line(task: _Instance, x: str) -> str:
+    return f"{x}{task.separator}{task.solve(x)}"
 
 
 def few_shot_prompt(family: str, k: int, rng: random.Random) -> FewShotPrompt:
@@ -148,8 +152,8 @@ def few_shot_prompt(family: str, k: int, rng: random.Random) -> FewShotPrompt:
             if query not in inputs:
                 break
             query = task.draw_query(rng)
-    lines = "".join(_line(x, task.solve(x)) + "\n" for x in inputs)
-    return FewShotPrompt(family, f"{lines}{query}{SEPARATOR}", task.solve(query))
+    lines = "".join(_line(task, x) + "\n" for x in inputs)
+    return FewShotPrompt(family, f"{lines}{query}{task.separator}", task.solve(query))
 
 
 def few_shot_prompts(family: str, k: int, n: int, seed: int = 0) -> list[FewShotPrompt]:
@@ -168,7 +172,7 @@ def icl_document(family: str, rng: random.Random) -> str:
     size = -1  # the newline before the first line does not exist
     for _ in range(rng.randint(*DOC_EXAMPLES)):
         x = task.draw(rng)
-        line = _line(x, task.solve(x))
+        line = _line(task, x)
         if size + 1 + len(line) > MAX_DOC_CHARS:
             break
         lines.append(line)
@@ -185,7 +189,9 @@ def icl_documents(n_docs: int, seed: int = 0) -> list[str]:
     if n_docs < 1:
         raise GenloomError(f"the number of documents ({n_docs}) must be positive")
     rng = random.Random(f"genloom-icl-docs:{seed}")
-    return [icl_document(rng.choice(ICL_FAMILIES), rng) for _ in range(n_docs)]
+    # Mappings twice as often as each other family: they alone need induction, the circuit the probes watch form.
+    weights = [2 if family == "mapping" else 1 for family in ICL_FAMILIES]
+    return [icl_document(rng.choices(ICL_FAMILIES, weights)[0], rng) for _ in range(n_docs)]
 
 
 def icl_corpus() -> list[str]:

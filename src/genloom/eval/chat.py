@@ -41,9 +41,10 @@ def plain_prompt(messages: Sequence[dict[str, str]]) -> str:
 
 def chat_accuracy(
     model: GPT, tokenizer: Tokenizer, conversations: Sequence[Conversation], batch_size: int = 32,
-    max_new_tokens: int = 48, plain: bool | None = None,
+    max_new_tokens: int | None = None, plain: bool | None = None,
 ) -> dict[str, FamilyScore]:
-    """Exact-answer accuracy by family. `plain` None: through the chat template when the tokenizer has one."""
+    """Exact-answer accuracy by family. `plain` None: through the chat template when the tokenizer has one.
+    `max_new_tokens` None: room for the longest expected answer and a few tokens more (its end, some slack)."""
     use_template = tokenizer.chat_format is not None if plain is None else not plain
     scores: dict[str, FamilyScore] = {}
     prompts: list[tuple[str, str, str, str]] = []  # (family, prompt text, expected, question)
@@ -65,6 +66,9 @@ def chat_accuracy(
             continue
         prompts.append((conversation.family, prompt, expected, history[-1]["content"]))
     end_id = tokenizer.chat_format.end_id(tokenizer) if use_template and tokenizer.chat_format else None
+    if max_new_tokens is None:
+        longest = max((_token_count(tokenizer, expected) for _, _, expected, _ in prompts), default=0)
+        max_new_tokens = longest + 4
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=[] if use_template else ["\n"])
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -77,6 +81,13 @@ def chat_accuracy(
             if len(score.examples) < 3:
                 score.examples.append((question, expected, got))
     return scores
+
+
+def _token_count(tokenizer: Tokenizer, text: str) -> int:
+    try:
+        return len(tokenizer.encode(text))
+    except UnencodableTextError:  # an answer the model cannot write is wrong anyway; its length bounds the room
+        return len(text)
 
 
 def overall(scores: dict[str, FamilyScore]) -> float:

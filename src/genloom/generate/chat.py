@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from genloom.data.conversations import read_message_lines
 from genloom.errors import GenloomError
 from genloom.generate.lm import generate
 from genloom.generate.sampling import SamplingConfig
 from genloom.models.gpt import GPT
 from genloom.outputs import write_text_atomically
 from genloom.tokenizers import Tokenizer
-from genloom.tokenizers.chat_template import ChatFormat, check_messages, encode_prompt
+from genloom.tokenizers.chat_template import ChatFormat, encode_prompt
 
 
 def chat_format_of(tokenizer: Tokenizer, where: str) -> ChatFormat:
@@ -68,7 +69,7 @@ class ChatSession:
             if len(turns) == 1:
                 size = len(encode_prompt(self.tokenizer, self.chat_format, system + turns))
                 raise GenloomError(f"this message makes a prompt of {size} tokens, and the model's context of "
-                                   f"{context} must leave room for a reply; write less (or /reset a long /system)")
+                                   f"{context} must leave room for a reply; write less (or drop a long system message)")
             turns = turns[2:]  # the oldest user turn and its answer
             dropped += 1
         prompt = self.chat_format.render(system + turns, add_generation_prompt=True)
@@ -84,18 +85,6 @@ class ChatSession:
 
     def load(self, path: Path) -> None:
         """Continue the conversation saved in `path` (its last line, when it holds several)."""
-        if not path.is_file():
-            raise GenloomError(f"{path} does not exist")
-        lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-        if not lines:
-            raise GenloomError(f"{path} holds no conversation")
-        n, line = lines[-1]
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenloomError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or "messages" not in record:
-            raise GenloomError(f"{path}:{n}: expected an object with a \"messages\" list")
-        messages = check_messages(record["messages"], f"{path}:{n}")
+        messages = read_message_lines(path)[-1][2]
         self.system = messages[0]["content"] if messages[0]["role"] == "system" else None
         self.turns = [m for m in messages if m["role"] != "system"]

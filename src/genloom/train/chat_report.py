@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from genloom.checkpoint import read_checkpoint_config, resolve_checkpoint
-from genloom.data.conversations import encode_conversations, load_conversations
+from genloom.data.conversations import encode_conversations, held_out_conversations, load_conversations
 from genloom.data.icl import ICL_FAMILIES
 from genloom.errors import GenloomError
 from genloom.eval.chat import FamilyScore, chat_accuracy, overall
@@ -63,7 +63,7 @@ def build_report(run_dir: Path, base: str, data: str, result: TrainResult, n_eva
     """Measure the chat model in `run_dir` (best/) and its base; the report as a JSON-ready dict."""
     model, tokenizer = load_language_model(run_dir)
     assert tokenizer.chat_format is not None, "a chat run's tokenizer has its template"
-    held_out = load_conversations(data, "test", n_eval * 5 if data.startswith("builtin:") else n_eval, seed)
+    held_out = held_out_conversations(data, n_eval, seed)
     after = chat_accuracy(model, tokenizer, held_out)
     base_model, base_tokenizer = load_language_model(Path(base))
     before = chat_accuracy(base_model, base_tokenizer, held_out, plain=True)
