@@ -6,7 +6,7 @@ LM quickstart's data), `train_chat` fine-tunes it on `builtin:chat` (what `genlo
 `chat_accuracy` scores both on held-out questions (what `genloom eval chat` prints). Pretraining + fine-tuning
 stay within the issue's 30 minutes per run; the accuracy is reported as mean and range over seeds.
 
-Usage: python benchmarks/chat_sft.py [--base-minutes 4] [--sft-minutes 14] [--seeds 2] [--compare-minutes 3]
+Usage: python benchmarks/chat_sft.py [--base-minutes 3] [--sft-minutes 11] [--seeds 2] [--compare-minutes 2.5]
 """
 
 from __future__ import annotations
@@ -89,10 +89,10 @@ def val_curve(run: Path) -> tuple[list[tuple[float, float]], float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--base-minutes", type=float, default=4.0)
-    parser.add_argument("--sft-minutes", type=float, default=14.0)
+    parser.add_argument("--base-minutes", type=float, default=3.0)
+    parser.add_argument("--sft-minutes", type=float, default=11.0)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--compare-minutes", type=float, default=3.0, help="each of the packing / padding runs")
+    parser.add_argument("--compare-minutes", type=float, default=2.5, help="each of the packing / padding runs")
     args = parser.parse_args()
     set_threads()
     questions, small_arithmetic = held_out()

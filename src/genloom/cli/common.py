@@ -97,7 +97,8 @@ def train_config(args: argparse.Namespace, **family_settings: object) -> TrainCo
         raise GenloomError(str(e)) from None
 
 
-def report_done(result: TrainResult, best_keys: tuple[str, ...] = ("val_loss", "bleu", "chrf")) -> None:
+def report_done(result: TrainResult,
+                best_keys: tuple[str, ...] = ("val_loss", "bleu", "chrf", "val_answer_accuracy")) -> None:
     """The end of a training command: where the run is, and the validation numbers that chose `best/`."""
     if result.val_loss is None or os.environ.get("RANK", "0") != "0":  # once, not once per torchrun process
         return
