@@ -148,7 +148,9 @@ def chat_loop(session: ChatSession, name: str) -> None:
         if interactive:
             sys.stdout.write("assistant> ")
         try:
-            reply = session.reply(line.replace("\\n", "\n"), on_text=_write)
+            # From a pipe a newline inside an answer is written `\n`, so each answer stays on its own line.
+            reply = session.reply(line.replace("\\n", "\n"),
+                                  on_text=_write if interactive else lambda piece: _write(piece.replace("\n", "\\n")))
         except GenloomError as e:
             if not interactive:
                 raise  # a script's answers would no longer line up with its questions
