@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from genloom.data.text import read_json_lines
 from genloom.errors import GenloomError, UnencodableTextError
 from genloom.tokenizers import Tokenizer
 from genloom.tokenizers.chat_template import ChatFormat, check_messages, encode_chat
@@ -41,19 +41,9 @@ def read_message_lines(path: Path) -> list[tuple[str, dict[str, object], list[di
     `{"messages": [...]}` records; a GenloomError naming `file:line` for a malformed one."""
     if not path.is_file():
         raise GenloomError(f"conversation file {path} does not exist")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise GenloomError(f"{path} is not UTF-8 text") from None
     records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, record in read_json_lines(path):
         where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GenloomError(f"{where}: invalid JSON ({e.msg})") from None
         if not isinstance(record, dict) or "messages" not in record:
             raise GenloomError(f"{where}: expected an object with a \"messages\" list")
         records.append((where, record, check_messages(record["messages"], where)))

@@ -25,23 +25,34 @@ from genloom.tokenizers import Tokenizer, load_tokenizer
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ".jsonl", ""}
 
 
+def read_json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line of a JSONL file; a GenloomError naming `file:line` for
+    invalid JSON, or the file for text that is not UTF-8."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise GenloomError(f"{path} is not UTF-8 text") from None
+    parsed = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise GenloomError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    return parsed
+
+
 def read_jsonl_records(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for each non-blank line of a JSONL file whose records must be objects with the
     string `fields`; anything else is a GenloomError naming `file:line`."""
     names = " and ".join(repr(name) for name in fields)
     expected = f"a string {names} field" if len(fields) == 1 else f"string {names} fields"
     records = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GenloomError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(name), str) for name in fields):
-                raise GenloomError(f"{path}:{n}: expected an object with {expected}")
-            records.append((n, record))
+    for n, record in read_json_lines(path):
+        if not isinstance(record, dict) or not all(isinstance(record.get(name), str) for name in fields):
+            raise GenloomError(f"{path}:{n}: expected an object with {expected}")
+        records.append((n, record))
     return records
 
 

@@ -65,9 +65,8 @@ class ChatSession:
         context = self.model.config.context_length
         room = min(self.cfg.max_new_tokens, max(1, context // 4))  # tokens a reply may at least have
         dropped = 0
-        while len(encode_prompt(self.tokenizer, self.chat_format, system + turns)) + room > context:
+        while (size := len(encode_prompt(self.tokenizer, self.chat_format, system + turns))) + room > context:
             if len(turns) == 1:
-                size = len(encode_prompt(self.tokenizer, self.chat_format, system + turns))
                 raise GenloomError(f"this message makes a prompt of {size} tokens, and the model's context of "
                                    f"{context} must leave room for a reply; write less (or drop a long system message)")
             turns = turns[2:]  # the oldest user turn and its answer
