@@ -39,8 +39,8 @@ ALLOWED["eval"] = _BELOW_GENERATE | {"generate"}
 ALLOWED["train"] = _BELOW_GENERATE | {"generate", "eval"}
 ALLOWED["quickstart"] = _BELOW_GENERATE | {"generate", "eval", "train"}
 _LIBRARY = set(ALLOWED) | {"quickstart"}
-ALLOWED["cli"] = _LIBRARY
 ALLOWED["serve"] = _LIBRARY
+ALLOWED["cli"] = _LIBRARY | {"serve"}  # `genloom serve` starts the server; the server never calls the CLI
 
 
 def _part(module: str) -> str:

@@ -130,14 +130,14 @@ def test_sampling_config_rejects_bad_values():
         SamplingConfig(max_new_tokens=0)
 
 
-def test_decoding_head_copy_follows_weight_updates(model):
-    from genloom.generate.lm import _decoding_head
+def testdecoding_head_copy_follows_weight_updates(model):
+    from genloom.generate.batch import decoding_head
 
-    first = _decoding_head(model)
-    assert _decoding_head(model) is first  # reused between calls
+    first = decoding_head(model)
+    assert decoding_head(model) is first  # reused between calls
     with torch.no_grad():
         model.lm_head.weight.mul_(2.0)
-    torch.testing.assert_close(_decoding_head(model), model.lm_head.weight.t())
+    torch.testing.assert_close(decoding_head(model), model.lm_head.weight.t())
 
 
 def test_token_stream_yields_one_token_per_row_per_step(model):

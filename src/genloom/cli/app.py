@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from genloom.cli import chat, image_eval, image_train, imagine, lm, translate
+from genloom.cli import chat, image_eval, image_train, imagine, lm, serve, translate
 from genloom.cli.common import Parser, positive_int
 from genloom.errors import GenloomError
 
@@ -71,6 +71,7 @@ def build_parser() -> Parser:
     image_train.add_commands(train_sub)
     imagine.add_commands(sub)
     image_eval.add_commands(eval_sub)
+    serve.add_commands(sub)
 
     quick = sub.add_parser("quickstart", help="train a small model on built-in data in minutes and sample it")
     quick.add_argument("what", nargs="?", choices=QUICKSTARTS, default="lm",

@@ -9,6 +9,7 @@ earlier call wrote (see `genloom.outputs`).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -71,7 +72,27 @@ def _png_info(record: dict[str, Any]) -> PngInfo:
     return info
 
 
-def read_png_metadata(path: Path) -> dict[str, Any]:
+def image_record(prompt: str, parameters: dict[str, Any], data_name: str | None = None,
+                 attribution: str | None = None) -> dict[str, Any]:
+    """What one image's PNG and sidecar carry: its prompt, its parameters (with the data the model learnt
+    from), and the credit the data's licence asks for."""
+    record: dict[str, Any] = {"prompt": prompt, "parameters": dict(parameters)}
+    if data_name is not None:
+        record["parameters"].setdefault("data", data_name)
+    if attribution is not None:
+        record["attribution"] = attribution
+    return record
+
+
+def png_bytes(image: np.ndarray, record: dict[str, Any]) -> bytes:
+    """One uint8 RGB image (H, W, 3) as PNG bytes carrying `record` (see `image_record`), as `save_images`
+    writes it to disk: what the HTTP server returns."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buffer, format="PNG", pnginfo=_png_info(record))
+    return buffer.getvalue()
+
+
+def read_png_metadata(path: Path | io.BytesIO) -> dict[str, Any]:
     """The record `save_images` wrote into a PNG: prompt (or prompts), attribution if any, parameters."""
     with Image.open(path) as img:
         text = dict(getattr(img, "text", {}))
@@ -119,11 +140,7 @@ def save_images(
         for i, (image, prompt) in enumerate(zip(images, per_image, strict=True)):
             parameters = {**params, **({"image_seed": seed + i} if isinstance(seed, int) else {}), "index": i,
                           **(image_params[i] if image_params is not None else {})}
-            record: dict[str, Any] = {"prompt": prompt, "parameters": parameters}
-            if data_name is not None:
-                parameters.setdefault("data", data_name)
-            if attribution is not None:
-                record["attribution"] = attribution
+            record = image_record(prompt, parameters, data_name, attribution)
             png = folder / f"{stems[i]}.png"
             Image.fromarray(image, "RGB").save(png, pnginfo=_png_info(record))
             sidecar = json.dumps({**record, "file": png.name}, indent=2, ensure_ascii=False) + "\n"

@@ -52,10 +52,13 @@ def sample_image_tokens(
     empty_caption: Tensor | None = None,
     progress: bool = False,
     use_cache: bool = True,
+    row_seeds: Sequence[int] | None = None,
 ) -> Tensor:
-    """Image tokens (B, grid**2) for captions text (B, Lt); row i samples with seed sampling.seed + i.
+    """Image tokens (B, grid**2) for captions text (B, Lt); row i samples with seed sampling.seed + i, or with
+    row_seeds[i] when given (a batch that joins several requests, each with its own seed).
 
-    empty_caption (Lt,): the unconditional caption, needed when guidance_scale != 1.
+    empty_caption (Lt,) or (B, Lt): the unconditional caption (a negative prompt replaces it), needed when
+    guidance_scale != 1.
     """
     cfg = model.config
     batch = text.shape[0]
@@ -67,7 +70,11 @@ def sample_image_tokens(
         text = torch.cat([text, empty_caption.expand(batch, -1)])  # (2B, Lt): conditional rows, then unconditional
     text = text.to(device)
     generators = None
-    if sampling.seed is not None:
+    if row_seeds is not None:
+        if len(row_seeds) != batch:
+            raise GenloomError(f"{len(row_seeds)} seeds for {batch} images")
+        generators = [torch.Generator(device=device).manual_seed(seed) for seed in row_seeds]
+    elif sampling.seed is not None:
         generators = [torch.Generator(device=device).manual_seed(sampling.seed + row) for row in range(batch)]
 
     caches = model.make_kv_caches(text.shape[0]) if use_cache else None
@@ -106,11 +113,15 @@ def imagine(
     seed: int | None = None,
     progress: bool = True,
     use_cache: bool = True,
+    negative_prompts: Sequence[str] | None = None,
+    image_seeds: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, Tensor]:
     """`n_images` images per prompt: uint8 RGB (P * n_images, H, W, 3) prompt-major, and their codes (N, g, g).
 
     temperature 0 is greedy; top_k / top_p filter as for text. guidance_scale: 1 = conditional, 0 =
-    unconditional, > 1 = follow the prompt more closely. seed: image i uses seed + i (None: torch's global RNG).
+    unconditional, > 1 = follow the prompt more closely. seed: image i uses seed + i (None: torch's global RNG);
+    image_seeds: one seed per image instead. negative_prompts: one per prompt, guided away from (it replaces the
+    empty caption; "" is the empty caption).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -127,11 +138,17 @@ def imagine(
     )
     codec = CaptionCodec(text_tokenizer, cfg.text_len)
     text = codec.encode(list(prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt), prompt-major
+    unconditional = codec.empty()[0]  # (Lt,)
+    if negative_prompts is not None:
+        if len(negative_prompts) != len(prompts):
+            raise GenloomError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        unconditional = codec.encode(list(negative_prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt)
     was_training = model.training
     model.eval()
     try:
         tokens = sample_image_tokens(
-            model, text, sampling, guidance_scale, codec.empty()[0], progress=progress, use_cache=use_cache
+            model, text, sampling, guidance_scale, unconditional, progress=progress, use_cache=use_cache,
+            row_seeds=image_seeds,
         )
     finally:
         model.train(was_training)

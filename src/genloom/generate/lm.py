@@ -1,24 +1,20 @@
-"""Text generation with a decoder-only model: KV-cached incremental decoding over a left-padded batch.
+"""Text generation with a decoder-only model: KV-cached incremental decoding of a batch of prompts.
 
-Prompts of different lengths are left-padded; an attention mask hides the padding and each row's
-positions start at 0 on its first real token, so every row decodes exactly as it would alone. Decoding is an
-iterator (`TokenStream`: one step, one token per row) that knows nothing about text; `generate` turns its
-tokens into text as they come (`TextStream`), holding back what a stop string might still claim.
+Prompts of different lengths decode together (`genloom.generate.batch`: a key mask, positions of each row's
+own), so every row decodes exactly as it would alone. Decoding is an iterator (`TokenStream`: one step, one
+token per row) that knows nothing about text; `generate` turns its tokens into text as they come
+(`TextStream`), holding back what a stop string might still claim.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-
-import torch
-from torch import Tensor
+from dataclasses import dataclass, replace
 
 from genloom.errors import GenloomError
-from genloom.generate.sampling import SamplingConfig, apply_repetition_penalty, choose_tokens
+from genloom.generate.batch import DecodeBatch, Row
+from genloom.generate.sampling import SamplingConfig
 from genloom.models.gpt import GPT
-from genloom.nn import KVCache
 from genloom.tokenizers import Tokenizer
 
 
@@ -31,31 +27,13 @@ class Completion:
     context_limited: bool = False
 
 
-_HEADS: weakref.WeakKeyDictionary[GPT, tuple[tuple[int, int], Tensor]] = weakref.WeakKeyDictionary()
-
-
-def _decoding_head(model: GPT) -> Tensor:
-    """The output head as a contiguous (d_model, vocab) matrix, kept between calls.
-
-    BLAS multiplies a few rows by this layout much faster than by the (vocab, d_model) embedding the head
-    is tied to (8 rows x GPT-2's head: 11 ms instead of 18 ms; see genloom.nn.layers.Linear). Making it
-    costs a slow strided transpose (~0.2 s for GPT-2), so it is redone only when the weight changes.
-    """
-    weight = model.lm_head.weight
-    key = (weight.data_ptr(), weight._version)
-    cached = _HEADS.get(model)
-    if cached is None or cached[0] != key:
-        cached = (key, weight.detach().t().contiguous())
-        _HEADS[model] = cached
-    return cached[1]
-
-
 class TokenStream:
-    """KV-cached decoding as an iterator: each step yields the new token of every row (None for a finished row).
+    """Decoding a fixed batch as an iterator: each step yields the new token of every row (None for a finished row).
 
     A row finishes at EOS (when `cfg.stop_at_eos`), when the caller calls `finish(row)` (a stop string, a
-    client gone), or after `max_new` tokens: `cfg.max_new_tokens`, or fewer when the context fills up first
-    (`context_limited`). Streaming, chat and a batching server drive decoding through this one loop.
+    client gone), or after `cfg.max_new_tokens` tokens, or fewer when the context fills up first
+    (`row_context_limited[row]`). The steps are `DecodeBatch`'s, the engine the HTTP server batches requests
+    with, so streaming, chat, evaluation and serving decode through one loop.
 
         stream = TokenStream(model, prompts, cfg, eos_id)
         for tokens in stream:          # one decoding step
@@ -72,95 +50,48 @@ class TokenStream:
         longest = max(len(p) for p in prompts)
         if longest > context:
             raise GenloomError(f"prompt of {longest} tokens is longer than the model's context of {context}")
-        self.model, self.prompts, self.cfg, self.eos_id = model, prompts, cfg, eos_id
-        self.vocab_limit = vocab_limit  # ids >= this are never produced (a model whose vocabulary is padded)
-        self.max_new = min(cfg.max_new_tokens, context - longest)
-        self.context_limited = self.max_new < cfg.max_new_tokens
+        self.model, self.prompts, self.cfg, self.eos_id, self.vocab_limit = model, prompts, cfg, eos_id, vocab_limit
+        self.row_context_limited = [cfg.max_new_tokens > context - len(p) for p in prompts]
         self.done = [False] * len(prompts)
+        self._batch: DecodeBatch | None = None
+        self._rows: list[Row | None] = []
+
+    @property
+    def context_limited(self) -> bool:
+        """Some row may produce fewer than max_new_tokens because the context fills up first."""
+        return any(self.row_context_limited)
 
     def finish(self, row: int) -> None:
         """End `row`: it yields None from the next step on."""
         self.done[row] = True
+        decoding = self._rows[row] if row < len(self._rows) else None
+        if self._batch is not None and decoding is not None:
+            self._batch.remove(decoding)
 
     def __iter__(self) -> Iterator[list[int | None]]:
-        if self.max_new == 0:
-            return
-        # Inference mode around each step's work, not across the `yield`: the caller's code between steps runs
-        # in whatever mode it chose.
-        with torch.inference_mode():
-            state = self._prefill()
-        for step in range(self.max_new):
-            with torch.inference_mode():
-                tokens = self._choose(state)
-            emitted: list[int | None] = []
-            for row, token in enumerate(tokens.tolist()):
-                emitted.append(None if self.done[row] else token)
-                if self.cfg.stop_at_eos and token == self.eos_id:
+        cfg, context = self.cfg, self.model.config.context_length
+        room = [context - len(p) for p in self.prompts]  # a prompt that fills the context yields nothing
+        batch = DecodeBatch(self.model, len(self.prompts), max_len=min(context, max(map(len, self.prompts))
+                                                                        + cfg.max_new_tokens),
+                            eos_id=self.eos_id, vocab_limit=self.vocab_limit)
+        # Row i samples with seed + i: the same tokens as that prompt alone with seed + i.
+        live = [i for i in range(len(self.prompts)) if room[i] > 0 and not self.done[i]]
+        added = batch.add([self.prompts[i] for i in live],
+                          [replace(cfg, seed=None if cfg.seed is None else cfg.seed + i) for i in live])
+        self._batch, self._rows = batch, [None] * len(self.prompts)
+        for i, decoding in zip(live, added, strict=True):
+            self._rows[i] = decoding
+        for i in range(len(self.prompts)):
+            self.done[i] = self.done[i] or room[i] <= 0
+        row_of = {decoding.id: i for i, decoding in zip(live, added, strict=True)}
+        while batch.rows:
+            emitted: list[int | None] = [None] * len(self.prompts)
+            for out in batch.step():
+                row = row_of[out.row.id]
+                emitted[row] = out.token
+                if out.finished:
                     self.done[row] = True
             yield emitted
-            if all(self.done) or step == self.max_new - 1:
-                return
-            with torch.inference_mode():
-                self._advance(state, tokens)
-
-    def _prefill(self) -> _DecodingState:
-        model, cfg, prompts = self.model, self.cfg, self.prompts
-        device = model.token_embedding.weight.device
-        batch, longest = len(prompts), max(len(p) for p in prompts)
-        idx = torch.zeros(batch, longest, dtype=torch.long)
-        valid = torch.zeros(batch, longest, dtype=torch.bool)
-        for row, prompt in enumerate(prompts):
-            idx[row, longest - len(prompt) :] = torch.tensor(prompt)
-            valid[row, longest - len(prompt) :] = True
-        idx, valid = idx.to(device), valid.to(device)
-        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
-        seen = torch.zeros(batch, model.config.vocab_size, dtype=torch.bool, device=device)
-        if cfg.repetition_penalty != 1.0:
-            seen.scatter_(1, idx, valid)
-        generators = None
-        if cfg.seed is not None:
-            generators = [torch.Generator(device=device).manual_seed(cfg.seed + row) for row in range(batch)]
-        state = _DecodingState(
-            caches=model.make_kv_caches(batch, longest + self.max_new), head=_decoding_head(model),
-            mask=None if bool(valid.all()) else valid, seen=seen, generators=generators,
-            next_position=positions[:, -1:] + 1,  # (B, 1)
-        )
-        state.logits = self._next_logits(state, idx, positions)
-        return state
-
-    def _next_logits(self, state: _DecodingState, tokens: Tensor, positions: Tensor) -> Tensor:
-        hidden = self.model.hidden_states(tokens, positions=positions, attention_mask=state.mask,
-                                          kv_caches=state.caches, last_only=True)
-        logits = hidden[:, -1] @ state.head  # (B, vocab)
-        if self.vocab_limit is not None:
-            logits[:, self.vocab_limit :] = float("-inf")
-        return logits
-
-    def _choose(self, state: _DecodingState) -> Tensor:
-        logits = apply_repetition_penalty(state.logits, state.seen, self.cfg.repetition_penalty)
-        return choose_tokens(logits, self.cfg, state.generators)  # (B,)
-
-    def _advance(self, state: _DecodingState, tokens: Tensor) -> None:
-        """Feed the chosen tokens (B,) through the model: the next step's logits."""
-        if self.cfg.repetition_penalty != 1.0:
-            state.seen.scatter_(1, tokens[:, None], True)
-        if state.mask is not None:
-            state.mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], dim=1)
-        state.logits = self._next_logits(state, tokens[:, None], state.next_position)
-        state.next_position = state.next_position + 1
-
-
-@dataclass
-class _DecodingState:
-    """What `TokenStream` carries from one decoding step to the next."""
-
-    caches: list[KVCache]
-    head: Tensor  # (d_model, vocab), see `_decoding_head`
-    mask: Tensor | None  # (B, T_so_far) True for real tokens; None when no row is padded
-    seen: Tensor  # (B, vocab) tokens in the prompt or output, for the repetition penalty
-    generators: list[torch.Generator] | None
-    next_position: Tensor  # (B, 1)
-    logits: Tensor = field(default_factory=lambda: torch.empty(0))  # (B, vocab) of the next token
 
 
 def generate_tokens(
@@ -268,5 +199,6 @@ def generate(
             on_text(row, rest)
         hit_eos = cfg.stop_at_eos and bool(tokens) and tokens[-1] == end_id
         finish = "stop" if text.stopped or hit_eos else "length"
-        completions.append(Completion(text.text, tokens, finish, finish == "length" and decoding.context_limited))
+        limited = finish == "length" and decoding.row_context_limited[row]
+        completions.append(Completion(text.text, tokens, finish, limited))
     return completions

@@ -17,6 +17,10 @@ class SamplingConfig:
     top_k: int | None = None  # keep the k most likely tokens
     top_p: float | None = None  # keep the smallest set whose probability reaches p (nucleus sampling)
     repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): >1 discourages tokens already present
+    # OpenAI's penalties, subtracted from the logits of tokens already generated: a flat amount for each token
+    # that occurs (presence) and an amount per occurrence (frequency); in [-2, 2], 0 is off.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)  # stop when the text contains one of these
     seed: int | None = None  # row i of a batch samples with seed + i, so it matches a batch of one
     stop_at_eos: bool = True
@@ -32,6 +36,9 @@ class SamplingConfig:
             raise GenloomError(f"top_p ({self.top_p}) must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise GenloomError(f"repetition_penalty ({self.repetition_penalty}) must be > 0")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise GenloomError(f"{name} ({getattr(self, name)}) must be in [-2, 2]")
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
@@ -40,6 +47,14 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Te
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+def apply_output_penalties(logits: Tensor, counts: Tensor, presence: float, frequency: float) -> Tensor:
+    """OpenAI's presence and frequency penalties: logits (B, V) minus presence * [count > 0] + frequency * count,
+    counts (B, V) the occurrences of each token in the output so far."""
+    if presence == 0.0 and frequency == 0.0:
+        return logits
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts.to(logits.dtype)
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:

@@ -119,6 +119,12 @@ def _check_source_lengths(model: nn.Module, sources: Sequence[Sequence[int]]) ->
     return limit
 
 
+def check_sources(model: nn.Module, tokenizer: Tokenizer, sources: Sequence[str]) -> None:
+    """A one-line GenloomError when a source cannot be translated (too long, or not encodable), before any work."""
+    ids = SpecialIds.of(tokenizer)
+    _check_source_lengths(model, [encode_source(tokenizer, ids, text) for text in sources])
+
+
 @torch.no_grad()
 def translate_ids(
     model: nn.Module,

@@ -78,6 +78,11 @@ def build_attention_mask(
     """
     if key_valid is None and (not causal or q_len == 1):
         return None
+    if key_valid is not None and q_len == 1:
+        # One decoding step: every key is in the past or is the (real) query token itself, so causality holds and
+        # only padding is masked. The keys need not be contiguous: a batch of rows of different lengths
+        # (genloom.generate.batch) marks each row's own columns valid.
+        return key_valid[:, None, None, :]
     k_len = key_valid.shape[1] if key_valid is not None else past_len + q_len
     q_pos = torch.arange(past_len, past_len + q_len, device=device)[:, None]  # (T_q, 1)
     k_pos = torch.arange(k_len, device=device)[None, :]  # (1, T_k)

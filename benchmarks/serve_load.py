@@ -1,0 +1,223 @@
+"""Load on `genloom serve` over loopback: 1, 4 and 16 concurrent streaming clients, then 1 vs 8 image clients.
+
+The server runs as its own process (`genloom serve`, as a user starts it) on a small random-weight GPT (4 layers,
+d_model 128, context 256: the size of the `tiny` preset) and a small random-weight text-to-image model; clients
+are threads in this process, each sending its next request as soon as the last one ends. Per level: requests/s,
+output tokens/s, time to first token and inter-token latency (p50 / p99), errors, and the server's resident
+memory at the start and end of the level (VmRSS from /proc). Reference row: 16 clients against a server started
+with --max-batch 1, i.e. the same engine without batching.
+
+Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 at 16 clients <= 2x one client's;
+zero errors; memory flat.
+
+Usage: python benchmarks/serve_load.py [--seconds 60] [--image-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from common import print_table
+
+from genloom.checkpoint import save_checkpoint
+from genloom.data.captions import CaptionCodec, train_caption_tokenizer
+from genloom.models.dalle import Dalle, DalleConfig
+from genloom.models.gpt import GPT, GPTConfig
+from genloom.models.vqvae import VQVAE, VQConfig
+from genloom.tokenizers import CharTokenizer
+
+PROMPTS = ["The quick brown fox", "Once upon a time", "In the beginning", "def main():", "Dear reader,",
+           "It was a dark and stormy night", "import torch", "Q: what is"]
+MAX_TOKENS = 64
+CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square"]
+
+
+def make_models(root: Path) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    chars = CharTokenizer.train("".join(PROMPTS) + "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:?()'\n")
+    config = GPTConfig(vocab_size=chars.vocab_size, context_length=256, n_layers=4, d_model=128, n_heads=4,
+                       bias=False, activation="gelu")
+    save_checkpoint(root / "gpt", GPT(config), "gpt", config, chars)
+    captions = train_caption_tokenizer(CAPTIONS, 300)
+    vq = VQVAE(VQConfig(resolution=16, widths=(16, 32), res_blocks=1, norm_groups=4, codebook_size=64))
+    dalle_config = DalleConfig(text_vocab_size=captions.vocab_size, text_len=16, image_vocab_size=64,
+                               grid_size=vq.config.grid_size, d_model=64, n_layers=2, n_heads=4, d_ff=128,
+                               pad_id=CaptionCodec(captions, 16).ids.pad)
+    save_checkpoint(root / "t2i" / "image_tokenizer", vq, "vqvae", vq.config, None)
+    save_checkpoint(root / "t2i" / "final", Dalle(dalle_config), "dalle", dalle_config, captions,
+                    metadata={"components": {"image_tokenizer": "vqvae"}})
+    return root / "gpt", root / "t2i" / "final"
+
+
+class Server:
+    def __init__(self, models: list[str], max_batch: int) -> None:
+        command = [sys.executable, "-m", "genloom.cli", "serve", *models, "--port", "0", "--max-batch",
+                   str(max_batch), "--max-queue", "256", "--device", "cpu"]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # "genloom: serving ... at http://127.0.0.1:PORT/ ..."
+        self.port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@dataclass
+class Tally:
+    requests: int = 0
+    tokens: int = 0
+    errors: int = 0
+    first_token: list[float] = field(default_factory=list)
+    inter_token: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def stream_completion(port: int, prompt: str, tally: Tally) -> None:
+    body = json.dumps({"model": "gpt", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 1.0,
+                       "stream": True, "stream_options": {"include_usage": True}})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    try:
+        connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+        arrivals, tokens = [], 0
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["text"]:
+                arrivals.append(time.perf_counter())
+        if not arrivals:
+            raise RuntimeError("no tokens")
+        with tally.lock:
+            tally.requests += 1
+            tally.tokens += tokens
+            tally.first_token.append(arrivals[0] - start)
+            tally.inter_token += [b - a for a, b in itertools.pairwise(arrivals)]
+    except Exception:
+        with tally.lock:
+            tally.errors += 1
+    finally:
+        connection.close()
+
+
+def draw_image(port: int, prompt: str, tally: Tally) -> None:
+    body = json.dumps({"model": "t2i", "prompt": prompt, "n": 1, "seed": tally.requests})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    try:
+        connection.request("POST", "/v1/images/generations", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = json.loads(response.read())
+        if response.status != 200 or len(payload["data"]) != 1:
+            raise RuntimeError(f"HTTP {response.status}")
+        with tally.lock:
+            tally.requests += 1
+            tally.first_token.append(time.perf_counter() - start)  # the whole image: its latency
+    except Exception:
+        with tally.lock:
+            tally.errors += 1
+    finally:
+        connection.close()
+
+
+def load(server: Server, clients: int, seconds: float, send) -> tuple[Tally, float, float, float]:
+    """`clients` threads calling `send` back to back for `seconds`. (tally, elapsed, rss at start, rss at end)."""
+    tally, stop_at = Tally(), time.perf_counter() + seconds
+    rss_start = server.rss_mib()
+
+    def client(i: int) -> None:
+        k = i
+        while time.perf_counter() < stop_at:
+            send(server.port, PROMPTS[k % len(PROMPTS)], tally)
+            k += clients
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return tally, time.perf_counter() - started, rss_start, server.rss_mib()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--image-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
+    gpt_path, t2i_path = make_models(root)
+
+    rows, per_client_tokens = [], {}
+    for max_batch, levels in ((16, (1, 4, 16)), (1, (16,))):
+        server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch)
+        try:
+            for clients in levels:
+                tally, elapsed, rss0, rss1 = load(server, clients, args.seconds, stream_completion)
+                tokens_per_s = tally.tokens / elapsed
+                per_client_tokens[(max_batch, clients)] = (tokens_per_s, pct(tally.inter_token, 0.5))
+                rows.append([f"{clients}" + ("" if max_batch > 1 else " (--max-batch 1)"),
+                             f"{tally.requests / elapsed:.2f}", f"{tokens_per_s:.0f}",
+                             f"{1000 * pct(tally.first_token, 0.5):.0f} / {1000 * pct(tally.first_token, 0.99):.0f}",
+                             f"{1000 * pct(tally.inter_token, 0.5):.1f} / {1000 * pct(tally.inter_token, 0.99):.1f}",
+                             str(tally.errors), f"{rss0:.0f} -> {rss1:.0f}"])
+            if max_batch > 1:
+                image_rows = []
+                for clients in (1, 8):
+                    tally, elapsed, rss0, rss1 = load(server, clients, args.image_seconds, draw_image)
+                    image_rows.append([str(clients), f"{tally.requests / elapsed:.2f}",
+                                       f"{1000 * pct(tally.first_token, 0.5):.0f} / "
+                                       f"{1000 * pct(tally.first_token, 0.99):.0f}",
+                                       str(tally.errors), f"{rss0:.0f} -> {rss1:.0f}"])
+        finally:
+            server.close()
+
+    print(f"\nstreaming completions, {MAX_TOKENS} tokens each, {args.seconds:.0f} s per row")
+    print_table(["clients", "requests/s", "tokens/s", "TTFT p50 / p99 (ms)", "inter-token p50 / p99 (ms)", "errors",
+                 "server RSS MiB"], rows)
+    one, sixteen = per_client_tokens[(16, 1)], per_client_tokens[(16, 16)]
+    serial = per_client_tokens[(1, 16)]
+    print(f"tokens/s 16 clients / 1 client: {sixteen[0] / one[0]:.2f}x (target >= 4x); "
+          f"inter-token p50 16 / 1: {sixteen[1] / one[1]:.2f}x (target <= 2x); "
+          f"batched / unbatched at 16 clients: {sixteen[0] / serial[0]:.2f}x")
+    print(f"\nimages ({args.image_seconds:.0f} s per row)")
+    print_table(["clients", "images/s", "latency p50 / p99 (ms)", "errors", "server RSS MiB"], image_rows)
+    ratio = float(image_rows[1][1]) / float(image_rows[0][1])
+    print(f"images/s 8 clients / 1 client: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""`genloom serve`: every given checkpoint behind one OpenAI-compatible HTTP server, with a web page at `/`."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+
+from genloom.cli.common import positive_int
+from genloom.errors import GenloomError
+
+API_KEY_ENV = "GENLOOM_API_KEY"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API and a web page")
+    p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
+                   help="run directories or checkpoints (language, chat, translation or text-to-image models), each "
+                   "served under its directory's name")
+    p.add_argument("--name", action="append", default=[], metavar="NAME=PATH",
+                   help="serve PATH as model NAME (repeatable)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but loopback needs --api-key")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"clients must send `Authorization: Bearer KEY` (default: ${API_KEY_ENV})")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="rows decoded together per model")
+    p.add_argument("--max-queue", type=positive_int, default=64,
+                   help="requests waiting per model before the server answers 429")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_serve)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from genloom.serve.app import ServerConfig, create_app
+    from genloom.serve.metrics import ServerMetrics
+    from genloom.serve.models import ServeSettings, load_served_models, parse_model_specs
+
+    if not is_loopback(args.host) and not args.api_key:
+        raise GenloomError(f"refusing to listen on {args.host} without an API key: anyone who can reach it could use "
+                           f"the models; pass --api-key KEY (or set ${API_KEY_ENV}), or serve on 127.0.0.1")
+    if args.api_key is not None and len(args.api_key) < 8:
+        raise GenloomError("the API key must be at least 8 characters")
+    specs = parse_model_specs(args.checkpoints, args.name)
+    metrics = ServerMetrics()
+    models = load_served_models(specs, ServeSettings(args.max_batch, args.max_queue, args.device), metrics)
+    app = create_app(models, metrics, ServerConfig(api_key=args.api_key))
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        raise GenloomError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    names = ", ".join(f"{name} ({served.kind})" for name, served in models.items())
+    print(f"genloom: serving {names} at http://{shown}:{port}/ (OpenAI API at http://{shown}:{port}/v1)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])

@@ -1,0 +1,332 @@
+"""Iteration-level ("continuous") batching for a decoder-only model: rows join and leave between decoding steps.
+
+Orca (Yu et al. 2022) and vLLM schedule at the granularity of one decoding step: a request that arrives while
+others are decoding is prefilled and joins the running batch at the next step, and a finished one leaves at once
+instead of holding its row until the longest request ends. `DecodeBatch` is that engine for genloom's GPT:
+
+- Every row owns a slot of a pre-allocated KV cache (`SlotKVCache`: capacity x context). A row's keys fill its
+  slot from column 0; rows of different lengths decode together with a key mask, and each row's positions are
+  its own, so a row decodes as it would alone (same tokens greedily or with its seed, whatever shares the batch).
+- New rows are prefilled together (left-padded, as one forward) and their valid columns copied, left-aligned,
+  into free slots. A leaving row's slot is refilled by the last row, so live rows are always slots 0..n-1 and a
+  step runs on views of the cache, never on a gathered copy.
+- Every row samples with its own settings (`SamplingConfig`, including OpenAI's presence and frequency
+  penalties), its own generator, and can ask for the log-probabilities of its tokens.
+
+The engine knows no text: `TokenStream` (generate/lm.py) runs a fixed batch through it, the HTTP server's
+scheduler (serve/) feeds it requests as they come.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from genloom.errors import GenloomError
+from genloom.generate.sampling import SamplingConfig, apply_output_penalties, apply_repetition_penalty, choose_tokens
+from genloom.models.gpt import GPT
+
+_HEADS: weakref.WeakKeyDictionary[GPT, tuple[tuple[int, int], Tensor]] = weakref.WeakKeyDictionary()
+
+
+def decoding_head(model: GPT) -> Tensor:
+    """The output head as a contiguous (d_model, vocab) matrix, kept between calls.
+
+    BLAS multiplies a few rows by this layout much faster than by the (vocab, d_model) embedding the head
+    is tied to (8 rows x GPT-2's head: 11 ms instead of 18 ms; see genloom.nn.layers.Linear). Making it
+    costs a slow strided transpose (~0.2 s for GPT-2), so it is redone only when the weight changes.
+    """
+    weight = model.lm_head.weight
+    key = (weight.data_ptr(), weight._version)
+    cached = _HEADS.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().t().contiguous())
+        _HEADS[model] = cached
+    return cached[1]
+
+
+class SlotKVCache:
+    """One layer's keys and values for `capacity` rows, each row filling its slot from column 0.
+
+    k, v: (capacity, H, max_len, head_dim). Before each decoding step the engine sets `rows` (live rows are
+    slots 0..rows-1) and `fill` (rows,), the columns each row has written; `append` writes the step's key of
+    row i at column fill[i] and returns the first max(fill) + 1 columns of the live rows (views).
+    """
+
+    def __init__(self, capacity: int, n_heads: int, max_len: int, head_dim: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.k = torch.zeros(capacity, n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.rows = 0
+        self.fill = torch.zeros(0, dtype=torch.long, device=device)
+        self.width = 0  # max(fill) + 1 during a step
+
+    @property
+    def length(self) -> int:
+        """The longest live row before this step (what a model checks against its context)."""
+        return self.width - 1
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """k, v: (rows, H, 1, hd) of this step. Returns keys and values (rows, H, width, hd)."""
+        assert k.shape[2] == 1, "a slot cache decodes one token per row and step"
+        live = torch.arange(self.rows, device=k.device)
+        self.k[live, :, self.fill] = k[:, :, 0]  # advanced indices first: (rows, H, hd)
+        self.v[live, :, self.fill] = v[:, :, 0]
+        return self.k[: self.rows, :, : self.width], self.v[: self.rows, :, : self.width]
+
+    def store(self, slot: int, k: Tensor, v: Tensor) -> None:
+        """Put a prefilled row's keys and values (H, T, hd) at the start of `slot`."""
+        self.k[slot, :, : k.shape[1]] = k
+        self.v[slot, :, : v.shape[1]] = v
+
+    def move(self, source: int, target: int, columns: int) -> None:
+        self.k[target, :, :columns] = self.k[source, :, :columns]
+        self.v[target, :, :columns] = self.v[source, :, :columns]
+
+
+@dataclass
+class TokenLogprobs:
+    """The log-probability of a chosen token under the model (before temperature and filtering, as OpenAI
+    reports them), and the `top` most likely alternatives."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class Row:
+    """One sequence being decoded. `slot` changes when rows leave; `id` never does."""
+
+    id: int
+    prompt: list[int]
+    sampling: SamplingConfig
+    max_new: int  # tokens this row may still produce in all (the context may allow fewer than asked)
+    top_logprobs: int | None  # None: no log-probabilities; k >= 0: the chosen token's and k alternatives
+    generator: torch.Generator | None
+    eos_id: int | None  # the token that ends this row (with sampling.stop_at_eos)
+    slot: int = -1
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" (end token) or "length", once finished by the engine
+
+    @property
+    def columns(self) -> int:
+        """Cache columns this row has written: everything before the token the next step reads."""
+        return len(self.prompt) - 1 + len(self.generated)
+
+    @property
+    def context_limited(self) -> bool:
+        """The context, not the request's max_new_tokens, bounds this row."""
+        return self.max_new < self.sampling.max_new_tokens
+
+
+@dataclass
+class StepOutput:
+    row: Row
+    token: int
+    logprobs: TokenLogprobs | None
+    finished: bool  # the row ended with this token (end token or length) and has left the batch
+
+
+class DecodeBatch:
+    """A batch of at most `capacity` rows that decode one token per step; rows join (`add`) and leave
+    (`remove`, or at their end token or length) between steps.
+
+        batch = DecodeBatch(model, capacity=16)
+        rows = batch.add([prompt], [cfg])
+        while batch.rows:
+            for out in batch.step():  # one token per live row
+                ...                   # batch.remove(out.row) to end it early (a stop string, a client gone)
+    """
+
+    def __init__(self, model: GPT, capacity: int, max_len: int | None = None, eos_id: int | None = None,
+                 vocab_limit: int | None = None) -> None:
+        if capacity < 1:
+            raise GenloomError(f"batch capacity ({capacity}) must be at least 1")
+        self.model, self.capacity, self.eos_id = model, capacity, eos_id
+        self.context = model.config.context_length
+        self.max_len = min(max_len or self.context, self.context)
+        self.vocab_limit = vocab_limit  # ids >= this are never produced (a vocabulary padded past the tokenizer's)
+        weight = model.token_embedding.weight
+        self.device = weight.device
+        cfg = model.config
+        self.caches = [SlotKVCache(capacity, cfg.n_heads, self.max_len, cfg.d_model // cfg.n_heads, self.device,
+                                   weight.dtype) for _ in range(cfg.n_layers)]
+        self.head = decoding_head(model)
+        vocab = cfg.vocab_size
+        self.logits = torch.zeros(capacity, vocab, device=self.device)  # next-token logits of this step
+        self.seen = torch.zeros(capacity, vocab, dtype=torch.bool, device=self.device)  # prompt + output
+        self.counts = torch.zeros(capacity, vocab, device=self.device)  # output tokens, for OpenAI's penalties
+        self.rows: list[Row] = []  # live rows; rows[i].slot == i
+        self._ids = itertools.count()
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.rows)
+
+    def add(self, prompts: list[list[int]], samplings: list[SamplingConfig],
+            top_logprobs: list[int | None] | None = None, eos_ids: list[int | None] | None = None) -> list[Row]:
+        """Prefill `prompts` (one forward, left-padded) into free slots; they produce tokens from the next step.
+
+        top_logprobs[i]: log-probabilities for row i (see `Row`); eos_ids[i]: the token that ends row i (default:
+        the batch's `eos_id`), so base and chat prompts can share a batch."""
+        if len(prompts) > self.free:
+            raise GenloomError(f"{len(prompts)} new rows do not fit: {self.free} of {self.capacity} slots are free")
+        if not prompts:
+            return []
+        new = [self._new_row(p, s, None if top_logprobs is None else top_logprobs[i],
+                             self.eos_id if eos_ids is None else eos_ids[i])
+               for i, (p, s) in enumerate(zip(prompts, samplings, strict=True))]
+        for row in new:
+            if row.max_new <= 0:  # the prompt fills the context: nothing to generate
+                row.finish_reason = "length"
+        with torch.inference_mode():
+            self._prefill([row for row in new if row.finish_reason is None])
+        return new
+
+    def _new_row(self, prompt: list[int], sampling: SamplingConfig, top_logprobs: int | None,
+                 eos_id: int | None) -> Row:
+        if not prompt:
+            raise GenloomError("every prompt must have at least one token")
+        if len(prompt) > self.context:
+            raise GenloomError(f"prompt of {len(prompt)} tokens is longer than the model's context of {self.context}")
+        if len(prompt) > self.max_len:
+            raise GenloomError(f"prompt of {len(prompt)} tokens does not fit this batch's {self.max_len} columns")
+        generator = None
+        if sampling.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        # The last chosen token is never read back, so a row needs only prompt + max_new - 1 columns.
+        max_new = min(sampling.max_new_tokens, self.max_len + 1 - len(prompt), self.context - len(prompt))
+        return Row(next(self._ids), list(prompt), sampling, max_new, top_logprobs, generator, eos_id)
+
+    def _prefill(self, new: list[Row]) -> None:
+        """Read every prompt but its last token into the new rows' slots; the last token is read by the next step,
+        with the other rows' tokens (so a new row costs its batch no separate step)."""
+        for row in new:
+            row.slot = len(self.rows)
+            self.rows.append(row)
+            self.seen[row.slot] = False
+            self.seen[row.slot, torch.tensor(row.prompt, device=self.device)] = True
+            self.counts[row.slot] = 0
+        context_rows = [row for row in new if len(row.prompt) > 1]
+        if not context_rows:
+            return
+        longest = max(len(r.prompt) - 1 for r in context_rows)
+        idx = torch.zeros(len(context_rows), longest, dtype=torch.long)
+        valid = torch.zeros(len(context_rows), longest, dtype=torch.bool)
+        for i, row in enumerate(context_rows):
+            idx[i, longest - len(row.prompt) + 1 :] = torch.tensor(row.prompt[:-1])
+            valid[i, longest - len(row.prompt) + 1 :] = True
+        idx, valid = idx.to(self.device), valid.to(self.device)
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (g, T): 0 at each row's first real token
+        caches = self.model.make_kv_caches(len(context_rows), longest)
+        self.model.hidden_states(idx, positions=positions, attention_mask=None if bool(valid.all()) else valid,
+                                 kv_caches=caches, last_only=True)
+        for i, row in enumerate(context_rows):
+            start = longest - len(row.prompt) + 1  # left-align: the slot holds no padding
+            for slot_cache, cache in zip(self.caches, caches, strict=True):
+                slot_cache.store(row.slot, cache.k[i, :, start:], cache.v[i, :, start:])
+
+    def remove(self, row: Row) -> None:
+        """End `row` now: its slot is free for the next `add`. Removing a row that has left is a no-op."""
+        if row.slot < 0:
+            return
+        last = self.rows[-1]
+        if last is not row:  # keep live rows in slots 0..n-1: the last row moves into the freed slot
+            for cache in self.caches:
+                cache.move(last.slot, row.slot, last.columns)
+            for table in (self.seen, self.counts):
+                table[row.slot] = table[last.slot]
+            last.slot = row.slot
+            self.rows[row.slot] = last
+        self.rows.pop()
+        row.slot = -1
+
+    def step(self) -> list[StepOutput]:
+        """One decoding step: read every live row's last token, then choose one more token for each."""
+        if not self.rows:
+            return []
+        with torch.inference_mode():
+            self._advance()
+            outputs = self._choose_all()
+        for out in outputs:
+            row = out.row
+            row.generated.append(out.token)
+            self.seen[row.slot, out.token] = True
+            self.counts[row.slot, out.token] += 1
+            if row.sampling.stop_at_eos and out.token == row.eos_id:
+                row.finish_reason = "stop"
+            elif len(row.generated) >= row.max_new:
+                row.finish_reason = "length"
+            out.finished = row.finish_reason is not None
+        for out in outputs:
+            if out.finished:
+                self.remove(out.row)
+        return outputs
+
+    def _choose_all(self) -> list[StepOutput]:
+        rows = self.rows
+        plain_greedy = all(r.sampling.temperature == 0 and r.top_logprobs is None and r.sampling.repetition_penalty
+                           == 1.0 and r.sampling.presence_penalty == 0 and r.sampling.frequency_penalty == 0
+                           for r in rows)
+        if plain_greedy:  # one argmax for the batch instead of one per row: the same tokens
+            logits = self.logits[: len(rows)]
+            if self.vocab_limit is not None:
+                logits = logits[:, : self.vocab_limit]
+            return [StepOutput(r, t, None, False) for r, t in zip(rows, logits.argmax(-1).tolist(), strict=True)]
+        return [self._choose(row) for row in rows]
+
+    def _choose(self, row: Row) -> StepOutput:
+        logits = self.logits[row.slot : row.slot + 1]  # (1, vocab)
+        if self.vocab_limit is not None:
+            logits = logits.clone()
+            logits[:, self.vocab_limit :] = float("-inf")
+        cfg = row.sampling
+        adjusted = apply_repetition_penalty(logits, self.seen[row.slot : row.slot + 1], cfg.repetition_penalty)
+        adjusted = apply_output_penalties(adjusted, self.counts[row.slot : row.slot + 1], cfg.presence_penalty,
+                                          cfg.frequency_penalty)
+        token = int(choose_tokens(adjusted, cfg, None if row.generator is None else [row.generator])[0])
+        logprobs = None
+        if row.top_logprobs is not None:
+            logprobs = token_logprobs(logits[0], token, row.top_logprobs)
+        return StepOutput(row, token, logprobs, finished=False)
+
+    def _advance(self) -> None:
+        """Read every live row's last token (its prompt's last, or the token chosen last step) into its slot: the
+        next-token logits of the live rows."""
+        rows, n = self.rows, len(self.rows)
+        fill = torch.tensor([r.columns for r in rows], device=self.device)  # (n,) columns before this token
+        width = int(fill.max()) + 1
+        for cache in self.caches:
+            cache.rows, cache.fill, cache.width = n, fill, width
+        tokens = torch.tensor([[r.generated[-1] if r.generated else r.prompt[-1]] for r in rows],
+                              device=self.device)  # (n, 1)
+        columns = torch.arange(width, device=self.device)[None, :]  # (1, width)
+        key_valid = columns <= fill[:, None]  # (n, width): each row's own columns, its new token included
+        # A row's position is its column: slots hold no padding.
+        hidden = self.model.hidden_states(tokens, positions=fill[:, None], attention_mask=key_valid,
+                                          kv_caches=list(self.caches), last_only=True)  # type: ignore[arg-type]
+        self.logits[:n] = hidden[:, -1] @ self.head
+
+
+def token_logprobs(logits: Tensor, token: int, top: int) -> TokenLogprobs:
+    """log-softmax of logits (vocab,): the chosen token's value and the `top` largest, best first."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logp, min(top, logp.numel())) if top > 0 else None
+    alternatives = [] if best is None else list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return TokenLogprobs(float(logp[token]), alternatives)
+
+
+def prompt_logprobs(model: GPT, prompt: list[int], top: int) -> list[TokenLogprobs | None]:
+    """Log-probabilities of each prompt token given the ones before it (None for the first, which has no
+    context): what evaluation harnesses read from `echo` to score an answer."""
+    if len(prompt) > model.config.context_length:
+        raise GenloomError(f"prompt of {len(prompt)} tokens is longer than the model's context of "
+                           f"{model.config.context_length}")
+    with torch.inference_mode():
+        device = model.token_embedding.weight.device
+        logits = model(torch.tensor([prompt], device=device))[0]  # (T, vocab)
+    return [None] + [token_logprobs(logits[i - 1], prompt[i], top) for i in range(1, len(prompt))]

@@ -1,0 +1,215 @@
+"""The models a server holds, by name: each loaded once, with the scheduler that batches its requests.
+
+Names are an allow-list fixed at start-up (`--name NAME=PATH`, else the checkpoint directory's name); a request
+names a model, never a path. Only genloom checkpoints (safetensors + JSON) and Hugging Face directories with
+safetensors weights are loaded: the registry never unpickles.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genloom.checkpoint import read_checkpoint_config, resolve_checkpoint
+from genloom.data.translation import direction_prefix
+from genloom.errors import GenloomError
+from genloom.generate.image_io import image_record, png_bytes
+from genloom.generate.imagine import imagine
+from genloom.generate.translate import translate
+from genloom.interop.hf_gpt2 import SAFETENSORS_FILE, is_hf_directory
+from genloom.models.gpt import GPT
+from genloom.registry import (
+    TRANSLATION_FAMILIES,
+    LoadedTextToImage,
+    load_pretrained,
+    load_text_to_image_model,
+    load_translation_model,
+)
+from genloom.run_record import attribution, read_data_record
+from genloom.serve.metrics import ServerMetrics
+from genloom.serve.scheduler import BatchWorker, TextScheduler
+from genloom.tokenizers import Tokenizer
+from genloom.tokenizers.chat_template import ChatFormat
+from genloom.train.distributed import pick_device
+
+TEXT, IMAGES, TRANSLATION = "text", "images", "translation"
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 16  # rows decoded together per model (images: images per call)
+    max_queue: int = 64  # requests waiting per model before 429
+    device: str = "auto"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    kind: str  # TEXT, IMAGES or TRANSLATION
+    family: str
+    path: Path
+    context_length: int | None
+    worker: TextScheduler | BatchWorker
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """An entry of /v1/models: OpenAI's fields, then genloom's."""
+        return {"id": self.name, "object": "model", "created": 0, "owned_by": "genloom", "family": self.family,
+                "kind": self.kind, "context_length": self.context_length, **self.extra}
+
+
+@dataclass
+class TextModel(ServedModel):
+    model: GPT | None = None
+    tokenizer: Tokenizer | None = None
+    chat_format: ChatFormat | None = None
+
+
+@dataclass
+class ImageModel(ServedModel):
+    loaded: LoadedTextToImage | None = None
+
+
+@dataclass
+class TranslationModel(ServedModel):
+    model: torch.nn.Module | None = None
+    tokenizer: Tokenizer | None = None
+
+
+def parse_model_specs(checkpoints: list[str], named: list[str]) -> dict[str, Path]:
+    """`PATH` (named after its directory) and `NAME=PATH` -> {name: path}; a one-line error for a clash."""
+    specs: dict[str, Path] = {}
+    pairs = [(Path(p).resolve().name if Path(p).name in ("", ".") else Path(p).name, p) for p in checkpoints]
+    for item in named:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise GenloomError(f"--name expects NAME=PATH, got {item!r}")
+        pairs.append((name, path))
+    for name, path in pairs:
+        if name in specs:
+            raise GenloomError(f"two models are named {name!r}; name them apart with --name NAME=PATH")
+        if not all(c.isalnum() or c in "-_.:" for c in name):
+            raise GenloomError(f"model name {name!r} may hold only letters, digits and - _ . :")
+        specs[name] = Path(path)
+    if not specs:
+        raise GenloomError("nothing to serve: give at least one checkpoint")
+    return specs
+
+
+def load_served_models(specs: dict[str, Path], settings: ServeSettings,
+                       metrics: ServerMetrics) -> dict[str, ServedModel]:
+    device = pick_device(settings.device)
+    return {name: _load(name, path, settings, metrics, device) for name, path in specs.items()}
+
+
+def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics, device: torch.device) -> ServedModel:
+    if is_hf_directory(path) and not (path / SAFETENSORS_FILE).is_file():
+        raise GenloomError(f"{path} has no {SAFETENSORS_FILE}; the server loads only safetensors weights (a "
+                           "pickled .bin can run code when loaded)")
+    family = "gpt" if is_hf_directory(path) else read_checkpoint_config(resolve_checkpoint(path))["family"]
+    if family == "gpt":
+        loaded = load_pretrained(path)
+        model, tokenizer = loaded.model, loaded.tokenizer
+        assert isinstance(model, GPT) and tokenizer is not None
+        model.to(device).eval()
+        scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics)
+        return TextModel(name, TEXT, family, loaded.path, model.config.context_length, scheduler,
+                         {"chat": tokenizer.chat_format is not None}, model, tokenizer, tokenizer.chat_format)
+    if family == "dalle":
+        t2i = load_text_to_image_model(path)
+        t2i.model.to(device).eval()
+        t2i.vq.to(device).eval()
+        size = _image_size(t2i)
+        worker = BatchWorker(name, lambda jobs: _draw(t2i, jobs), settings.max_batch, settings.max_queue, metrics)
+        return ImageModel(name, IMAGES, family, t2i.path, None, worker,
+                          {"size": size, "method": "tokens", "steps": t2i.model.config.image_len}, t2i)
+    if family in TRANSLATION_FAMILIES:
+        tr = load_translation_model(path)
+        tr.model.to(device).eval()
+        tokenizer = tr.tokenizer
+        worker = BatchWorker(name, lambda jobs: _translate(tr.model, tokenizer, jobs), settings.max_batch,
+                             settings.max_queue, metrics)
+        return TranslationModel(name, TRANSLATION, family, tr.path, None, worker, {}, tr.model, tokenizer)
+    raise GenloomError(f"{path} is a {family} model, which the server does not serve (it serves language, chat, "
+                       "translation and text-to-image models)")
+
+
+def _image_size(t2i: LoadedTextToImage) -> str:
+    with torch.inference_mode():
+        grid = t2i.model.config.grid_size
+        codes = torch.zeros(1, grid, grid, dtype=torch.long, device=next(t2i.vq.parameters()).device)
+        height, width = t2i.vq.decode(codes).shape[-2:]
+    return f"{width}x{height}"
+
+
+@dataclass
+class ImageJob:
+    prompt: str
+    n: int
+    seed: int
+    guidance_scale: float
+    negative_prompt: str
+    temperature: float
+
+
+def image_batch_key(job: ImageJob) -> tuple[float, float]:
+    """Requests that can share one sampling call: the same guidance and temperature (seeds, prompts and
+    negative prompts are per image)."""
+    return (job.guidance_scale, job.temperature)
+
+
+def new_seed() -> int:
+    """A seed for a request that gave none, recorded in its PNGs so the image can be drawn again."""
+    return random.SystemRandom().randrange(2**31)
+
+
+def _draw(t2i: LoadedTextToImage, jobs: list[ImageJob]) -> list[list[bytes]]:
+    """PNG bytes of every job's images from one sampling call; image i of a job is seed + i, as `imagine`."""
+    prompts = [job.prompt for job in jobs for _ in range(job.n)]
+    negatives = [job.negative_prompt for job in jobs for _ in range(job.n)]
+    seeds = [job.seed + i for job in jobs for i in range(job.n)]
+    first = jobs[0]
+    images, _ = imagine(t2i.model, t2i.tokenizer, t2i.vq, prompts, n_images=1, temperature=first.temperature,
+                        guidance_scale=first.guidance_scale, progress=False, negative_prompts=negatives,
+                        image_seeds=seeds)
+    record = read_data_record(t2i.path)
+    credit = attribution(record)
+    out, at = [], 0
+    for job in jobs:
+        pngs = []
+        for i in range(job.n):
+            params = {"model": str(t2i.path), "temperature": job.temperature, "top_k": None, "top_p": None,
+                      "guidance_scale": job.guidance_scale, "seed": job.seed, "n_images": job.n,
+                      "image_seed": job.seed + i, "index": i, "negative_prompt": job.negative_prompt or None}
+            pngs.append(png_bytes(np.ascontiguousarray(images[at]),
+                                  image_record(job.prompt, params, record.get("data"), credit)))
+            at += 1
+        out.append(pngs)
+    return out
+
+
+@dataclass
+class TranslationJob:
+    texts: list[str]
+    prefix: str  # the direction tag of a multi-task model
+    beam_size: int
+
+
+def translation_prefix(tokenizer: Tokenizer, source: str | None, target: str | None) -> str:
+    return direction_prefix(tokenizer, source, target)
+
+
+def _translate(model: torch.nn.Module, tokenizer: Tokenizer, jobs: list[TranslationJob]) -> list[list[str]]:
+    """All jobs' texts in one `translate` call (it sorts them into length batches); jobs share a beam size."""
+    sources = [job.prefix + text for job in jobs for text in job.texts]
+    results = translate(model, tokenizer, sources, beam_size=jobs[0].beam_size)
+    out, at = [], 0
+    for job in jobs:
+        out.append(results[at : at + len(job.texts)])
+        at += len(job.texts)
+    return out

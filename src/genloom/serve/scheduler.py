@@ -1,0 +1,266 @@
+"""The server's schedulers: one thread per model, between the HTTP handlers (asyncio) and the models.
+
+- `TextScheduler` drives a `DecodeBatch` (iteration-level batching): each loop admits waiting requests into free
+  slots, drops rows whose client is gone, and runs one decoding step for every live row. Text is detokenised
+  here (`TextStream`), so a stop string ends its row at the step it appears. A row's result does not depend on
+  its neighbours: the engine gives every row its own positions, mask and generator.
+- `BatchWorker` runs requests that are whole calls (images, translations): it takes the oldest request and
+  every waiting one that can share its call (same `key`), up to a batch size, and runs them together.
+
+Both queues are bounded: a full queue is `QueueFull`, which the HTTP layer answers with 429 and Retry-After.
+Results cross back to the event loop through a callback the handler gives (`loop.call_soon_threadsafe`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from genloom.generate.batch import DecodeBatch, Row, TokenLogprobs
+from genloom.generate.lm import TextStream
+from genloom.generate.sampling import SamplingConfig
+from genloom.models.gpt import GPT
+from genloom.serve.metrics import ServerMetrics
+from genloom.tokenizers import Tokenizer
+
+log = logging.getLogger("genloom.serve")
+
+
+class QueueFull(Exception):
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"{depth} requests waiting")
+        self.depth = depth
+
+
+@dataclass
+class TokenEvent:
+    """What one decoding step produced for one request: text now final, and the token behind it."""
+
+    text: str
+    token: int | None  # None for the end token, which has no text
+    logprobs: TokenLogprobs | None
+    finish_reason: str | None = None  # on the request's last event: "stop" or "length"
+    error: str | None = None  # the model failed; the request ends
+
+
+@dataclass
+class TextJob:
+    """One sequence to generate (a completions request with n = 3 is three jobs)."""
+
+    prompt: list[int]
+    sampling: SamplingConfig
+    eos_id: int | None
+    top_logprobs: int | None
+    deliver: Callable[[TokenEvent], None]  # called on the scheduler's thread; must hand over thread-safely
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    row: Row | None = None
+    text: TextStream | None = None
+    last_token_at: float | None = None
+
+
+class TextScheduler:
+    """Iteration-level batching of text requests for one language model."""
+
+    def __init__(self, name: str, model: GPT, tokenizer: Tokenizer, max_batch: int, max_queue: int,
+                 metrics: ServerMetrics) -> None:
+        self.name, self.model, self.tokenizer, self.metrics = name, model, tokenizer, metrics
+        self.max_queue = max_queue
+        vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
+        self.batch = DecodeBatch(model, max_batch, vocab_limit=vocab_limit)
+        self.waiting: deque[TextJob] = deque()
+        self.live: dict[int, TextJob] = {}  # row id -> job
+        self.wake = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name=f"genloom-serve-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopped = True
+            self.wake.notify()
+        self.thread.join(timeout=10)
+
+    def submit(self, jobs: list[TextJob]) -> None:
+        """Queue the jobs of one request, all or none."""
+        with self.wake:
+            if len(self.waiting) + len(jobs) > self.max_queue:
+                raise QueueFull(len(self.waiting))
+            self.waiting.extend(jobs)
+            self.metrics.queue_depth.labels(self.name).set(len(self.waiting))
+            self.wake.notify()
+
+    def cancel(self, jobs: list[TextJob]) -> None:
+        """The client is gone: its rows leave the batch before the next decoding step."""
+        with self.wake:
+            for job in jobs:
+                job.cancelled = True
+            self.wake.notify()
+
+    @property
+    def running(self) -> int:
+        return len(self.batch.rows)
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.stopped and not self.waiting and not self.batch.rows:
+                    self.wake.wait()
+                if self.stopped:
+                    return
+                admitted: list[TextJob] = []
+                while self.waiting and len(admitted) < self.batch.free:
+                    job = self.waiting.popleft()
+                    if not job.cancelled:
+                        admitted.append(job)
+                self.metrics.queue_depth.labels(self.name).set(len(self.waiting))
+            try:
+                self._drop_cancelled()
+                self._admit(admitted)
+                self._step()
+            except Exception as e:  # a model failure must not kill the server: fail the rows it touched
+                log.exception("decoding failed")
+                for job in [*self.live.values(), *admitted]:
+                    job.deliver(TokenEvent("", None, None, finish_reason="error", error=str(e)))
+                    if job.row is not None:
+                        self.batch.remove(job.row)
+                self.live.clear()
+
+    def _drop_cancelled(self) -> None:
+        for row_id, job in list(self.live.items()):
+            if job.cancelled:
+                assert job.row is not None
+                self.batch.remove(job.row)
+                del self.live[row_id]
+
+    def _admit(self, jobs: list[TextJob]) -> None:
+        if not jobs:
+            return
+        rows = self.batch.add([j.prompt for j in jobs], [j.sampling for j in jobs], [j.top_logprobs for j in jobs],
+                              [j.eos_id for j in jobs])
+        for job, row in zip(jobs, rows, strict=True):
+            job.row, job.text = row, TextStream(self.tokenizer, job.sampling.stop)
+            self.metrics.prompt_tokens.labels(self.name).inc(len(job.prompt))
+            if row.finish_reason is not None:  # no room to generate in the context
+                job.deliver(TokenEvent("", None, None, finish_reason=row.finish_reason))
+            else:
+                self.live[row.id] = job
+
+    def _step(self) -> None:
+        if not self.batch.rows:
+            return
+        self.metrics.running.labels(self.name).set(len(self.batch.rows))
+        outputs = self.batch.step()
+        now = time.perf_counter()
+        for out in outputs:
+            job = self.live[out.row.id]
+            assert job.text is not None
+            self._record_latency(job, now)
+            ended = out.row.finish_reason == "stop"  # the end token: no text of its own
+            piece = "" if ended else job.text.push(out.token)
+            finish = None
+            if job.text.stopped:
+                self.batch.remove(out.row)
+                finish = "stop"
+            elif out.finished:
+                finish = out.row.finish_reason
+            if finish is not None:
+                piece += job.text.flush()
+                del self.live[out.row.id]
+            job.deliver(TokenEvent(piece, None if ended else out.token, out.logprobs, finish))
+        self.metrics.running.labels(self.name).set(len(self.batch.rows))
+
+    def _record_latency(self, job: TextJob, now: float) -> None:
+        self.metrics.generated_tokens.labels(self.name).inc()
+        if job.last_token_at is None:
+            self.metrics.time_to_first_token.labels(self.name).observe(now - job.submitted)
+        else:
+            self.metrics.inter_token_latency.labels(self.name).observe(now - job.last_token_at)
+        job.last_token_at = now
+
+
+@dataclass
+class CallJob:
+    """One request a `BatchWorker` runs: `items` units of work (images, texts) sharing `key`."""
+
+    key: Hashable
+    items: int
+    payload: Any
+    deliver: Callable[[Any, BaseException | None], None]  # (result, error), on the worker's thread
+    cancelled: bool = False
+
+
+class BatchWorker:
+    """Runs whole-call requests in batches: `run(payloads)` -> one result per payload."""
+
+    def __init__(self, name: str, run: Callable[[list[Any]], list[Any]], max_batch: int, max_queue: int,
+                 metrics: ServerMetrics) -> None:
+        self.name, self.run, self.max_batch, self.max_queue, self.metrics = name, run, max_batch, max_queue, metrics
+        self.waiting: deque[CallJob] = deque()
+        self.wake = threading.Condition()
+        self.stopped = False
+        self.running = 0
+        self.thread = threading.Thread(target=self._loop, name=f"genloom-serve-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopped = True
+            self.wake.notify()
+        self.thread.join(timeout=10)
+
+    def submit(self, job: CallJob) -> None:
+        with self.wake:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull(len(self.waiting))
+            self.waiting.append(job)
+            self.metrics.queue_depth.labels(self.name).set(len(self.waiting))
+            self.wake.notify()
+
+    def _take(self) -> list[CallJob]:
+        """The oldest job and every waiting job that shares its call, up to max_batch items."""
+        first = self.waiting.popleft()
+        taken, items, rest = [first], first.items, deque[CallJob]()
+        while self.waiting:
+            job = self.waiting.popleft()
+            if job.key == first.key and items + job.items <= self.max_batch:
+                taken.append(job)
+                items += job.items
+            else:
+                rest.append(job)
+        self.waiting = rest
+        return [job for job in taken if not job.cancelled]
+
+    def _loop(self) -> None:
+        while True:
+            with self.wake:
+                while not self.stopped and not self.waiting:
+                    self.wake.wait()
+                if self.stopped:
+                    return
+                jobs = self._take()
+                self.metrics.queue_depth.labels(self.name).set(len(self.waiting))
+            if not jobs:
+                continue
+            self.running = sum(job.items for job in jobs)
+            self.metrics.running.labels(self.name).set(self.running)
+            try:
+                results = self.run([job.payload for job in jobs])
+            except Exception as e:
+                log.exception("batch failed")
+                for job in jobs:
+                    job.deliver(None, e)
+            else:
+                for job, result in zip(jobs, results, strict=True):
+                    job.deliver(result, None)
+            self.running = 0
+            self.metrics.running.labels(self.name).set(0)

@@ -1,0 +1,95 @@
+"""Request bodies, as OpenAI documents them, with genloom's limits; a field out of range is a 400 naming it.
+
+Unknown fields are ignored (as OpenAI and vLLM do), so a client that sends `user` or `logit_bias` still works.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_N = 16  # completions per prompt
+MAX_PROMPTS = 32  # prompts in one completions request
+MAX_TOP_LOGPROBS = 20
+MAX_IMAGES = 8
+MAX_TRANSLATIONS = 64
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str
+    max_tokens: int | None = Field(None, ge=0)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = Field(None)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(..., min_length=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+
+
+class ContentPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: str
+    content: str | list[ContentPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class ImageRequest(_Body):
+    model: str
+    prompt: str = Field(..., min_length=1, max_length=4000)
+    n: int = Field(1, ge=1, le=MAX_IMAGES)
+    size: str | None = None  # "WxH"; must be the model's own size
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    # genloom's extra fields (sent with the openai client's extra_body)
+    seed: int | None = Field(None, ge=0, lt=2**62)
+    guidance_scale: float = Field(3.0, ge=0.0, le=50.0)
+    negative_prompt: str = Field("", max_length=4000)
+    steps: int | None = Field(None, ge=1)
+    rerank: int | None = Field(None, ge=1, le=64)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+
+
+class TranslationRequest(_Body):
+    model: str
+    text: str | list[str] = Field(..., min_length=1)
+    source_language: str | None = None
+    target_language: str | None = None
+    beam_size: int = Field(4, ge=1, le=16)
+
+    def texts(self) -> list[str]:
+        return [self.text] if isinstance(self.text, str) else list(self.text)

@@ -1,0 +1,127 @@
+"""Iteration-level batching: a row decodes the same tokens alone, joining a running batch, or beside rows that leave."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genloom.errors import GenloomError
+from genloom.generate import SamplingConfig, generate_tokens
+from genloom.generate.batch import DecodeBatch, prompt_logprobs
+from genloom.generate.sampling import apply_output_penalties
+from genloom.models.gpt import GPT, GPTConfig
+
+
+@pytest.fixture(params=["learned", "rotary"])
+def model(request) -> GPT:
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=40, context_length=48, n_layers=2, d_model=32, n_heads=4,
+                        positional=request.param))
+    with torch.no_grad():  # larger weights than the 0.02 init, so logits are far from ties
+        for p in gpt.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return gpt.eval()
+
+
+def _run(batch: DecodeBatch, joins: dict[int, tuple[list[int], SamplingConfig]]) -> dict[int, list[int]]:
+    """Step `batch` until it is empty, adding joins[step] before that step. Tokens by join step."""
+    rows, out, step = {}, {}, 0
+    while batch.rows or any(s >= step for s in joins):
+        if step in joins:
+            prompt, cfg = joins[step]
+            rows[batch.add([prompt], [cfg])[0].id] = step
+        for o in batch.step():
+            out.setdefault(rows[o.row.id], []).append(o.token)
+        step += 1
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_row_joining_mid_decoding_decodes_as_it_would_alone(model, temperature):
+    prompts = {0: [1, 2, 3], 2: [4, 5, 6, 7, 8, 9, 10], 3: [11], 7: [12, 13, 14, 15]}
+    cfgs = {s: SamplingConfig(max_new_tokens=6 + s, temperature=temperature, top_k=20, seed=100 + s) for s in prompts}
+    together = _run(DecodeBatch(model, capacity=4), {s: (prompts[s], cfgs[s]) for s in prompts})
+    for s, prompt in prompts.items():
+        assert together[s] == generate_tokens(model, [prompt], cfgs[s])[0]  # the fixed-batch path, alone
+
+
+def test_a_row_that_leaves_frees_its_slot_and_the_others_carry_on(model):
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11]]
+    batch = DecodeBatch(model, capacity=4)
+    rows = batch.add(prompts, [cfg] * 4)
+    batch.step()
+    batch.step()
+    batch.remove(rows[0])  # a client gone: the last row moves into its slot
+    assert batch.free == 1 and rows[3].slot == 0 and rows[0].slot == -1
+    late = batch.add([[20, 21, 22]], [cfg])[0]
+    while batch.rows:
+        batch.step()
+    for row, prompt in zip(rows[1:], prompts[1:], strict=True):
+        assert row.generated == generate_tokens(model, [prompt], cfg)[0]
+    assert late.generated == generate_tokens(model, [[20, 21, 22]], cfg)[0]
+    assert rows[0].generated == generate_tokens(model, [prompts[0]], cfg)[0][:2]
+
+
+def test_rows_end_at_their_end_token_or_length_and_leave_at_once(model):
+    greedy = generate_tokens(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=10, temperature=0))[0]
+    eos = greedy[2]
+    batch = DecodeBatch(model, capacity=2, eos_id=eos)
+    short, long = batch.add([[1, 2, 3], [5, 6]], [SamplingConfig(max_new_tokens=10, temperature=0),
+                                                   SamplingConfig(max_new_tokens=5, temperature=0, stop_at_eos=False)])
+    live_after_each_step = []
+    while batch.rows:
+        batch.step()
+        live_after_each_step.append([r.id for r in batch.rows])
+    ends = greedy.index(eos) + 1
+    assert short.generated == greedy[:ends] and short.finish_reason == "stop"
+    assert long.generated == generate_tokens(model, [[5, 6]], long.sampling)[0] and long.finish_reason == "length"
+    assert all(short.id not in live for live in live_after_each_step[ends - 1 :])  # gone with its last token
+    assert len(live_after_each_step) == 5
+
+
+def test_capacity_and_context_limits(model):
+    batch = DecodeBatch(model, capacity=1)
+    batch.add([[1]], [SamplingConfig(max_new_tokens=3)])
+    with pytest.raises(GenloomError, match="do not fit: 0 of 1 slots are free"):
+        batch.add([[2]], [SamplingConfig()])
+    full = DecodeBatch(model, capacity=2).add([[1] * 48, [1] * 40], [SamplingConfig(max_new_tokens=100)] * 2)
+    assert full[0].finish_reason == "length" and full[0].slot == -1  # no room: never decodes
+    assert full[1].max_new == 8 and full[1].context_limited
+
+
+def test_logprobs_are_the_models_log_softmax(model):
+    prompt = [3, 1, 4, 1, 5]
+    batch = DecodeBatch(model, capacity=2)
+    neighbour = [7, 7, 7, 7, 7, 7, 7]  # another length beside the row under test
+    batch.add([neighbour], [SamplingConfig(max_new_tokens=4, temperature=0)])
+    row = batch.add([prompt], [SamplingConfig(max_new_tokens=4, temperature=0.7, seed=1)], top_logprobs=[3])[0]
+    logged = []
+    while row.slot >= 0:
+        logged += [o.logprobs for o in batch.step() if o.row is row]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompt + row.generated]))[0], dim=-1)
+    for i, (token, lp) in enumerate(zip(row.generated, logged, strict=True)):
+        expected = logp[len(prompt) - 1 + i]
+        assert lp is not None and lp.logprob == pytest.approx(float(expected[token]), abs=1e-4)
+        assert [t for t, _ in lp.top] == expected.topk(3).indices.tolist()
+    scored = prompt_logprobs(model, prompt + row.generated, top=2)
+    assert scored[0] is None
+    assert [s.logprob for s in scored[1:] if s is not None] == pytest.approx(
+        [float(logp[i - 1, t]) for i, t in enumerate(prompt + row.generated) if i > 0], abs=1e-5)
+
+
+def test_presence_and_frequency_penalties_follow_openai():
+    logits = torch.tensor([[1.0, 1.0, 1.0]])
+    counts = torch.tensor([[0.0, 1.0, 3.0]])
+    assert apply_output_penalties(logits, counts, 0.5, 0.25).tolist() == [[1.0, 0.25, -0.25]]
+    with pytest.raises(GenloomError, match=r"presence_penalty \(3.0\) must be in \[-2, 2\]"):
+        SamplingConfig(presence_penalty=3.0)
+
+
+def test_frequency_penalty_makes_output_more_varied(model):
+    plain = generate_tokens(model, [[1, 2]], SamplingConfig(max_new_tokens=30, temperature=0))[0]
+    penalised = SamplingConfig(max_new_tokens=30, temperature=0, frequency_penalty=2.0)
+    varied = generate_tokens(model, [[1, 2]], penalised)[0]
+    assert len(set(varied)) > len(set(plain))
