@@ -145,7 +145,7 @@ def draw_image(port: int, prompt: str, tally: Tally) -> None:
         connection.close()
 
 
-def load(server: Server, clients: int, seconds: float, send) -> tuple[Tally, float, float, float]:
+def load(server: Server, clients: int, seconds: float, send, prompts: list[str]) -> tuple[Tally, float, float, float]:
     """`clients` threads calling `send` back to back for `seconds`. (tally, elapsed, rss at start, rss at end)."""
     tally, stop_at = Tally(), time.perf_counter() + seconds
     rss_start = server.rss_mib()
@@ -153,7 +153,7 @@ def load(server: Server, clients: int, seconds: float, send) -> tuple[Tally, flo
     def client(i: int) -> None:
         k = i
         while time.perf_counter() < stop_at:
-            send(server.port, PROMPTS[k % len(PROMPTS)], tally)
+            send(server.port, prompts[k % len(prompts)], tally)
             k += clients
 
     started = time.perf_counter()
@@ -177,7 +177,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--image-seconds", type=float, default=60.0)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
     gpt_path, t2i_path = make_models(root)
 
@@ -186,7 +185,7 @@ def main() -> None:
         server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch)
         try:
             for clients in levels:
-                tally, elapsed, rss0, rss1 = load(server, clients, args.seconds, stream_completion)
+                tally, elapsed, rss0, rss1 = load(server, clients, args.seconds, stream_completion, PROMPTS)
                 tokens_per_s = tally.tokens / elapsed
                 per_client_tokens[(max_batch, clients)] = (tokens_per_s, pct(tally.inter_token, 0.5))
                 rows.append([f"{clients}" + ("" if max_batch > 1 else " (--max-batch 1)"),
@@ -197,7 +196,7 @@ def main() -> None:
             if max_batch > 1:
                 image_rows = []
                 for clients in (1, 8):
-                    tally, elapsed, rss0, rss1 = load(server, clients, args.image_seconds, draw_image)
+                    tally, elapsed, rss0, rss1 = load(server, clients, args.image_seconds, draw_image, CAPTIONS)
                     image_rows.append([str(clients), f"{tally.requests / elapsed:.2f}",
                                        f"{1000 * pct(tally.first_token, 0.5):.0f} / "
                                        f"{1000 * pct(tally.first_token, 0.99):.0f}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import socket
@@ -29,7 +30,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=positive_int, default=64,
                    help="requests waiting per model before the server answers 429")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=positive_int, default=default_threads(),
+                   help="torch threads for the models on the CPU (default: every core but one, which is left to "
+                   "the HTTP event loop; see the serve_load benchmark)")
     p.set_defaults(func=_cmd_serve)
+
+
+def default_threads() -> int:
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def is_loopback(host: str) -> bool:
@@ -42,6 +50,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    import torch
     import uvicorn
 
     from genloom.serve.app import ServerConfig, create_app
@@ -54,6 +63,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     if args.api_key is not None and len(args.api_key) < 8:
         raise GenloomError("the API key must be at least 8 characters")
     specs = parse_model_specs(args.checkpoints, args.name)
+    # On 2 cores, torch's two OpenMP threads spin between a step's ops on the core the event loop needs: the measured
+    # single-stream latency halves with one thread (README, Serving benchmark).
+    torch.set_num_threads(args.threads)
     metrics = ServerMetrics()
     models = load_served_models(specs, ServeSettings(args.max_batch, args.max_queue, args.device), metrics)
     app = create_app(models, metrics, ServerConfig(api_key=args.api_key))
@@ -62,10 +74,14 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(2048)  # listening before the address is printed: a client that connects at once is queued
     except OSError as e:
         raise GenloomError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     names = ", ".join(f"{name} ({served.kind})" for name, served in models.items())
     print(f"genloom: serving {names} at http://{shown}:{port}/ (OpenAI API at http://{shown}:{port}/v1)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])
+    # Ctrl-C or SIGTERM, which uvicorn re-raises after its graceful shutdown, is the normal way to stop a server.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])
+    print("genloom: server stopped", flush=True)

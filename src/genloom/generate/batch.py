@@ -252,11 +252,13 @@ class DecodeBatch:
         with torch.inference_mode():
             self._advance()
             outputs = self._choose_all()
+            live = torch.arange(len(outputs), device=self.device)
+            chosen = torch.tensor([out.token for out in outputs], device=self.device)
+            self.seen[live, chosen] = True
+            self.counts[live, chosen] += 1
         for out in outputs:
             row = out.row
             row.generated.append(out.token)
-            self.seen[row.slot, out.token] = True
-            self.counts[row.slot, out.token] += 1
             if row.sampling.stop_at_eos and out.token == row.eos_id:
                 row.finish_reason = "stop"
             elif len(row.generated) >= row.max_new:
@@ -268,22 +270,33 @@ class DecodeBatch:
         return outputs
 
     def _choose_all(self) -> list[StepOutput]:
+        """A token for every live row. Rows that sample alike (same temperature, top-k and top-p, no generator of
+        their own, no penalty, no log-probabilities) share one sampling call: the same distribution per row, and
+        per-row work would cost a 16-row batch more than its forward pass on a small model."""
         rows = self.rows
-        plain_greedy = all(r.sampling.temperature == 0 and r.top_logprobs is None and r.sampling.repetition_penalty
-                           == 1.0 and r.sampling.presence_penalty == 0 and r.sampling.frequency_penalty == 0
-                           for r in rows)
-        if plain_greedy:  # one argmax for the batch instead of one per row: the same tokens
-            logits = self.logits[: len(rows)]
-            if self.vocab_limit is not None:
-                logits = logits[:, : self.vocab_limit]
-            return [StepOutput(r, t, None, False) for r, t in zip(rows, logits.argmax(-1).tolist(), strict=True)]
-        return [self._choose(row) for row in rows]
-
-    def _choose(self, row: Row) -> StepOutput:
-        logits = self.logits[row.slot : row.slot + 1]  # (1, vocab)
+        logits = self.logits[: len(rows)]
         if self.vocab_limit is not None:
             logits = logits.clone()
             logits[:, self.vocab_limit :] = float("-inf")
+        groups: dict[tuple[float, int | None, float | None], list[int]] = {}
+        outputs: list[StepOutput | None] = [None] * len(rows)
+        for i, row in enumerate(rows):
+            cfg = row.sampling
+            plain = (row.generator is None and row.top_logprobs is None and cfg.repetition_penalty == 1.0
+                     and cfg.presence_penalty == 0 and cfg.frequency_penalty == 0)
+            if plain:
+                groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), []).append(i)
+            else:
+                outputs[i] = self._choose(row, logits[i : i + 1])
+        for members in groups.values():
+            index = torch.tensor(members, device=self.device)
+            chosen = choose_tokens(logits.index_select(0, index), rows[members[0]].sampling, None).tolist()
+            for i, token in zip(members, chosen, strict=True):
+                outputs[i] = StepOutput(rows[i], int(token), None, False)
+        return [out for out in outputs if out is not None]
+
+    def _choose(self, row: Row, logits: Tensor) -> StepOutput:
+        """Row `row`'s token from its logits (1, vocab), with its own penalties, generator and log-probabilities."""
         cfg = row.sampling
         adjusted = apply_repetition_penalty(logits, self.seen[row.slot : row.slot + 1], cfg.repetition_penalty)
         adjusted = apply_output_penalties(adjusted, self.counts[row.slot : row.slot + 1], cfg.presence_penalty,

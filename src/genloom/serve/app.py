@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,7 +55,7 @@ from genloom.serve.models import (
     new_seed,
     translation_prefix,
 )
-from genloom.serve.scheduler import CallJob, QueueFull, TextJob, TokenEvent
+from genloom.serve.scheduler import BatchWorker, CallJob, QueueFull, TextJob, TextScheduler, TokenEvent
 from genloom.serve.schemas import (
     MAX_PROMPTS,
     MAX_STOP_STRINGS,
@@ -315,20 +317,20 @@ async def _run(served: ServedModel, jobs: list[TextJob]) -> AsyncIterator[tuple[
     task is cancelled) cancels the unfinished jobs, and the scheduler drops their rows before its next step."""
     if not jobs:
         return
-    loop = asyncio.get_running_loop()
+    relay = _relay(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
 
     def deliverer(index: int) -> Callable[[TokenEvent], None]:
         def deliver(event: TokenEvent) -> None:  # on the scheduler's thread
-            loop.call_soon_threadsafe(events.put_nowait, (index, event))
+            relay.post(events, (index, event))
         return deliver
 
     for index, job in enumerate(jobs):
         job.deliver = deliverer(index)
     scheduler = served.worker
-    assert hasattr(scheduler, "cancel")
+    assert isinstance(scheduler, TextScheduler)
     try:
-        scheduler.submit(jobs)  # type: ignore[arg-type]
+        scheduler.submit(jobs)
     except QueueFull as full:
         raise queue_full(full.depth) from None
     open_jobs = set(range(len(jobs)))
@@ -343,6 +345,40 @@ async def _run(served: ServedModel, jobs: list[TextJob]) -> AsyncIterator[tuple[
     finally:
         if open_jobs:
             scheduler.cancel([jobs[i] for i in open_jobs])
+
+
+class _Relay:
+    """Hands items from scheduler threads to queues of the event loop, one wake-up of the loop per burst: a decoding
+    step of 16 rows delivers 16 events, and 16 `call_soon_threadsafe`s would each write to the loop's self-pipe."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[asyncio.Queue[Any], Any]] = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        with self.lock:
+            self.pending.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self.lock:
+            pending, self.pending, self.scheduled = self.pending, [], False
+        for queue, item in pending:
+            queue.put_nowait(item)
+
+
+_RELAYS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Relay] = weakref.WeakKeyDictionary()
+
+
+def _relay(loop: asyncio.AbstractEventLoop) -> _Relay:
+    if loop not in _RELAYS:
+        _RELAYS[loop] = _Relay(loop)
+    return _RELAYS[loop]
 
 
 async def _call(served: ServedModel, job: CallJob) -> Any:
@@ -362,8 +398,9 @@ async def _call(served: ServedModel, job: CallJob) -> Any:
         loop.call_soon_threadsafe(settle)
 
     job.deliver = deliver
+    assert isinstance(served.worker, BatchWorker)
     try:
-        served.worker.submit(job)  # type: ignore[arg-type]
+        served.worker.submit(job)
     except QueueFull as full:
         raise queue_full(full.depth) from None
     try:
@@ -421,7 +458,7 @@ class CompletionStream:
     def _add_logprob(self, logprobs: dict[str, list[Any]], token: int, lp: TokenLogprobs | None,
                      offset: int | None) -> None:
         decode = self.served.tokenizer.decode  # type: ignore[union-attr]
-        logprobs["text_offset"].append(offset if offset is not None else _next_offset(logprobs, decode))
+        logprobs["text_offset"].append(offset if offset is not None else _next_offset(logprobs))
         logprobs["tokens"].append(decode([token]))
         logprobs["token_logprobs"].append(None if lp is None else lp.logprob)
         logprobs["top_logprobs"].append(None if lp is None else {decode([t]): v for t, v in lp.top})
@@ -479,7 +516,7 @@ def _empty_completion_logprobs() -> dict[str, list[Any]]:
     return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
 
 
-def _next_offset(logprobs: dict[str, list[Any]], decode: Callable[[list[int]], str]) -> int:
+def _next_offset(logprobs: dict[str, list[Any]]) -> int:
     """The character offset of the next token: after the tokens so far."""
     if not logprobs["text_offset"]:
         return 0
