@@ -10,7 +10,7 @@ with --max-batch 1, i.e. the same engine without batching.
 Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 at 16 clients <= 2x one client's;
 zero errors; memory flat.
 
-Usage: python benchmarks/serve_load.py [--seconds 60] [--image-seconds 60]
+Usage: python benchmarks/serve_load.py [--seconds 60] [--image-seconds 60] [--threads N]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import http.client
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -62,9 +61,11 @@ def make_models(root: Path) -> tuple[Path, Path]:
 
 
 class Server:
-    def __init__(self, models: list[str], max_batch: int) -> None:
+    def __init__(self, models: list[str], max_batch: int, threads: int | None) -> None:
         command = [sys.executable, "-m", "genloom.cli", "serve", *models, "--port", "0", "--max-batch",
                    str(max_batch), "--max-queue", "256", "--device", "cpu"]
+        if threads is not None:
+            command += ["--threads", str(threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()  # "genloom: serving ... at http://127.0.0.1:PORT/ ..."
@@ -176,13 +177,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--image-seconds", type=float, default=60.0)
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: its own default)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
     gpt_path, t2i_path = make_models(root)
 
     rows, per_client_tokens = [], {}
     for max_batch, levels in ((16, (1, 4, 16)), (1, (16,))):
-        server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch)
+        server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads)
         try:
             for clients in levels:
                 tally, elapsed, rss0, rss1 = load(server, clients, args.seconds, stream_completion, PROMPTS)

@@ -13,6 +13,7 @@ from chat_helpers import printable_chars
 
 from genloom.checkpoint import save_checkpoint
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
+from genloom.models.clip import Clip, ClipConfig
 from genloom.models.dalle import Dalle, DalleConfig
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
@@ -62,6 +63,12 @@ def make_checkpoints(root: Path) -> dict[str, Path]:
     save_checkpoint(root / "images" / "final", dalle, "dalle", dalle_config, captions, metadata={
         "components": {"image_tokenizer": "vqvae"}})
 
+    clip_config = ClipConfig(text_vocab_size=captions.vocab_size, text_len=12,
+                             pad_id=CaptionCodec(captions, 12).ids.pad, image_vocab_size=16,
+                             grid_size=vq.config.grid_size, d_model=32, n_layers=1, n_heads=4, d_ff=64, embed_dim=16)
+    save_checkpoint(root / "images" / "clip", Clip(clip_config), "clip", clip_config, captions,
+                    metadata={"components": {"image_tokenizer": "vqvae"}})  # the same VQ as the dalle run
+
     s2s_config = Seq2SeqConfig(vocab_size=captions.vocab_size, max_len=24, n_encoder_layers=1, n_decoder_layers=1,
                                d_model=32, n_heads=4, d_ff=64, dropout=0.0, pad_id=CaptionCodec(captions, 12).ids.pad)
     s2s = Seq2SeqTransformer(s2s_config)
@@ -76,13 +83,18 @@ def make_checkpoints(root: Path) -> dict[str, Path]:
             "translate": root / "translate", "long": root / "long"}
 
 
+def clip_of(checkpoints: dict[str, Path]) -> Path:
+    """The CLIP reranker `make_checkpoints` saved beside the text-to-image run (not a served model itself)."""
+    return checkpoints["images"].parent / "clip"
+
+
 class LiveServer:
     """create_app over `specs`, served by uvicorn in a thread of this process on 127.0.0.1:<free port>."""
 
     def __init__(self, specs: dict[str, Path], api_key: str | None = None, max_batch: int = 4, max_queue: int = 8,
-                 max_body_bytes: int = 1 << 20) -> None:
+                 max_body_bytes: int = 1 << 20, clip: Path | None = None) -> None:
         self.metrics = ServerMetrics()
-        self.models = load_served_models(specs, ServeSettings(max_batch, max_queue, "cpu"), self.metrics)
+        self.models = load_served_models(specs, ServeSettings(max_batch, max_queue, "cpu", clip), self.metrics)
         app = create_app(self.models, self.metrics, ServerConfig(api_key=api_key, max_body_bytes=max_body_bytes))
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))

@@ -5,19 +5,25 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 
 import numpy as np
 import openai
 import pytest
 import torch
+from cli_helpers import one_error_line, run_cli
 from PIL import Image
-from server_helpers import http
+from server_helpers import LiveServer, clip_of, http
 
+from genloom.checkpoint import save_checkpoint
 from genloom.generate import SamplingConfig, generate
 from genloom.generate.chat import ChatSession
 from genloom.generate.image_io import read_png_metadata
 from genloom.generate.imagine import imagine
+from genloom.generate.rerank import imagine_best_of
 from genloom.generate.translate import translate
+from genloom.models.vqvae import VQVAE, VQConfig
+from genloom.registry import load_clip_model, load_text_to_image_model
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +183,28 @@ def test_the_page_and_its_files_are_served(server):
     assert status == 200 and "<title>genloom</title>" in page
     for asset in ("/static/app.js", "/static/style.css"):
         assert http("GET", server.url + asset)[0] == 200
+
+
+def test_rerank_keeps_the_clip_models_best_of_n(checkpoints):
+    with LiveServer({"images": checkpoints["images"]}, clip=clip_of(checkpoints)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
+        assert client.models.retrieve("images").model_dump()["rerank"] is True
+        response = client.images.generate(model="images", prompt="a cyan triangle", n=2,
+                                          extra_body={"seed": 3, "rerank": 6, "guidance_scale": 1.0})
+    best = imagine_best_of(load_text_to_image_model(checkpoints["images"]), load_clip_model(clip_of(checkpoints)),
+                           ["a cyan triangle"], 2, 6, seed=3, guidance_scale=1.0, progress=False)
+    for data, image, seed in zip(response.data, best.images, best.seeds or [], strict=True):
+        png = base64.b64decode(data.b64_json)
+        assert (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == image).all()
+        parameters = read_png_metadata(io.BytesIO(png))["parameters"]
+        assert parameters["image_seed"] == seed and parameters["rerank"] == 6 and "clip_score" in parameters
+
+
+def test_a_reranker_on_another_image_tokenizer_is_refused(checkpoints, tmp_path, capsys):
+    other = tmp_path / "clip"
+    shutil.copytree(clip_of(checkpoints), other)
+    torch.manual_seed(1)
+    vq = VQVAE(VQConfig(resolution=8, widths=(8, 8), res_blocks=1, norm_groups=4, codebook_size=16))
+    save_checkpoint(tmp_path / "image_tokenizer", vq, "vqvae", vq.config, None)
+    code, _, err = run_cli(capsys, "serve", checkpoints["images"], "--clip", other)
+    assert code == 1 and "different VQ image tokenizers" in one_error_line(err)

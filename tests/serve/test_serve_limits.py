@@ -33,6 +33,14 @@ def test_invalid_completion_parameters_are_400_naming_the_field(server, body, pa
     assert status == 400 and error["param"] == param and error["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("field", [{"logit_bias": {"5": 100}}, {"best_of": 3}, {"suffix": "end"}])
+def test_openai_parameters_genloom_lacks_are_refused_not_dropped(server, field):
+    status, _, error = _error(server, "/v1/completions", {"model": "lm", "prompt": "a", **field})
+    assert status == 400 and error["code"] == "unsupported_parameter" and error["param"] == next(iter(field))
+    ignored = {"model": "lm", "prompt": "a", "max_tokens": 2, "user": "me", "best_of": 1, "logit_bias": {}}
+    assert http("POST", server.url + "/v1/completions", ignored)[0] == 200
+
+
 def test_a_body_that_is_not_json_is_400(server):
     status, _, payload = http("POST", server.url + "/v1/completions", raw=b"{not json")
     assert status == 400 and payload["error"]["type"] == "invalid_request_error"
@@ -81,6 +89,7 @@ def test_wrong_model_kind_is_400(server):
 @pytest.mark.parametrize(("extra", "param"), [
     ({"size": "512x512"}, "size"), ({"n": 9}, "n"), ({"response_format": "url"}, "response_format"),
     ({"steps": 3}, "steps"), ({"rerank": 4}, "rerank"), ({"guidance_scale": -1}, "guidance_scale"),
+    ({"rerank": 65}, "rerank"),
 ])
 def test_image_limits_are_400(server, extra, param):
     status, _, error = _error(server, "/v1/images/generations", {"model": "images", "prompt": "a red circle", **extra})

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 from genloom.cli.common import positive_int
 from genloom.errors import GenloomError
@@ -29,6 +30,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=positive_int, default=16, help="rows decoded together per model")
     p.add_argument("--max-queue", type=positive_int, default=64,
                    help="requests waiting per model before the server answers 429")
+    p.add_argument("--clip", metavar="RUN", help="a `genloom train clip` run: the image endpoint's reranker "
+                   "(`rerank: N` draws N candidates and keeps the best)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=positive_int, default=default_threads(),
                    help="torch threads for the models on the CPU (default: every core but one, which is left to "
@@ -67,7 +70,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     # single-stream latency halves with one thread (README, Serving benchmark).
     torch.set_num_threads(args.threads)
     metrics = ServerMetrics()
-    models = load_served_models(specs, ServeSettings(args.max_batch, args.max_queue, args.device), metrics)
+    settings = ServeSettings(args.max_batch, args.max_queue, args.device, Path(args.clip) if args.clip else None)
+    models = load_served_models(specs, settings, metrics)
     app = create_app(models, metrics, ServerConfig(api_key=args.api_key))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -100,7 +100,11 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
     async def genloom_error(request: Request, exc: GenloomError) -> JSONResponse:
         return bad_request(str(exc)).response()
 
-    def lookup(name: str, kind: str, endpoint: str) -> ServedModel:
+    def lookup(name: str, kind: str, endpoint: str, body: Any = None) -> ServedModel:
+        unsupported = body.unsupported() if body is not None else None
+        if unsupported is not None:
+            raise bad_request(f"{unsupported} is not supported by this server", param=unsupported,
+                              code="unsupported_parameter")
         if name not in models:
             raise unknown_model(name, sorted(models))
         served = models[name]
@@ -129,7 +133,7 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> Response | dict[str, Any]:
-        served = lookup(body.model, TEXT, "/v1/completions")
+        served = lookup(body.model, TEXT, "/v1/completions", body)
         assert isinstance(served, TextModel)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) > MAX_PROMPTS:
@@ -150,7 +154,7 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest) -> Response | dict[str, Any]:
-        served = lookup(body.model, TEXT, "/v1/chat/completions")
+        served = lookup(body.model, TEXT, "/v1/chat/completions", body)
         assert isinstance(served, TextModel) and served.tokenizer is not None
         if served.chat_format is None:
             raise bad_request(f"the model {body.model!r} has no chat template (it is not a chat model); use "
@@ -183,15 +187,18 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
             raise bad_request(f"this model draws {size} images, not {body.size}", param="size")
         if body.steps is not None and body.steps != steps:
             raise bad_request(f"this model draws an image token by token, in exactly {steps} steps", param="steps")
-        if body.rerank is not None:
-            raise bad_request("reranking needs a CLIP model, which this server does not load; use "
-                              "`genloom imagine --clip RUN --rerank N`", param="rerank")
+        if body.rerank is not None and served.reranker is None:
+            raise bad_request("reranking needs a CLIP model: start the server with --clip RUN (a `genloom train "
+                              "clip` run on this model's image tokenizer)", param="rerank")
+        if body.rerank is not None and body.rerank < body.n:
+            raise bad_request(f"rerank keeps the best {body.n} of `rerank` candidates; ask for at least {body.n}",
+                              param="rerank")
         loaded = served.loaded
         codec = CaptionCodec(loaded.tokenizer, loaded.model.config.text_len)
         codec.encode([body.prompt, body.negative_prompt])  # a caption that does not fit: 400 now, not in a batch
         job = ImageJob(body.prompt, body.n, new_seed() if body.seed is None else body.seed, body.guidance_scale,
-                       body.negative_prompt, body.temperature)
-        pngs = await _call(served, CallJob(image_batch_key(job), body.n, job, _noop))
+                       body.negative_prompt, body.temperature, body.rerank)
+        pngs = await _call(served, CallJob(image_batch_key(job), body.rerank or body.n, job, _noop))
         metrics.images.labels(served.name).inc(len(pngs))
         return {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
                                                        "revised_prompt": None} for png in pngs],

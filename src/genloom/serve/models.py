@@ -7,6 +7,7 @@ safetensors weights are loaded: the registry never unpickles.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,15 @@ from genloom.data.translation import direction_prefix
 from genloom.errors import GenloomError
 from genloom.generate.image_io import image_record, png_bytes
 from genloom.generate.imagine import imagine
+from genloom.generate.rerank import check_same_image_tokenizer, imagine_best_of
 from genloom.generate.translate import translate
 from genloom.interop.hf_gpt2 import SAFETENSORS_FILE, is_hf_directory
 from genloom.models.gpt import GPT
 from genloom.registry import (
     TRANSLATION_FAMILIES,
+    LoadedClip,
     LoadedTextToImage,
+    load_clip_model,
     load_pretrained,
     load_text_to_image_model,
     load_translation_model,
@@ -45,6 +49,7 @@ class ServeSettings:
     max_batch: int = 16  # rows decoded together per model (images: images per call)
     max_queue: int = 64  # requests waiting per model before 429
     device: str = "auto"
+    clip: Path | None = None  # a CLIP reranker for the image models' best-of-N (`rerank`)
 
 
 @dataclass
@@ -73,6 +78,7 @@ class TextModel(ServedModel):
 @dataclass
 class ImageModel(ServedModel):
     loaded: LoadedTextToImage | None = None
+    reranker: LoadedClip | None = None
 
 
 @dataclass
@@ -104,7 +110,26 @@ def parse_model_specs(checkpoints: list[str], named: list[str]) -> dict[str, Pat
 def load_served_models(specs: dict[str, Path], settings: ServeSettings,
                        metrics: ServerMetrics) -> dict[str, ServedModel]:
     device = pick_device(settings.device)
-    return {name: _load(name, path, settings, metrics, device) for name, path in specs.items()}
+    models = {name: _load(name, path, settings, metrics, device) for name, path in specs.items()}
+    if settings.clip is not None:
+        _attach_reranker(settings.clip, [m for m in models.values() if isinstance(m, ImageModel)], device)
+    return models
+
+
+def _attach_reranker(path: Path, image_models: list[ImageModel], device: torch.device) -> None:
+    """Give every image model the CLIP reranker at `path`; it must read their image tokens (the same VQ model)."""
+    if not image_models:
+        raise GenloomError("--clip reranks images, but no text-to-image model is served")
+    reranker = load_clip_model(path)
+    reranker.model.to(device).eval()
+    reranker.vq.to(device).eval()
+    for served in image_models:
+        assert served.loaded is not None
+        check_same_image_tokenizer(served.loaded.vq, reranker.vq, str(served.path), str(reranker.path))
+        served.reranker = reranker
+        served.extra["rerank"] = True
+        assert isinstance(served.worker, BatchWorker)
+        served.worker.run = functools.partial(_draw, served.loaded, reranker)
 
 
 def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics, device: torch.device) -> ServedModel:
@@ -125,9 +150,11 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         t2i.model.to(device).eval()
         t2i.vq.to(device).eval()
         size = _image_size(t2i)
-        worker = BatchWorker(name, lambda jobs: _draw(t2i, jobs), settings.max_batch, settings.max_queue, metrics)
+        worker = BatchWorker(name, functools.partial(_draw, t2i, None), settings.max_batch, settings.max_queue,
+                             metrics)
         return ImageModel(name, IMAGES, family, t2i.path, None, worker,
-                          {"size": size, "method": "tokens", "steps": t2i.model.config.image_len}, t2i)
+                          {"size": size, "method": "tokens", "steps": t2i.model.config.image_len, "rerank": False},
+                          t2i)
     if family in TRANSLATION_FAMILIES:
         tr = load_translation_model(path)
         tr.model.to(device).eval()
@@ -155,12 +182,13 @@ class ImageJob:
     guidance_scale: float
     negative_prompt: str
     temperature: float
+    rerank: int | None = None  # draw this many candidates per image and keep the reranker's best
 
 
-def image_batch_key(job: ImageJob) -> tuple[float, float]:
-    """Requests that can share one sampling call: the same guidance and temperature (seeds, prompts and
+def image_batch_key(job: ImageJob) -> tuple[float, float, int | None]:
+    """Requests that can share one sampling call: the same guidance, temperature and reranking (seeds, prompts and
     negative prompts are per image)."""
-    return (job.guidance_scale, job.temperature)
+    return (job.guidance_scale, job.temperature, job.rerank)
 
 
 def new_seed() -> int:
@@ -168,8 +196,12 @@ def new_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
-def _draw(t2i: LoadedTextToImage, jobs: list[ImageJob]) -> list[list[bytes]]:
-    """PNG bytes of every job's images from one sampling call; image i of a job is seed + i, as `imagine`."""
+def _draw(t2i: LoadedTextToImage, reranker: LoadedClip | None, jobs: list[ImageJob]) -> list[list[bytes]]:
+    """PNG bytes of every job's images from one sampling call; image i of a job is seed + i, as `imagine`.
+    Reranked jobs draw their candidates with `imagine_best_of`, one call per job."""
+    if jobs[0].rerank is not None:
+        assert reranker is not None, "the app refuses rerank without a reranker"
+        return [_draw_best_of(t2i, reranker, job) for job in jobs]
     prompts = [job.prompt for job in jobs for _ in range(job.n)]
     negatives = [job.negative_prompt for job in jobs for _ in range(job.n)]
     seeds = [job.seed + i for job in jobs for i in range(job.n)]
@@ -191,6 +223,23 @@ def _draw(t2i: LoadedTextToImage, jobs: list[ImageJob]) -> list[list[bytes]]:
             at += 1
         out.append(pngs)
     return out
+
+
+def _draw_best_of(t2i: LoadedTextToImage, reranker: LoadedClip, job: ImageJob) -> list[bytes]:
+    assert job.rerank is not None
+    best = imagine_best_of(t2i, reranker, [job.prompt], job.n, job.rerank, seed=job.seed,
+                           temperature=job.temperature, guidance_scale=job.guidance_scale, progress=False,
+                           negative_prompts=[job.negative_prompt])
+    record = read_data_record(t2i.path)
+    pngs = []
+    for i, (image, score) in enumerate(zip(best.images, best.scores, strict=True)):
+        params = {"model": str(t2i.path), "temperature": job.temperature, "top_k": None, "top_p": None,
+                  "guidance_scale": job.guidance_scale, "seed": job.seed, "n_images": job.n, "index": i,
+                  "negative_prompt": job.negative_prompt or None, "clip": str(reranker.path), "rerank": job.rerank,
+                  "image_seed": None if best.seeds is None else best.seeds[i], "clip_score": round(float(score), 4)}
+        pngs.append(png_bytes(np.ascontiguousarray(image),
+                              image_record(job.prompt, params, record.get("data"), attribution(record))))
+    return pngs
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Request bodies, as OpenAI documents them, with genloom's limits; a field out of range is a 400 naming it.
 
-Unknown fields are ignored (as OpenAI and vLLM do), so a client that sends `user` or `logit_bias` still works.
+Unknown fields are ignored (as OpenAI and vLLM do), so a client that sends `user` or `metadata` still works; OpenAI
+fields that would change the result and that genloom does not implement (`logit_bias`, `best_of`, `suffix`, tools)
+are refused by name instead of being silently dropped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,24 @@ MAX_IMAGES = 8
 MAX_TRANSLATIONS = 64
 
 
+# OpenAI parameters that change what comes back; present with a non-trivial value -> 400 naming them.
+UNSUPPORTED = ("logit_bias", "best_of", "suffix", "tools", "tool_choice", "functions", "function_call",
+               "response_format", "modalities", "audio", "prediction")
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
+
+    def unsupported(self) -> str | None:
+        """The first OpenAI parameter given that genloom does not implement, if any."""
+        extra = self.model_extra or {}
+        for name in UNSUPPORTED:
+            value = extra.get(name)
+            trivial = value in (None, {}, [], "", "none", "auto") or (name == "best_of" and value == 1) or (
+                name == "response_format" and isinstance(value, dict) and value.get("type") == "text")
+            if name in extra and not trivial:
+                return name
+        return None
 
 
 class StreamOptions(_Body):

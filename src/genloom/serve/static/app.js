@@ -145,6 +145,8 @@ async function sendImages(event) {
   if (seed !== null) body.seed = seed;
   const steps = numberOr("image-steps", null);
   if (steps !== null) body.steps = steps;
+  const rerank = numberOr("image-rerank", null);
+  if (rerank !== null) body.rerank = rerank;
   $("image-send").disabled = true;
   try {
     const response = await fetch("/v1/images/generations", { method: "POST", headers: headers(),
