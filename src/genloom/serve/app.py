@@ -319,9 +319,14 @@ def _jobs(body: CompletionRequest | ChatRequest, prompts: list[list[int]], max_t
     return jobs
 
 
-async def _run(served: ServedModel, jobs: list[TextJob]) -> AsyncIterator[tuple[int, TokenEvent]]:
-    """Submit `jobs` and yield (job index, event) as tokens come. Leaving early (a client gone: the response
-    task is cancelled) cancels the unfinished jobs, and the scheduler drops their rows before its next step."""
+Burst = list[tuple[int, TokenEvent]]  # (job index, event) pairs that arrived together
+
+
+async def _run(served: ServedModel, jobs: list[TextJob]) -> AsyncIterator[Burst]:
+    """Submit `jobs` and yield their events as they come, in bursts: everything that has arrived by the time the
+    consumer asks, so a stream that falls behind catches up in one write instead of one per token. Leaving early
+    (a client gone: the response task is cancelled) cancels the unfinished jobs, and the scheduler drops their
+    rows before its next step."""
     if not jobs:
         return
     relay = _relay(asyncio.get_running_loop())
@@ -343,12 +348,15 @@ async def _run(served: ServedModel, jobs: list[TextJob]) -> AsyncIterator[tuple[
     open_jobs = set(range(len(jobs)))
     try:
         while open_jobs:
-            index, event = await events.get()
-            if event.error is not None:
-                raise ApiError(500, f"generation failed: {event.error}", type_="server_error")
-            if event.finish_reason is not None:
-                open_jobs.discard(index)
-            yield index, event
+            burst = [await events.get()]
+            while not events.empty():
+                burst.append(events.get_nowait())
+            for index, event in burst:
+                if event.error is not None:
+                    raise ApiError(500, f"generation failed: {event.error}", type_="server_error")
+                if event.finish_reason is not None:
+                    open_jobs.discard(index)
+            yield burst
     finally:
         if open_jobs:
             scheduler.cancel([jobs[i] for i in open_jobs])
@@ -419,14 +427,22 @@ async def _call(served: ServedModel, job: CallJob) -> Any:
         raise
 
 
-def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """Server-sent events: one `data: JSON` per chunk, then `data: [DONE]`, as OpenAI streams."""
+async def _each(bursts: AsyncIterator[Burst]) -> AsyncIterator[tuple[int, TokenEvent]]:
+    async for burst in bursts:
+        for item in burst:
+            yield item
+
+
+def _sse(chunks: AsyncIterator[list[dict[str, Any]]]) -> StreamingResponse:
+    """Server-sent events: one `data: JSON` per chunk, then `data: [DONE]`, as OpenAI streams; the chunks of one
+    burst go out in one write."""
     import json
 
     async def body() -> AsyncIterator[str]:
         try:
-            async for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            async for burst in chunks:
+                if burst:
+                    yield "".join(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n" for chunk in burst)
         except ApiError as e:  # headers are sent: the error travels as an event
             yield f"data: {json.dumps(e.body())}\n\n"
         yield "data: [DONE]\n\n"
@@ -474,7 +490,7 @@ class CompletionStream:
                 ) -> dict[str, Any]:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
-    async def collect(self, events: AsyncIterator[tuple[int, TokenEvent]]) -> dict[str, Any]:
+    async def collect(self, bursts: AsyncIterator[Burst]) -> dict[str, Any]:
         texts = [""] * self.choices
         logprobs = [_empty_completion_logprobs() for _ in range(self.choices)]
         finish: list[str | None] = ["length"] * self.choices
@@ -482,7 +498,7 @@ class CompletionStream:
             if self.body.echo:
                 texts[i], logprobs[i] = self._echo(i)
         generated = 0
-        async for index, event in events:
+        async for index, event in _each(bursts):
             texts[index] += event.text
             if event.token is not None:
                 generated += 1
@@ -497,26 +513,29 @@ class CompletionStream:
                             for i in range(self.choices)],
                 "usage": _usage(prompt_tokens, generated)}
 
-    async def chunks(self, events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self, bursts: AsyncIterator[Burst]) -> AsyncIterator[list[dict[str, Any]]]:
         want_logprobs = self.body.logprobs is not None
         head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.served.name}
         if self.body.echo:
-            for i in range(self.choices):
-                text, echoed = self._echo(i)
-                yield {**head, "choices": [self._choice(i, text, echoed if want_logprobs else None, None)]}
+            echoes = [self._echo(i) for i in range(self.choices)]
+            yield [{**head, "choices": [self._choice(i, text, echoed if want_logprobs else None, None)]}
+                   for i, (text, echoed) in enumerate(echoes)]
         generated = 0
-        async for index, event in events:
-            logprobs: dict[str, list[Any]] | None = None
-            if want_logprobs:
-                logprobs = _empty_completion_logprobs()
-                if event.token is not None:
-                    self._add_logprob(logprobs, event.token, event.logprobs, 0)
-            generated += event.token is not None
-            if event.text or event.finish_reason is not None or logprobs:
-                yield {**head, "choices": [self._choice(index, event.text, logprobs, event.finish_reason)]}
+        async for burst in bursts:
+            out = []
+            for index, event in burst:
+                logprobs: dict[str, list[Any]] | None = None
+                if want_logprobs:
+                    logprobs = _empty_completion_logprobs()
+                    if event.token is not None:
+                        self._add_logprob(logprobs, event.token, event.logprobs, 0)
+                generated += event.token is not None
+                if event.text or event.finish_reason is not None or logprobs:
+                    out.append({**head, "choices": [self._choice(index, event.text, logprobs, event.finish_reason)]})
+            yield out
         if self.body.stream_options is not None and self.body.stream_options.include_usage:
             prompt_tokens = sum(len(e) for e in self.encoded) * self.body.n
-            yield {**head, "choices": [], "usage": _usage(prompt_tokens, generated)}
+            yield [{**head, "choices": [], "usage": _usage(prompt_tokens, generated)}]
 
 
 def _empty_completion_logprobs() -> dict[str, list[Any]]:
@@ -547,12 +566,12 @@ class ChatStream:
         assert lp is not None
         return {**entry(token, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
 
-    async def collect(self, events: AsyncIterator[tuple[int, TokenEvent]]) -> dict[str, Any]:
+    async def collect(self, bursts: AsyncIterator[Burst]) -> dict[str, Any]:
         n = self.body.n
         texts, finish = [""] * n, ["length"] * n
         logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         generated = 0
-        async for index, event in events:
+        async for index, event in _each(bursts):
             texts[index] += event.text
             if event.token is not None:
                 generated += 1
@@ -566,22 +585,25 @@ class ChatStream:
                              "finish_reason": finish[i]} for i in range(n)],
                 "usage": _usage(self.prompt_tokens * n, generated)}
 
-    async def chunks(self, events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[dict[str, Any]]:
+    async def chunks(self, bursts: AsyncIterator[Burst]) -> AsyncIterator[list[dict[str, Any]]]:
         head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.served.name}
-        for i in range(self.body.n):  # OpenAI's first chunk of each choice carries the role
-            yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                        "finish_reason": None}]}
+        # OpenAI's first chunk of each choice carries the role.
+        yield [{**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                     "finish_reason": None}]} for i in range(self.body.n)]
         generated = 0
-        async for index, event in events:
-            generated += event.token is not None
-            logprobs = None
-            if self.body.logprobs and event.token is not None:
-                logprobs = {"content": [self._logprob_entry(event.token, event.logprobs)]}
-            if event.text or logprobs is not None:
-                yield {**head, "choices": [{"index": index, "delta": {"content": event.text}, "logprobs": logprobs,
-                                            "finish_reason": None}]}
-            if event.finish_reason is not None:
-                yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
-                                            "finish_reason": event.finish_reason}]}
+        async for burst in bursts:
+            out = []
+            for index, event in burst:
+                generated += event.token is not None
+                logprobs = None
+                if self.body.logprobs and event.token is not None:
+                    logprobs = {"content": [self._logprob_entry(event.token, event.logprobs)]}
+                if event.text or logprobs is not None:
+                    out.append({**head, "choices": [{"index": index, "delta": {"content": event.text},
+                                                     "logprobs": logprobs, "finish_reason": None}]})
+                if event.finish_reason is not None:
+                    out.append({**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                                     "finish_reason": event.finish_reason}]})
+            yield out
         if self.body.stream_options is not None and self.body.stream_options.include_usage:
-            yield {**head, "choices": [], "usage": _usage(self.prompt_tokens * self.body.n, generated)}
+            yield [{**head, "choices": [], "usage": _usage(self.prompt_tokens * self.body.n, generated)}]
