@@ -467,13 +467,14 @@ class CompletionStream:
     def _prompt_of(self, index: int) -> int:
         return index // self.body.n
 
-    def _echo(self, index: int) -> tuple[str, dict[str, list[Any]]]:
+    async def _echo(self, index: int) -> tuple[str, dict[str, list[Any]]]:
         """The prompt's text and, with logprobs, its tokens' log-probabilities (the first token has none)."""
         p = self._prompt_of(index)
         logprobs = _empty_completion_logprobs()
         if self.body.logprobs is not None:
             assert self.served.model is not None
-            scored = prompt_logprobs(self.served.model, self.encoded[p], self.body.logprobs)
+            # A forward pass over the prompt: on a worker thread, so the event loop keeps serving the other streams.
+            scored = await asyncio.to_thread(prompt_logprobs, self.served.model, self.encoded[p], self.body.logprobs)
             for token, lp in zip(self.encoded[p], scored, strict=True):
                 self._add_logprob(logprobs, token, lp, None)
         return self.prompts[p], logprobs
@@ -496,7 +497,7 @@ class CompletionStream:
         finish: list[str | None] = ["length"] * self.choices
         for i in range(self.choices):
             if self.body.echo:
-                texts[i], logprobs[i] = self._echo(i)
+                texts[i], logprobs[i] = await self._echo(i)
         generated = 0
         async for index, event in _each(bursts):
             texts[index] += event.text
@@ -517,7 +518,7 @@ class CompletionStream:
         want_logprobs = self.body.logprobs is not None
         head = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.served.name}
         if self.body.echo:
-            echoes = [self._echo(i) for i in range(self.choices)]
+            echoes = [await self._echo(i) for i in range(self.choices)]
             yield [{**head, "choices": [self._choice(i, text, echoed if want_logprobs else None, None)]}
                    for i, (text, echoed) in enumerate(echoes)]
         generated = 0
