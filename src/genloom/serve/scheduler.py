@@ -64,7 +64,28 @@ class TextJob:
     last_token_at: float | None = None
 
 
-class TextScheduler:
+class _ModelThread:
+    """A model's thread: it waits on `wake` for work and ends when `stop` sets `stopped`."""
+
+    def __init__(self, name: str) -> None:
+        self.wake = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name=f"genloom-serve-{name}", daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopped = True
+            self.wake.notify()
+        self.thread.join(timeout=10)
+
+
+class TextScheduler(_ModelThread):
     """Iteration-level batching of text requests for one language model."""
 
     def __init__(self, name: str, model: GPT, tokenizer: Tokenizer, max_batch: int, max_queue: int,
@@ -75,23 +96,12 @@ class TextScheduler:
         self.batch = DecodeBatch(model, max_batch, vocab_limit=vocab_limit)
         self.waiting: deque[TextJob] = deque()
         self.live: dict[int, TextJob] = {}  # row id -> job
-        self.wake = threading.Condition()
-        self.stopped = False
-        self.thread = threading.Thread(target=self._run, name=f"genloom-serve-{name}", daemon=True)
+        super().__init__(name)
         # This model's series, looked up once: a label lookup per token would cost a 16-row step ~0.1 ms.
         self._generated = metrics.generated_tokens.labels(name)
         self._first_token = metrics.time_to_first_token.labels(name)
         self._inter_token = metrics.inter_token_latency.labels(name)
         self._running = metrics.running.labels(name)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self.wake:
-            self.stopped = True
-            self.wake.notify()
-        self.thread.join(timeout=10)
 
     def submit(self, jobs: list[TextJob]) -> None:
         """Queue the jobs of one request, all or none."""
@@ -202,26 +212,15 @@ class CallJob:
     cancelled: bool = False
 
 
-class BatchWorker:
+class BatchWorker(_ModelThread):
     """Runs whole-call requests in batches: `run(payloads)` -> one result per payload."""
 
     def __init__(self, name: str, run: Callable[[list[Any]], list[Any]], max_batch: int, max_queue: int,
                  metrics: ServerMetrics) -> None:
         self.name, self.run, self.max_batch, self.max_queue, self.metrics = name, run, max_batch, max_queue, metrics
         self.waiting: deque[CallJob] = deque()
-        self.wake = threading.Condition()
-        self.stopped = False
         self.running = 0
-        self.thread = threading.Thread(target=self._loop, name=f"genloom-serve-{name}", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        with self.wake:
-            self.stopped = True
-            self.wake.notify()
-        self.thread.join(timeout=10)
+        super().__init__(name)
 
     def submit(self, job: CallJob) -> None:
         with self.wake:
@@ -245,7 +244,7 @@ class BatchWorker:
         self.waiting = rest
         return [job for job in taken if not job.cancelled]
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while True:
             with self.wake:
                 while not self.stopped and not self.waiting:
