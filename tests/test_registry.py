@@ -17,6 +17,7 @@ from genloom.models.dalle import DalleConfig
 from genloom.models.gpt import GPTConfig
 from genloom.models.lstm import LSTMConfig
 from genloom.models.seq2seq import Seq2SeqConfig
+from genloom.models.vae import VAEConfig
 from genloom.models.vqvae import VQConfig
 from genloom.registry import FAMILIES, build_model, load_pretrained, load_text_to_image_model, preset_config
 from genloom.tokenizers import SPECIAL_TOKENS, BPETokenizer, CharTokenizer, Tokenizer
@@ -35,6 +36,7 @@ def _config(family: str, tokenizer: Tokenizer) -> object:
                                  n_heads=2, d_ff=32),
         "lstm": LSTMConfig(vocab_size=v, embed_dim=8, hidden_size=8),
         "vqvae": VQ,
+        "vae": VAEConfig(resolution=8, widths=(8, 8), res_blocks=1, norm_groups=4),
         "dalle": DalleConfig(text_vocab_size=v, text_len=6, image_vocab_size=16, grid_size=4, d_model=16,
                              n_layers=1, n_heads=2, d_ff=32, pad_id=pad),
         "clip": ClipConfig(text_vocab_size=v, text_len=6, image_vocab_size=16, grid_size=4, d_model=16, n_layers=1,
@@ -50,12 +52,14 @@ def _inputs(family: str) -> tuple[torch.Tensor, ...]:
         "seq2seq": (torch.tensor([[3, 4, 5]]), torch.tensor([[1, 2]])),
         "lstm": (torch.tensor([[3, 4, 5]]), torch.tensor([[1, 2]])),
         "vqvae": (torch.rand(1, 3, 8, 8) * 2 - 1,),
+        "vae": (torch.rand(1, 3, 8, 8) * 2 - 1,),
         "dalle": (text, codes),
         "clip": (text, codes),
     }[family]
 
 
 def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    torch.manual_seed(0)  # the same draws for a model that samples (the VAE's posterior)
     with torch.no_grad():
         out = model(*inputs)
     return list(out) if isinstance(out, tuple) else [out]
@@ -73,7 +77,7 @@ def test_every_family_round_trips_through_a_checkpoint(family: str, tmp_path: Pa
         vq = build_model("vqvae", VQ)
         save_checkpoint(run / "image_tokenizer", vq, "vqvae", VQ, None)
         components = {"image_tokenizer": "vqvae"}
-    text = None if family == "vqvae" else tokenizer
+    text = None if family in ("vqvae", "vae") else tokenizer
     save_checkpoint(run / "checkpoint-0000001", model, family, config, text, metadata={"components": components})
     loaded = load_pretrained(run)  # the run directory: its latest checkpoint
     assert loaded.family == family and loaded.config == config and not loaded.model.training
