@@ -22,6 +22,7 @@ METHODS = ("tokens",)  # `--method diffusion` (latent diffusion) is a later addi
 
 def add_commands(train_sub: argparse._SubParsersAction) -> None:
     _add_train_image_tokenizer(train_sub)
+    _add_train_image_autoencoder(train_sub)
     _add_train_text_to_image(train_sub)
     _add_train_clip(train_sub)
 
@@ -53,6 +54,21 @@ def _add_train_image_tokenizer(sub: argparse._SubParsersAction) -> None:
     t = add_training_flags(p, out="runs/image-tokenizer", lr_help="peak learning rate", warmup=100, weight_decay=0.0)
     t.add_argument("--batch-size", type=positive_int, default=32, help="images per micro-batch per process")
     p.set_defaults(func=_cmd_train_image_tokenizer)
+
+
+def _add_train_image_autoencoder(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("image-autoencoder", help="train a KL autoencoder (images -> a continuous latent grid, the "
+                       "latent space of diffusion)")
+    _add_data_flags(p.add_argument_group("data"), "images at N x N (default: the preset's resolution)")
+    m = p.add_argument_group("model (flags override the preset)")
+    m.add_argument("--preset", default="vae-32", help="vae-tiny, vae-32, vae-digits")
+    m.add_argument("--latent-channels", type=positive_int, help="channels of the latent grid")
+    m.add_argument("--kl-weight", type=non_negative_float, help="weight of the KL term")
+    m.add_argument("--edge-weight", type=non_negative_float, help="weight of the image-gradient L1 term")
+    t = add_training_flags(p, out="runs/image-autoencoder", lr_help="peak learning rate", warmup=100,
+                           weight_decay=0.0)
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per micro-batch per process")
+    p.set_defaults(func=_cmd_train_image_autoencoder)
 
 
 def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
@@ -161,6 +177,26 @@ def _record_for(args: argparse.Namespace, data: ImageCaptionSet, vq_path: Path |
     record = image_data_record(data, args.limit, args.val_fraction, image_tokenizer_data=vq_record.get("data"))
     record["attribution"] = data.attribution or attribution(vq_record)
     return record
+
+
+def _cmd_train_image_autoencoder(args: argparse.Namespace) -> None:
+    from genloom.registry import preset_config
+    from genloom.run_record import image_data_record
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.image_autoencoder import train_image_autoencoder
+
+    overrides = {"resolution": args.resolution, "latent_channels": args.latent_channels,
+                 "kl_weight": args.kl_weight, "edge_weight": args.edge_weight}
+    resolution = preset_config("vae", args.preset, **overrides).resolution
+    data, train, val, _ = _load_data(args, resolution)
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="psnr")
+    try:
+        _, result = train_image_autoencoder(train.images, val.images, args.preset, cfg, model_overrides=overrides,
+                                            resume=args.resume,
+                                            run_record=image_data_record(data, args.limit, args.val_fraction))
+    finally:
+        shutdown_distributed()
+    report_done(result, ("psnr", "kl", "latent_scale"))
 
 
 def _cmd_train_text_to_image(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from genloom.data.images import images_to_tensor, to_unit_range
 from genloom.errors import GenloomError
+from genloom.models.vae import VAEConfig
 from genloom.models.vqvae import VQVAE, VQConfig
 from genloom.train.config import TrainConfig
 from genloom.train.run import new_model, run_model_config, saved_run
@@ -46,22 +47,18 @@ def _check_images(images: np.ndarray, split: str, resolution: int) -> None:
         )
 
 
-class ImageTokenizerTask(Task):
-    """Random batches of whole images; loss is pixel MSE of the reconstruction plus the VQ commitment loss.
+class ImageReconstructionTask(Task):
+    """Random batches of whole images, for a model that learns to reconstruct them (an image tokenizer or
+    autoencoder); subclasses give the loss and the validation metrics.
 
     Every micro-batch is `batch_size` images drawn uniformly (with replacement) by the trainer's generator,
     so the data position is the generator state alone and a resumed run continues exactly.
     """
 
-    family = FAMILY
-    tokenizer = None  # images in, codes out: no text tokenizer to save
-    metric_goals: ClassVar[dict[str, Goal]] = {
-        "psnr": "max", "val_mse": "min", "codebook_usage": "max", "codebook_perplexity": "max",
-        "colour_codebook_usage": "max", "colour_perplexity": "max",
-    }
+    tokenizer = None  # images in, codes or latents out: no text tokenizer to save
 
     def __init__(
-        self, model_config: VQConfig, train_images: np.ndarray, val_images: np.ndarray, batch_size: int
+        self, model_config: VQConfig | VAEConfig, train_images: np.ndarray, val_images: np.ndarray, batch_size: int
     ) -> None:
         if batch_size < 1:
             raise GenloomError(f"batch size ({batch_size}) must be at least 1")
@@ -89,14 +86,24 @@ class ImageTokenizerTask(Task):
         chosen = self._val_chunks()[:n]
         return [(to_unit_range(chosen[i]),) for i in range(rank, len(chosen), world_size)]
 
+    def count_tokens(self, batch: Batch) -> int:
+        """Images, so the trainer's tokens/s reads as images per second."""
+        return len(batch[0])
+
+
+class ImageTokenizerTask(ImageReconstructionTask):
+    """The VQ-VAE: loss is pixel MSE of the reconstruction plus the VQ commitment loss."""
+
+    family = FAMILY
+    metric_goals: ClassVar[dict[str, Goal]] = {
+        "psnr": "max", "val_mse": "min", "codebook_usage": "max", "codebook_perplexity": "max",
+        "colour_codebook_usage": "max", "colour_perplexity": "max",
+    }
+
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         (images,) = batch
         reconstruction, vq_loss, _ = model(images)
         return F.mse_loss(reconstruction.float(), images) + vq_loss
-
-    def count_tokens(self, batch: Batch) -> int:
-        """Images, so the trainer's tokens/s reads as images per second."""
-        return len(batch[0])
 
     @torch.no_grad()
     def validation_metrics(self, model: nn.Module) -> dict[str, float]:

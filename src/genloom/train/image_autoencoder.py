@@ -1,0 +1,82 @@
+"""KL-autoencoder training (the latent space of latent diffusion): a task for the shared Trainer, and its recipe.
+
+Every validation also measures the latent scale (1 / std of the latents of a fixed sample of training images)
+and stores it in the model, so every checkpoint the Trainer writes carries the scale of its own weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from genloom.data.images import to_unit_range
+from genloom.models.vae import VAE, gaussian_kl, measure_latent_scale
+from genloom.train.config import TrainConfig
+from genloom.train.image_tokenizer import ImageReconstructionTask, psnr
+from genloom.train.run import new_model, run_model_config, saved_run
+from genloom.train.task import Batch, Goal
+from genloom.train.trainer import Trainer, TrainResult
+
+FAMILY = "vae"
+SCALE_SAMPLE = 512  # training images the latent scale is measured on
+
+
+class ImageAutoencoderTask(ImageReconstructionTask):
+    """Loss: pixel MSE of the reconstruction from a posterior sample + kl_weight x KL (+ the edge term)."""
+
+    family = FAMILY
+    metric_goals: ClassVar[dict[str, Goal]] = {"psnr": "max", "val_mse": "min", "kl": "min"}
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        assert isinstance(model, VAE)
+        (images,) = batch
+        return model.loss(images).total
+
+    @torch.no_grad()
+    def validation_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Over the validation set, decoding the posterior mean: psnr (dB), val_mse, kl (per latent element),
+        latent_mean and latent_std (unscaled); latent_scale, measured on the first SCALE_SAMPLE training images
+        and set in the model."""
+        assert isinstance(model, VAE)
+        device = next(model.parameters()).device
+        psnr_sum, sq_err, pixels, kl_sum, z_sum, z_sq, latents = 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0
+        for chunk in self._val_chunks():
+            images = to_unit_range(chunk.to(device))
+            mean, logvar = model.encode(images)
+            reconstruction = model.decode(mean).float().clamp(-1.0, 1.0)
+            psnr_sum += float(psnr(images, reconstruction).sum())
+            sq_err += float((reconstruction - images).pow(2).sum())
+            pixels += images.numel()
+            kl_sum += float(gaussian_kl(mean, logvar).sum())
+            z_sum, z_sq, latents = z_sum + float(mean.sum()), z_sq + float(mean.pow(2).sum()), latents + mean.numel()
+        sample = self.train[:SCALE_SAMPLE]
+        batches = [to_unit_range(sample[i : i + self.batch_size].to(device)) for i in range(0, len(sample),
+                                                                                                self.batch_size)]
+        scale = measure_latent_scale(model, batches, torch.Generator(device=device).manual_seed(0))
+        z_mean = z_sum / latents
+        return {"psnr": psnr_sum / len(self.val), "val_mse": sq_err / pixels, "kl": kl_sum / latents,
+                "latent_mean": z_mean, "latent_std": max(z_sq / latents - z_mean**2, 0.0) ** 0.5,
+                "latent_scale": scale}
+
+
+def train_image_autoencoder(
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    preset_name: str,
+    train_config: TrainConfig,
+    model_overrides: Mapping[str, object] | None = None,
+    resume: bool = False,
+    run_record: dict[str, Any] | None = None,
+) -> tuple[VAE, TrainResult]:
+    """Build a VAE from a preset and train it with the shared Trainer on uint8 (N, H, W, 3) images."""
+    saved = saved_run(FAMILY, train_config) if resume else None
+    model_config = run_model_config(FAMILY, preset_name, saved, model_overrides)
+    task = ImageAutoencoderTask(model_config, train_images, val_images, train_config.batch_size)
+    model = new_model(FAMILY, model_config, train_config.seed)
+    assert isinstance(model, VAE)
+    result = Trainer(task, model, train_config, run_record=run_record).fit(resume=resume)
+    return model, result
