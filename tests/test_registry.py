@@ -14,6 +14,7 @@ from genloom.checkpoint import save_checkpoint
 from genloom.errors import GenloomError
 from genloom.models.clip import ClipConfig
 from genloom.models.dalle import DalleConfig
+from genloom.models.dit import DiTConfig
 from genloom.models.gpt import GPTConfig
 from genloom.models.lstm import LSTMConfig
 from genloom.models.seq2seq import Seq2SeqConfig
@@ -37,6 +38,8 @@ def _config(family: str, tokenizer: Tokenizer) -> object:
         "lstm": LSTMConfig(vocab_size=v, embed_dim=8, hidden_size=8),
         "vqvae": VQ,
         "vae": VAEConfig(resolution=8, widths=(8, 8), res_blocks=1, norm_groups=4),
+        "dit": DiTConfig(latent_size=4, patch_size=2, d_model=16, n_layers=1, n_heads=2, d_ff=32, text_vocab_size=v,
+                         text_len=6, text_layers=1, pad_id=1),
         "dalle": DalleConfig(text_vocab_size=v, text_len=6, image_vocab_size=16, grid_size=4, d_model=16,
                              n_layers=1, n_heads=2, d_ff=32, pad_id=pad),
         "clip": ClipConfig(text_vocab_size=v, text_len=6, image_vocab_size=16, grid_size=4, d_model=16, n_layers=1,
@@ -53,6 +56,7 @@ def _inputs(family: str) -> tuple[torch.Tensor, ...]:
         "lstm": (torch.tensor([[3, 4, 5]]), torch.tensor([[1, 2]])),
         "vqvae": (torch.rand(1, 3, 8, 8) * 2 - 1,),
         "vae": (torch.rand(1, 3, 8, 8) * 2 - 1,),
+        "dit": (torch.randn(1, 4, 4, 4), torch.tensor([500]), torch.tensor([[2, 5, 3, 1, 1, 1]])),
         "dalle": (text, codes),
         "clip": (text, codes),
     }[family]
@@ -67,7 +71,7 @@ def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.T
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_round_trips_through_a_checkpoint(family: str, tmp_path: Path) -> None:
-    tokenizer = CAPTIONS if family in ("dalle", "clip") else CHARS
+    tokenizer = CAPTIONS if family in ("dalle", "clip", "dit") else CHARS
     config = _config(family, tokenizer)
     torch.manual_seed(0)
     model = build_model(family, config).eval()

@@ -22,7 +22,7 @@ from genloom.checkpoint import CONFIG_FILE, load_weights, read_checkpoint_config
 from genloom.config import config_from_dict
 from genloom.errors import GenloomError
 from genloom.interop.hf_gpt2 import is_hf_directory, load_hf_gpt2
-from genloom.models import clip, dalle, gpt, lstm, seq2seq, vae, vqvae
+from genloom.models import clip, dalle, dit, gpt, lstm, seq2seq, vae, vqvae
 from genloom.models.caption_image import check_image_tokenizer
 from genloom.tokenizers import Tokenizer, check_tokenizer_fits, find_tokenizer
 
@@ -62,6 +62,7 @@ FAMILIES: dict[str, Family] = {
     "lstm": Family(lstm.LSTMConfig, lstm.LSTMSeq2Seq, lstm.preset, "vocab_size"),
     "vqvae": Family(vqvae.VQConfig, vqvae.VQVAE, vqvae.preset, None),
     "vae": Family(vae.VAEConfig, vae.VAE, vae.preset, None),
+    "dit": Family(dit.DiTConfig, dit.DiT, dit.preset, "text_vocab_size"),
     "dalle": Family(dalle.DalleConfig, dalle.Dalle, dalle.preset, "text_vocab_size", _IMAGE_TOKENIZER),
     "clip": Family(clip.ClipConfig, clip.Clip, clip.preset, "text_vocab_size", _IMAGE_TOKENIZER),
 }
