@@ -33,7 +33,10 @@ def test_train_chat_writes_its_report_card(capsys: pytest.CaptureFixture[str], t
         assert key in report, key
     assert set(report["chat_accuracy"]["before"]) == set(report["chat_accuracy"]["after"]) == {
         "arithmetic", "units", "instructions", "pydoc", "follow_up", "all"}
-    assert set(report["few_shot_accuracy"]) == {"k=0", "k=8"}
+    shots = report["few_shot_accuracy"]
+    most = [k for k in shots if k != "k=0"]
+    assert "k=0" in shots and len(most) == 1 and 0 < int(most[0][2:]) <= 8  # 8, or the most that fit the context
+    assert all("mean" in row for row in shots.values())
     assert report["tokens_seen"] > 0 and (out / "report.md").read_text().startswith("# Chat run report")
     # Padding instead of packing trains as well; the report is rewritten for the new run.
     padded, _ = _chat_run(capsys, tmp_path, base, "--no-packing")

@@ -20,7 +20,7 @@ from genloom.data.conversations import encode_conversations, held_out_conversati
 from genloom.data.icl import ICL_FAMILIES
 from genloom.errors import GenloomError
 from genloom.eval.chat import FamilyScore, chat_accuracy, overall
-from genloom.eval.icl import few_shot_accuracy, icl_probe_metrics
+from genloom.eval.icl import few_shot_accuracy, icl_probe_metrics, max_shots_that_fit
 from genloom.interop.hf_gpt2 import is_hf_directory
 from genloom.models.gpt import GPT
 from genloom.outputs import write_text_atomically
@@ -45,8 +45,14 @@ def _accuracy_table(scores: dict[str, FamilyScore]) -> dict[str, Any]:
 
 
 def _few_shot(model: GPT, tokenizer: Tokenizer, n: int) -> dict[str, Any]:
+    """Accuracy at each of REPORT_SHOTS, or at the most shots that fit the context when fewer do (a small
+    model's context holds fewer than 8 examples: its report says k=7, not an error)."""
     table: dict[str, Any] = {}
-    for k in REPORT_SHOTS:
+    try:
+        fit = max_shots_that_fit(tokenizer, ICL_FAMILIES, model.config.context_length, n)
+    except GenloomError:  # the vocabulary lacks a symbol: each k below reports it
+        fit = -1
+    for k in sorted({min(k, fit) if fit >= 0 else k for k in REPORT_SHOTS}):
         try:
             by_family = few_shot_accuracy(model, tokenizer, ICL_FAMILIES, [k], n=n)
         except GenloomError as e:  # k shots do not fit this model's context, or its vocabulary lacks a symbol
