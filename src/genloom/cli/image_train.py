@@ -16,6 +16,7 @@ from genloom.errors import GenloomError
 
 if TYPE_CHECKING:
     from genloom.data.images import ImageCaptionSet
+    from genloom.train.image_tokenizer import ImageReconstructionTask
 
 METHODS = ("tokens",)  # `--method diffusion` (latent diffusion) is a later addition
 
@@ -131,24 +132,32 @@ def _load_data(args: argparse.Namespace, resolution: int | None) -> tuple[ImageC
 
 
 def _cmd_train_image_tokenizer(args: argparse.Namespace) -> None:
-    from genloom.registry import preset_config
-    from genloom.run_record import image_data_record
-    from genloom.train.distributed import shutdown_distributed
-    from genloom.train.image_tokenizer import train_image_tokenizer
+    from genloom.train.image_tokenizer import ImageTokenizerTask
 
     overrides = {"resolution": args.resolution, "encoder": args.encoder, "codebook_size": args.codebook_size,
                  "code_dim": args.code_dim, "colour_codes": args.colour_codes, "commitment": args.commitment,
                  "dead_code_steps": args.dead_code_steps}
-    resolution = preset_config("vqvae", args.preset, **overrides).resolution
+    _train_reconstruction(args, ImageTokenizerTask, overrides, ("psnr", "codebook_usage", "codebook_perplexity"))
+
+
+def _train_reconstruction(args: argparse.Namespace, task_class: type[ImageReconstructionTask],
+                          overrides: dict[str, object], report: tuple[str, ...]) -> None:
+    """`train image-tokenizer` and `train image-autoencoder`: the data at the model's resolution, the recipe,
+    best/ by PSNR."""
+    from genloom.registry import preset_config
+    from genloom.run_record import image_data_record
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.image_tokenizer import train_reconstruction
+
+    resolution = preset_config(task_class.family, args.preset, **overrides).resolution
     data, train, val, _ = _load_data(args, resolution)
     cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="psnr")
     try:
-        _, result = train_image_tokenizer(train.images, val.images, args.preset, cfg, model_overrides=overrides,
-                                          resume=args.resume,
-                                          run_record=image_data_record(data, args.limit, args.val_fraction))
+        _, result = train_reconstruction(task_class, train.images, val.images, args.preset, cfg, overrides,
+                                         args.resume, image_data_record(data, args.limit, args.val_fraction))
     finally:
         shutdown_distributed()
-    report_done(result, ("psnr", "codebook_usage", "codebook_perplexity"))
+    report_done(result, report)
 
 
 def _image_tokenizer_flag(args: argparse.Namespace) -> Path:
@@ -180,23 +189,11 @@ def _record_for(args: argparse.Namespace, data: ImageCaptionSet, vq_path: Path |
 
 
 def _cmd_train_image_autoencoder(args: argparse.Namespace) -> None:
-    from genloom.registry import preset_config
-    from genloom.run_record import image_data_record
-    from genloom.train.distributed import shutdown_distributed
-    from genloom.train.image_autoencoder import train_image_autoencoder
+    from genloom.train.image_autoencoder import ImageAutoencoderTask
 
     overrides = {"resolution": args.resolution, "latent_channels": args.latent_channels,
                  "kl_weight": args.kl_weight, "edge_weight": args.edge_weight}
-    resolution = preset_config("vae", args.preset, **overrides).resolution
-    data, train, val, _ = _load_data(args, resolution)
-    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="psnr")
-    try:
-        _, result = train_image_autoencoder(train.images, val.images, args.preset, cfg, model_overrides=overrides,
-                                            resume=args.resume,
-                                            run_record=image_data_record(data, args.limit, args.val_fraction))
-    finally:
-        shutdown_distributed()
-    report_done(result, ("psnr", "kl", "latent_scale"))
+    _train_reconstruction(args, ImageAutoencoderTask, overrides, ("psnr", "kl", "latent_scale"))
 
 
 def _cmd_train_text_to_image(args: argparse.Namespace) -> None:

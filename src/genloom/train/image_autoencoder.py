@@ -16,10 +16,9 @@ from torch import Tensor, nn
 from genloom.data.images import to_unit_range
 from genloom.models.vae import VAE, gaussian_kl, measure_latent_scale
 from genloom.train.config import TrainConfig
-from genloom.train.image_tokenizer import ImageReconstructionTask, psnr
-from genloom.train.run import new_model, run_model_config, saved_run
+from genloom.train.image_tokenizer import ImageReconstructionTask, psnr, train_reconstruction
 from genloom.train.task import Batch, Goal
-from genloom.train.trainer import Trainer, TrainResult
+from genloom.train.trainer import TrainResult
 
 FAMILY = "vae"
 SCALE_SAMPLE = 512  # training images the latent scale is measured on
@@ -73,10 +72,7 @@ def train_image_autoencoder(
     run_record: dict[str, Any] | None = None,
 ) -> tuple[VAE, TrainResult]:
     """Build a VAE from a preset and train it with the shared Trainer on uint8 (N, H, W, 3) images."""
-    saved = saved_run(FAMILY, train_config) if resume else None
-    model_config = run_model_config(FAMILY, preset_name, saved, model_overrides)
-    task = ImageAutoencoderTask(model_config, train_images, val_images, train_config.batch_size)
-    model = new_model(FAMILY, model_config, train_config.seed)
+    model, result = train_reconstruction(ImageAutoencoderTask, train_images, val_images, preset_name, train_config,
+                                         model_overrides, resume, run_record)
     assert isinstance(model, VAE)
-    result = Trainer(task, model, train_config, run_record=run_record).fit(resume=resume)
     return model, result

@@ -148,10 +148,28 @@ def train_image_tokenizer(
     `train_config.batch_size` counts images. On resume the run's saved model config wins. `run_record`: the
     run's data record (see `genloom.run_record`).
     """
-    saved = saved_run(FAMILY, train_config) if resume else None
-    model_config = run_model_config(FAMILY, preset_name, saved, model_overrides)
-    task = ImageTokenizerTask(model_config, train_images, val_images, train_config.batch_size)
-    model = new_model(FAMILY, model_config, train_config.seed)
+    model, result = train_reconstruction(ImageTokenizerTask, train_images, val_images, preset_name, train_config,
+                                         model_overrides, resume, run_record)
     assert isinstance(model, VQVAE)
+    return model, result
+
+
+def train_reconstruction(
+    task_class: type[ImageReconstructionTask],
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    preset_name: str,
+    train_config: TrainConfig,
+    model_overrides: Mapping[str, object] | None,
+    resume: bool,
+    run_record: dict[str, Any] | None,
+) -> tuple[nn.Module, TrainResult]:
+    """The recipe of every image-reconstruction family (`task_class.family`): its model from a preset (the run's
+    saved config on resume), trained by the shared Trainer."""
+    family = task_class.family
+    saved = saved_run(family, train_config) if resume else None
+    model_config = run_model_config(family, preset_name, saved, model_overrides)
+    task = task_class(model_config, train_images, val_images, train_config.batch_size)
+    model = new_model(family, model_config, train_config.seed)
     result = Trainer(task, model, train_config, run_record=run_record).fit(resume=resume)
     return model, result
