@@ -157,7 +157,6 @@ class DecodeBatch:
                                    weight.dtype) for _ in range(cfg.n_layers)]
         self.head = decoding_head(model)
         vocab = cfg.vocab_size
-        self.logits = torch.zeros(capacity, vocab, device=self.device)  # next-token logits of this step
         self.seen = torch.zeros(capacity, vocab, dtype=torch.bool, device=self.device)  # prompt + output
         self.counts = torch.zeros(capacity, vocab, device=self.device)  # output tokens, for OpenAI's penalties
         self.rows: list[Row] = []  # live rows; rows[i].slot == i
@@ -250,8 +249,7 @@ class DecodeBatch:
         if not self.rows:
             return []
         with torch.inference_mode():
-            self._advance()
-            outputs = self._choose_all()
+            outputs = self._choose_all(self._advance())
             live = torch.arange(len(outputs), device=self.device)
             chosen = torch.tensor([out.token for out in outputs], device=self.device)
             self.seen[live, chosen] = True
@@ -269,14 +267,12 @@ class DecodeBatch:
                 self.remove(out.row)
         return outputs
 
-    def _choose_all(self) -> list[StepOutput]:
+    def _choose_all(self, logits: Tensor) -> list[StepOutput]:
         """A token for every live row. Rows that sample alike (same temperature, top-k and top-p, no generator of
         their own, no penalty, no log-probabilities) share one sampling call: the same distribution per row, and
         per-row work would cost a 16-row batch more than its forward pass on a small model."""
         rows = self.rows
-        logits = self.logits[: len(rows)]
         if self.vocab_limit is not None:
-            logits = logits.clone()
             logits[:, self.vocab_limit :] = float("-inf")
         groups: dict[tuple[float, int | None, float | None], list[int]] = {}
         outputs: list[StepOutput | None] = [None] * len(rows)
@@ -307,7 +303,7 @@ class DecodeBatch:
             logprobs = token_logprobs(logits[0], token, row.top_logprobs)
         return StepOutput(row, token, logprobs, finished=False)
 
-    def _advance(self) -> None:
+    def _advance(self) -> Tensor:
         """Read every live row's last token (its prompt's last, or the token chosen last step) into its slot: the
         next-token logits of the live rows."""
         rows, n = self.rows, len(self.rows)
@@ -322,7 +318,7 @@ class DecodeBatch:
         # A row's position is its column: slots hold no padding.
         hidden = self.model.hidden_states(tokens, positions=fill[:, None], attention_mask=key_valid,
                                           kv_caches=list(self.caches), last_only=True)  # type: ignore[arg-type]
-        self.logits[:n] = hidden[:, -1] @ self.head
+        return hidden[:, -1] @ self.head  # (n, vocab)
 
 
 def token_logprobs(logits: Tensor, token: int, top: int) -> TokenLogprobs:

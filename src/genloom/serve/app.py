@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genloom.data.captions import CaptionCodec
+from genloom.data.translation import direction_prefix
 from genloom.errors import GenloomError
 from genloom.generate.batch import TokenLogprobs, prompt_logprobs
 from genloom.generate.sampling import SamplingConfig
@@ -53,7 +54,6 @@ from genloom.serve.models import (
     TranslationModel,
     image_batch_key,
     new_seed,
-    translation_prefix,
 )
 from genloom.serve.scheduler import BatchWorker, CallJob, QueueFull, TextJob, TextScheduler, TokenEvent
 from genloom.serve.schemas import (
@@ -198,7 +198,7 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         codec.encode([body.prompt, body.negative_prompt])  # a caption that does not fit: 400 now, not in a batch
         job = ImageJob(body.prompt, body.n, new_seed() if body.seed is None else body.seed, body.guidance_scale,
                        body.negative_prompt, body.temperature, body.rerank)
-        pngs = await _call(served, CallJob(image_batch_key(job), body.rerank or body.n, job, _noop))
+        pngs = await _call(served, image_batch_key(job), body.rerank or body.n, job)
         metrics.images.labels(served.name).inc(len(pngs))
         return {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
                                                        "revised_prompt": None} for png in pngs],
@@ -211,10 +211,10 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         texts = body.texts()
         if len(texts) > MAX_TRANSLATIONS:
             raise bad_request(f"at most {MAX_TRANSLATIONS} texts per request, got {len(texts)}", param="text")
-        prefix = translation_prefix(served.tokenizer, body.source_language, body.target_language)
+        prefix = direction_prefix(served.tokenizer, body.source_language, body.target_language)
         check_sources(served.model, served.tokenizer, [prefix + t for t in texts])
         job = TranslationJob(texts, prefix, body.beam_size)
-        results = await _call(served, CallJob((body.beam_size,), len(texts), job, _noop))
+        results = await _call(served, (body.beam_size,), len(texts), job)
         return {"object": "translation", "model": served.name,
                 "translations": [{"index": i, "text": text} for i, text in enumerate(results)]}
 
@@ -257,10 +257,6 @@ class Guard:
                 await self.app(scope, receive, counted)
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
-
-
-def _noop(result: Any, error: BaseException | None) -> None:
-    """Placeholder deliver callback; `_call` installs the real one."""
 
 
 def _refuse(request: Request, settings: ServerConfig) -> Response | None:
@@ -396,9 +392,9 @@ def _relay(loop: asyncio.AbstractEventLoop) -> _Relay:
     return _RELAYS[loop]
 
 
-async def _call(served: ServedModel, job: CallJob) -> Any:
-    """Run a whole-call job (images, translations) on the model's worker; a client gone before its batch starts
-    is skipped."""
+async def _call(served: ServedModel, key: Hashable, items: int, payload: Any) -> Any:
+    """Run a whole-call request (images, translations) on the model's worker, batched with waiting requests of the
+    same `key` (`items` units of work); a client gone before its batch starts is skipped."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Any] = loop.create_future()
 
@@ -412,7 +408,7 @@ async def _call(served: ServedModel, job: CallJob) -> Any:
                 done.set_result(result)
         loop.call_soon_threadsafe(settle)
 
-    job.deliver = deliver
+    job = CallJob(key, items, payload, deliver)
     assert isinstance(served.worker, BatchWorker)
     try:
         served.worker.submit(job)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from genloom.checkpoint import read_checkpoint_config, resolve_checkpoint
-from genloom.data.translation import direction_prefix
 from genloom.errors import GenloomError
 from genloom.generate.image_io import image_record, png_bytes
 from genloom.generate.imagine import imagine
@@ -209,19 +208,10 @@ def _draw(t2i: LoadedTextToImage, reranker: LoadedClip | None, jobs: list[ImageJ
     images, _ = imagine(t2i.model, t2i.tokenizer, t2i.vq, prompts, n_images=1, temperature=first.temperature,
                         guidance_scale=first.guidance_scale, progress=False, negative_prompts=negatives,
                         image_seeds=seeds)
-    record = read_data_record(t2i.path)
-    credit = attribution(record)
     out, at = [], 0
     for job in jobs:
-        pngs = []
-        for i in range(job.n):
-            params = {"model": str(t2i.path), "temperature": job.temperature, "top_k": None, "top_p": None,
-                      "guidance_scale": job.guidance_scale, "seed": job.seed, "n_images": job.n,
-                      "image_seed": job.seed + i, "index": i, "negative_prompt": job.negative_prompt or None}
-            pngs.append(png_bytes(np.ascontiguousarray(images[at]),
-                                  image_record(job.prompt, params, record.get("data"), credit)))
-            at += 1
-        out.append(pngs)
+        out.append([_png(t2i, job, i, images[at + i], {"image_seed": job.seed + i}) for i in range(job.n)])
+        at += job.n
     return out
 
 
@@ -230,16 +220,26 @@ def _draw_best_of(t2i: LoadedTextToImage, reranker: LoadedClip, job: ImageJob) -
     best = imagine_best_of(t2i, reranker, [job.prompt], job.n, job.rerank, seed=job.seed,
                            temperature=job.temperature, guidance_scale=job.guidance_scale, progress=False,
                            negative_prompts=[job.negative_prompt])
-    record = read_data_record(t2i.path)
-    pngs = []
-    for i, (image, score) in enumerate(zip(best.images, best.scores, strict=True)):
-        params = {"model": str(t2i.path), "temperature": job.temperature, "top_k": None, "top_p": None,
-                  "guidance_scale": job.guidance_scale, "seed": job.seed, "n_images": job.n, "index": i,
-                  "negative_prompt": job.negative_prompt or None, "clip": str(reranker.path), "rerank": job.rerank,
-                  "image_seed": None if best.seeds is None else best.seeds[i], "clip_score": round(float(score), 4)}
-        pngs.append(png_bytes(np.ascontiguousarray(image),
-                              image_record(job.prompt, params, record.get("data"), attribution(record))))
-    return pngs
+    return [_png(t2i, job, i, image, {"clip": str(reranker.path), "rerank": job.rerank,
+                                      "image_seed": None if best.seeds is None else best.seeds[i],
+                                      "clip_score": round(float(score), 4)})
+            for i, (image, score) in enumerate(zip(best.images, best.scores, strict=True))]
+
+
+def _png(t2i: LoadedTextToImage, job: ImageJob, index: int, image: np.ndarray, extra: dict[str, Any]) -> bytes:
+    """Image `index` of `job` as PNG bytes with the record `genloom imagine` writes (parameters, data, credit)."""
+    params = {"model": str(t2i.path), "temperature": job.temperature, "top_k": None, "top_p": None,
+              "guidance_scale": job.guidance_scale, "seed": job.seed, "n_images": job.n, "index": index,
+              "negative_prompt": job.negative_prompt or None, **extra}
+    record = _data_record(t2i.path)
+    return png_bytes(np.ascontiguousarray(image), image_record(job.prompt, params, record.get("data"),
+                                                               attribution(record)))
+
+
+@functools.cache
+def _data_record(checkpoint: Path) -> dict[str, Any]:
+    """The run's data record, read once per served model rather than once per image."""
+    return read_data_record(checkpoint)
 
 
 @dataclass
@@ -247,10 +247,6 @@ class TranslationJob:
     texts: list[str]
     prefix: str  # the direction tag of a multi-task model
     beam_size: int
-
-
-def translation_prefix(tokenizer: Tokenizer, source: str | None, target: str | None) -> str:
-    return direction_prefix(tokenizer, source, target)
 
 
 def _translate(model: torch.nn.Module, tokenizer: Tokenizer, jobs: list[TranslationJob]) -> list[list[str]]:
