@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from genloom.data.images import to_unit_range
 from genloom.models.vae import VAE, gaussian_kl, measure_latent_scale
 from genloom.train.config import TrainConfig
-from genloom.train.image_tokenizer import ImageReconstructionTask, psnr, train_reconstruction
+from genloom.train.image_tokenizer import ImageReconstructionTask, train_reconstruction
 from genloom.train.task import Batch, Goal
 from genloom.train.trainer import TrainResult
 
@@ -42,24 +42,23 @@ class ImageAutoencoderTask(ImageReconstructionTask):
         and set in the model."""
         assert isinstance(model, VAE)
         device = next(model.parameters()).device
-        psnr_sum, sq_err, pixels, kl_sum, z_sum, z_sq, latents = 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0
-        for chunk in self._val_chunks():
-            images = to_unit_range(chunk.to(device))
+        kl_sum, z_sum, z_sq, latents = 0.0, 0.0, 0.0, 0
+
+        def reconstruct(images: Tensor) -> Tensor:  # from the posterior mean, tallying the latents on the way
+            nonlocal kl_sum, z_sum, z_sq, latents
             mean, logvar = model.encode(images)
-            reconstruction = model.decode(mean).float().clamp(-1.0, 1.0)
-            psnr_sum += float(psnr(images, reconstruction).sum())
-            sq_err += float((reconstruction - images).pow(2).sum())
-            pixels += images.numel()
             kl_sum += float(gaussian_kl(mean, logvar).sum())
             z_sum, z_sq, latents = z_sum + float(mean.sum()), z_sq + float(mean.pow(2).sum()), latents + mean.numel()
+            return model.decode(mean)
+
+        metrics = self.reconstruction_metrics(reconstruct, device)
         sample = self.train[:SCALE_SAMPLE]
         batches = [to_unit_range(sample[i : i + self.batch_size].to(device)) for i in range(0, len(sample),
                                                                                                 self.batch_size)]
         scale = measure_latent_scale(model, batches, torch.Generator(device=device).manual_seed(0))
         z_mean = z_sum / latents
-        return {"psnr": psnr_sum / len(self.val), "val_mse": sq_err / pixels, "kl": kl_sum / latents,
-                "latent_mean": z_mean, "latent_std": max(z_sq / latents - z_mean**2, 0.0) ** 0.5,
-                "latent_scale": scale}
+        return {**metrics, "kl": kl_sum / latents, "latent_mean": z_mean,
+                "latent_std": max(z_sq / latents - z_mean**2, 0.0) ** 0.5, "latent_scale": scale}
 
 
 def train_image_autoencoder(

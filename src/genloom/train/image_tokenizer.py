@@ -6,7 +6,7 @@ captions play no part in learning the image tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -90,6 +90,19 @@ class ImageReconstructionTask(Task):
         """Images, so the trainer's tokens/s reads as images per second."""
         return len(batch[0])
 
+    def reconstruction_metrics(self, reconstruct: Callable[[Tensor], Tensor], device: torch.device
+                               ) -> dict[str, float]:
+        """psnr (dB, [0, 1] scale) and val_mse ([-1, 1] scale) of `reconstruct` (images in [-1, 1] -> their
+        reconstructions) over the whole validation set, clamped to [-1, 1] as decoded images are."""
+        psnr_sum, sq_err_sum, pixels = 0.0, 0.0, 0
+        for chunk in self._val_chunks():
+            images = to_unit_range(chunk.to(device))
+            reconstruction = reconstruct(images).float().clamp(-1.0, 1.0)
+            psnr_sum += float(psnr(images, reconstruction).sum())
+            sq_err_sum += float((reconstruction - images).pow(2).sum())
+            pixels += images.numel()
+        return {"psnr": psnr_sum / len(self.val), "val_mse": sq_err_sum / pixels}
+
 
 class ImageTokenizerTask(ImageReconstructionTask):
     """The VQ-VAE: loss is pixel MSE of the reconstruction plus the VQ commitment loss."""
@@ -113,21 +126,9 @@ class ImageTokenizerTask(ImageReconstructionTask):
         resets it.
         """
         assert isinstance(model, VQVAE)
-        device = next(model.parameters()).device
-        psnr_sum, sq_err_sum, pixels = 0.0, 0.0, 0
-        for chunk in self._val_chunks():
-            images = to_unit_range(chunk.to(device))
-            reconstruction = model(images)[0].float().clamp(-1.0, 1.0)  # clamped as `decode` does
-            psnr_sum += float(psnr(images, reconstruction).sum())
-            sq_err_sum += float((reconstruction - images).pow(2).sum())
-            pixels += images.numel()
+        metrics = self.reconstruction_metrics(lambda images: model(images)[0], next(model.parameters()).device)
         stats = model.quantizer.codebook_stats(reset=True)
-        metrics = {
-            "psnr": psnr_sum / len(self.val),
-            "val_mse": sq_err_sum / pixels,
-            "codebook_usage": stats.used_fraction,
-            "codebook_perplexity": stats.perplexity,
-        }
+        metrics |= {"codebook_usage": stats.used_fraction, "codebook_perplexity": stats.perplexity}
         if model.colour_quantizer is not None:  # factorised tokens: codebook_* are the shape codes'
             colour = model.colour_quantizer.codebook_stats(reset=True)
             metrics |= {"colour_codebook_usage": colour.used_fraction, "colour_perplexity": colour.perplexity}
