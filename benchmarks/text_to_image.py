@@ -37,9 +37,8 @@ import torch
 from genloom.checkpoint import BEST_DIR, read_checkpoint_config
 from genloom.data.image_sets import load_images, split_images
 from genloom.eval.shapes import score_shapes
-from genloom.generate.imagine import codes_to_images, imagine
+from genloom.generate.imagine import codes_to_images, encode_images, imagine
 from genloom.registry import load_image_tokenizer, load_text_to_image_model
-from genloom.train.caption_image import encode_images
 
 # Minutes of training per model (each at most 30, as the issue asks); the shapes caption model's: --shapes-minutes.
 SHAPES_VQ_MINUTES = 3

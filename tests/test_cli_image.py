@@ -134,7 +134,7 @@ def test_eval_prints_a_row_per_guidance_scale(
                     "--n-per-caption", 1, "--guidance-scales", "2", "--device", "cpu")
     assert "digit accuracy" in digits and "Fréchet distance" in digits
     (row,) = _summary(digits)
-    assert row.split()[0] == "2" and len(row.split()) == 4
+    assert row.split()[0] == "2" and len(row.split()) == 5  # no steps for the token method; images/s last
 
 
 def test_folder_with_an_unreadable_image(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -202,8 +202,9 @@ def test_user_errors_are_one_line(runs: tuple[Path, Path, str], capsys: pytest.C
     assert "16x16" in line and "VQ image tokenizer" in line and "32x32" in line
     assert "must be divisible by 4" in cli_fails(capsys, "train", "image-tokenizer", *DATA, "--resolution", 18,
                                                  "--preset", "vq-tiny", *TINY)
-    assert "not available yet" in cli_fails(capsys, "train", "text-to-image", "--method", "diffusion", *DATA,
-                                         "--image-tokenizer", vq, *TINY)
+    assert "--image-tokenizer: a flag of --method tokens, not of --method diffusion" in cli_fails(
+        capsys, "train", "text-to-image", "--method", "diffusion", *DATA, "--image-tokenizer", vq, *TINY)
+    assert "needs --autoencoder" in cli_fails(capsys, "train", "text-to-image", "--method", "diffusion", *DATA, *TINY)
     assert "missing-vq does not exist" in cli_fails(capsys, "train", "text-to-image", *DATA,
                                                  "--image-tokenizer", "missing-vq", *TINY)
     assert "--image-tokenizer is required" in cli_fails(capsys, "train", "text-to-image", *DATA, *TINY)

@@ -25,12 +25,12 @@ ALLOWED: dict[str, set[str]] = {
     "diffusion": set(),  # torch only
     "tokenizers": {"errors", "config"},
     "data": {"tokenizers", "errors", "config"},
-    "models": {"nn", "config", "errors"},
+    "models": {"nn", "diffusion", "config", "errors"},  # a denoiser's config records its diffusion process
     "checkpoint": {"tokenizers", "config", "errors", "outputs"},
-    "interop": {"models", "nn", "tokenizers", "checkpoint", "config", "errors", "outputs"},
-    "registry": {"interop", "models", "nn", "tokenizers", "checkpoint", "config", "errors", "outputs"},
+    "interop": {"models", "nn", "diffusion", "tokenizers", "checkpoint", "config", "errors", "outputs"},
+    "registry": {"interop", "models", "nn", "diffusion", "tokenizers", "checkpoint", "config", "errors", "outputs"},
     "run_record": {"data", "tokenizers", "errors", "config", "outputs"},
-    "info": {"models", "nn", "config", "errors"},
+    "info": {"models", "nn", "diffusion", "config", "errors"},
 }
 _BELOW_GENERATE = {"registry", "run_record", "interop", "checkpoint", "models", "nn", "data", "tokenizers",
                    "config", "errors", "outputs", "diffusion"}

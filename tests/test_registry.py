@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from genloom.checkpoint import save_checkpoint
+from genloom.diffusion.process import DiffusionConfig
 from genloom.errors import GenloomError
 from genloom.models.clip import ClipConfig
 from genloom.models.dalle import DalleConfig
@@ -20,7 +22,15 @@ from genloom.models.lstm import LSTMConfig
 from genloom.models.seq2seq import Seq2SeqConfig
 from genloom.models.vae import VAEConfig
 from genloom.models.vqvae import VQConfig
-from genloom.registry import FAMILIES, build_model, load_pretrained, load_text_to_image_model, preset_config
+from genloom.registry import (
+    FAMILIES,
+    LoadedLatentDiffusion,
+    build_model,
+    load_image_generator,
+    load_pretrained,
+    load_text_to_image_model,
+    preset_config,
+)
 from genloom.tokenizers import SPECIAL_TOKENS, BPETokenizer, CharTokenizer, Tokenizer
 
 VQ = VQConfig(resolution=8, widths=(8, 8), res_blocks=1, norm_groups=4, codebook_size=16, code_dim=4)  # 4x4
@@ -77,7 +87,11 @@ def test_every_family_round_trips_through_a_checkpoint(family: str, tmp_path: Pa
     model = build_model(family, config).eval()
     run = tmp_path / "run"
     components = {}
-    if FAMILIES[family].components:  # a run that carries its VQ image tokenizer
+    if family == "dit":  # a run that carries its autoencoder (8x8 images -> 4x4x4 latents)
+        autoencoder = _config("vae", CHARS)
+        save_checkpoint(run / "autoencoder", build_model("vae", autoencoder), "vae", autoencoder, None)
+        components = {"autoencoder": "vae"}
+    elif FAMILIES[family].components:  # a run that carries its VQ image tokenizer
         vq = build_model("vqvae", VQ)
         save_checkpoint(run / "image_tokenizer", vq, "vqvae", VQ, None)
         components = {"image_tokenizer": "vqvae"}
@@ -106,6 +120,26 @@ def test_a_component_is_found_in_the_checkpoint_or_its_run_and_checked(tmp_path:
     save_checkpoint(run / "best" / "image_tokenizer", build_model("vqvae", other), "vqvae", other, None)
     with pytest.raises(GenloomError, match=r"makes 4x4 grids of 32 tokens; .* expects 4x4 grids of 16 tokens"):
         load_pretrained(run / "best")
+
+
+def test_a_denoiser_loads_with_its_autoencoder_and_process_and_refuses_other_latents(tmp_path: Path) -> None:
+    config = dataclasses.replace(_config("dit", CAPTIONS), process=DiffusionConfig(objective="flow", flow_shift=3.0))
+    autoencoder = _config("vae", CHARS)
+    save_checkpoint(tmp_path / "run" / "autoencoder", build_model("vae", autoencoder), "vae", autoencoder, None)
+    save_checkpoint(tmp_path / "run" / "best", build_model("dit", config), "dit", config, CAPTIONS)
+    loaded = load_image_generator(tmp_path / "run" / "best")
+    assert isinstance(loaded, LoadedLatentDiffusion) and loaded.model.config.process.flow_shift == 3.0
+    raw = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert raw["model"]["process"]["objective"] == "flow"  # the process is part of the saved model config
+    raw["model"]["process"]["objective"] = "score"
+    (tmp_path / "run" / "best" / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(GenloomError, match=r"process: objective must be one of \"ddpm\", \"flow\""):
+        load_pretrained(tmp_path / "run" / "best")
+    other = dataclasses.replace(autoencoder, latent_channels=3)
+    save_checkpoint(tmp_path / "run" / "autoencoder", build_model("vae", other), "vae", other, None)
+    save_checkpoint(tmp_path / "run" / "best", build_model("dit", config), "dit", config, CAPTIONS)
+    with pytest.raises(GenloomError, match="makes latents of shape 3x4x4 but .* denoises 4x4x4"):
+        load_image_generator(tmp_path / "run" / "best")
 
 
 def test_components_named_in_the_config_load_for_any_family(tmp_path: Path) -> None:

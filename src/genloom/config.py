@@ -44,6 +44,8 @@ def _matches(value: Any, annotation: Any) -> bool:
         if origin is tuple and args and args[-1] is not Ellipsis:
             return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
         return all(_matches(v, args[0]) for v in value) if args else True
+    if dataclasses.is_dataclass(annotation):
+        return isinstance(value, dict | annotation)  # a nested config: its own fields are checked when built
     if origin is dict:
         return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1])
                                                for k, v in value.items()) if args else isinstance(value, dict)
@@ -78,11 +80,14 @@ def config_from_dict(cls: type[C], data: dict[str, Any], where: str | None = Non
     if unknown:
         raise GenloomError(f"{prefix}unknown {cls.__name__} keys: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
+    values = dict(data)
     for name, value in data.items():
         if not _matches(value, hints[name]):
             raise GenloomError(f"{prefix}{name} must be {_describe(hints[name])}, got {json.dumps(value)}")
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            values[name] = config_from_dict(hints[name], value, where=f"{where or cls.__name__}: {name}")
     try:
-        return cls(**data)
+        return cls(**values)
     except (TypeError, ValueError) as e:
         raise GenloomError(f"{prefix}invalid {cls.__name__}: {e}") from None
 

@@ -45,6 +45,19 @@ def _vq_makes_the_image_tokens(component: LoadedModel, model: LoadedModel) -> No
     check_image_tokenizer(component.config, model.config, str(component.path), str(model.path))
 
 
+def check_latent_shape(vae_config: vae.VAEConfig, dit_config: dit.DiTConfig, vae_name: str, dit_name: str) -> None:
+    """A one-line GenloomError unless the autoencoder's latents are the shape the denoiser works on."""
+    ours = vae_config.latent_shape
+    theirs = (dit_config.latent_channels, dit_config.latent_size, dit_config.latent_size)
+    if ours != theirs:
+        raise GenloomError(f"{vae_name} makes latents of shape {'x'.join(map(str, ours))} but {dit_name} denoises "
+                           f"{'x'.join(map(str, theirs))}; train the denoiser on this autoencoder")
+
+
+def _vae_makes_the_latents(component: LoadedModel, model: LoadedModel) -> None:
+    check_latent_shape(component.config, model.config, str(component.path), str(model.path))
+
+
 @dataclass(frozen=True)
 class Family:
     config: type[Any]
@@ -56,13 +69,15 @@ class Family:
 
 IMAGE_TOKENIZER = "image_tokenizer"  # the component of dalle and clip runs: the VQ model that makes their codes
 _IMAGE_TOKENIZER = {IMAGE_TOKENIZER: ("vqvae", _vq_makes_the_image_tokens)}
+AUTOENCODER = "autoencoder"  # the component of dit runs: the VAE whose latents they denoise
 FAMILIES: dict[str, Family] = {
     "gpt": Family(gpt.GPTConfig, gpt.GPT, gpt.preset, "vocab_size"),
     "seq2seq": Family(seq2seq.Seq2SeqConfig, seq2seq.Seq2SeqTransformer, seq2seq.preset, "vocab_size"),
     "lstm": Family(lstm.LSTMConfig, lstm.LSTMSeq2Seq, lstm.preset, "vocab_size"),
     "vqvae": Family(vqvae.VQConfig, vqvae.VQVAE, vqvae.preset, None),
     "vae": Family(vae.VAEConfig, vae.VAE, vae.preset, None),
-    "dit": Family(dit.DiTConfig, dit.DiT, dit.preset, "text_vocab_size"),
+    "dit": Family(dit.DiTConfig, dit.DiT, dit.preset, "text_vocab_size",
+                  {AUTOENCODER: ("vae", _vae_makes_the_latents)}),
     "dalle": Family(dalle.DalleConfig, dalle.Dalle, dalle.preset, "text_vocab_size", _IMAGE_TOKENIZER),
     "clip": Family(clip.ClipConfig, clip.Clip, clip.preset, "text_vocab_size", _IMAGE_TOKENIZER),
 }
@@ -227,3 +242,30 @@ def load_clip_model(path: Path) -> LoadedClip:
     loaded, vq = _with_image_tokenizer(path, "clip", "a CLIP reranker (clip)")
     assert isinstance(loaded.model, clip.Clip)
     return LoadedClip(loaded.model, loaded.tokenizer, vq, loaded.path)
+
+
+@dataclass
+class LoadedLatentDiffusion:
+    """A diffusion Transformer with its caption tokenizer and the VAE that decodes its latents."""
+
+    model: dit.DiT
+    tokenizer: Tokenizer
+    vae: vae.VAE
+    path: Path  # the denoiser's checkpoint directory
+
+
+TEXT_TO_IMAGE_FAMILIES = ("dalle", "dit")
+
+
+def load_image_generator(path: Path) -> LoadedTextToImage | LoadedLatentDiffusion:
+    """A text-to-image checkpoint of either method, the token one (dalle) or latent diffusion (dit), in eval
+    mode with the model that turns its output into pixels."""
+    loaded = _text_model(load_family(path, TEXT_TO_IMAGE_FAMILIES, "a text-to-image model (dalle or dit)"))
+    if isinstance(loaded.model, dit.DiT):
+        autoencoder = loaded.components[AUTOENCODER].model
+        assert isinstance(autoencoder, vae.VAE)
+        return LoadedLatentDiffusion(loaded.model, loaded.tokenizer, autoencoder, loaded.path)
+    assert isinstance(loaded.model, dalle.Dalle)
+    vq = loaded.components[IMAGE_TOKENIZER].model
+    assert isinstance(vq, vqvae.VQVAE)
+    return LoadedTextToImage(loaded.model, loaded.tokenizer, vq, loaded.path)

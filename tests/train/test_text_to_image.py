@@ -13,13 +13,12 @@ from genloom.checkpoint import save_checkpoint
 from genloom.data.builtin_images import builtin_images
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.errors import GenloomError
-from genloom.generate.imagine import imagine
+from genloom.generate.imagine import encode_images, imagine
 from genloom.models.dalle import DalleConfig
 from genloom.models.vq_colour import usable_blank_token
 from genloom.models.vqvae import VQVAE, VQConfig
 from genloom.registry import IMAGE_TOKENIZER as IMAGE_TOKENIZER_DIR
 from genloom.registry import load_pretrained, load_text_to_image_model
-from genloom.train.caption_image import encode_images
 from genloom.train.config import TrainConfig
 from genloom.train.text_to_image import TextToImageTask, train_text_to_image
 

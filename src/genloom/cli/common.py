@@ -90,7 +90,8 @@ def train_config(args: argparse.Namespace, **family_settings: object) -> TrainCo
             warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
             eval_interval=args.eval_interval, eval_batches=args.eval_batches, keep_last=args.keep_last,
             device=args.device, seed=args.seed, progress=not args.no_progress, max_minutes=args.max_minutes,
-            patience=args.patience, overwrite=args.overwrite, ema_decay=args.ema_decay,
+            patience=args.patience, overwrite=args.overwrite,
+            ema_decay=0.0 if args.ema_decay is None else args.ema_decay,
             **family_settings,  # type: ignore[arg-type]
         )
     except ValueError as e:

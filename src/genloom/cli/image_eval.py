@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from genloom.cli.common import positive_int
-from genloom.cli.imagine import add_image_sampling_flags, add_rerank_flags, load_generator, load_reranker
+from genloom.cli.imagine import (
+    add_image_sampling_flags,
+    add_rerank_flags,
+    load_generator,
+    load_reranker,
+    method_options,
+)
 from genloom.errors import GenloomError
 
 
@@ -23,6 +29,8 @@ def add_commands(eval_sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--max-captions", type=positive_int, default=32,
                     help="shapes: captions sampled from each of the seen and held-out groups")
     ev.add_argument("--guidance-scales", default="1,3,5", help="comma-separated; one table row each")
+    ev.add_argument("--steps", help="diffusion: comma-separated sampling step counts, e.g. 10,20,50; one table "
+                    "row per (steps, guidance) (default 20)")
     add_image_sampling_flags(ev)
     ev.add_argument("--seed", type=int, default=0)
     add_rerank_flags(ev, "each scored image is the best of N candidates by the reranker")
@@ -43,26 +51,41 @@ def _guidance_scales(text: str) -> list[float]:
     return scales
 
 
+def _step_counts(text: str | None) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        steps = []
+    if not steps or any(s < 1 for s in steps):
+        raise GenloomError(f"--steps expects positive integers like 10,20,50, got {text!r}")
+    return list(steps)
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from genloom.eval.text_to_image import EvalData, ImageSampling, TextToImageEvaluation
     from genloom.outputs import check_output_file, write_text_atomically
     from genloom.run_record import read_data_record
 
     scales = _guidance_scales(args.guidance_scales)
+    step_counts = _step_counts(args.steps)
     if args.json:
         check_output_file(Path(args.json), args.overwrite)
     loaded = load_generator(args.checkpoint, args.device)
     reranker = load_reranker(args, loaded)
     data = EvalData(args.data, args.resolution, args.limit, args.val_fraction, args.n_per_caption, args.max_captions)
-    sampling = ImageSampling(args.temperature, args.top_k, args.top_p, args.seed, args.batch_size, args.rerank)
+    options = method_options(args, loaded, step_counts[0])
+    sampling = ImageSampling(options, args.seed, args.batch_size, args.rerank)
     evaluation = TextToImageEvaluation(loaded, read_data_record(loaded.path), data, sampling, reranker)
     print(evaluation.intro)
     results = []
-    for scale in scales:
-        result = evaluation.score(scale)
-        print(f"--- guidance scale {scale:g}")
-        print(result.report)
-        results.append(result)
+    for steps in step_counts:
+        for scale in scales:
+            result = evaluation.score(scale, steps)
+            print(f"--- guidance scale {scale:g}" + ("" if result.steps is None else f", {result.steps} steps"))
+            print(result.report)
+            results.append(result)
     print("--- summary")
     print(evaluation.header)
     for result in results:

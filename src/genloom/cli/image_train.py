@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from genloom.data.images import ImageCaptionSet
     from genloom.train.image_tokenizer import ImageReconstructionTask
 
-METHODS = ("tokens",)  # `--method diffusion` (latent diffusion) is a later addition
+METHODS = ("tokens", "diffusion")
+PRESETS = {"tokens": "dalle-small", "diffusion": "dit-small"}
+CAPTION_DROPOUT = {"tokens": 0.15, "diffusion": 0.1}
+DIFFUSION_EMA = 0.999  # diffusion samples from averaged weights unless --ema-decay says otherwise
 
 
 def add_commands(train_sub: argparse._SubParsersAction) -> None:
@@ -73,29 +76,50 @@ def _add_train_image_autoencoder(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("text-to-image", help="train a caption -> image model on top of a VQ image tokenizer")
-    p.add_argument("--method", default="tokens", help="tokens: a Transformer over caption + image tokens (DALL-E)")
+    p = sub.add_parser("text-to-image", help="train a caption -> image model: image tokens (DALL-E) or latent "
+                       "diffusion (Stable Diffusion)")
+    p.add_argument("--method", default="tokens", help="tokens: a Transformer over caption + VQ image tokens "
+                   "(needs --image-tokenizer); diffusion: a diffusion Transformer over VAE latents (needs "
+                   "--autoencoder)")
     d = p.add_argument_group("data")
-    _add_data_flags(d, "load images at N x N (default: the image tokenizer's resolution, which they must match)")
-    d.add_argument("--image-tokenizer", help="run directory or checkpoint of `genloom train image-tokenizer`")
+    _add_data_flags(d, "load images at N x N (default: the image tokenizer's or autoencoder's resolution, which "
+                    "they must match)")
+    d.add_argument("--image-tokenizer", help="tokens: run directory or checkpoint of `genloom train image-tokenizer`")
+    d.add_argument("--autoencoder", help="diffusion: run directory or checkpoint of `genloom train "
+                   "image-autoencoder`")
     d.add_argument("--vocab-size", type=positive_int, default=512, help="caption BPE vocabulary size")
     m = p.add_argument_group("model (flags override the preset)")
-    m.add_argument("--preset", default="dalle-small", help="dalle-tiny, dalle-compact, dalle-small")
+    m.add_argument("--preset", help="tokens: dalle-tiny, dalle-compact, dalle-small (default); diffusion: dit-tiny, "
+                   "dit-small (default), dit-b")
     m.add_argument("--d-model", type=positive_int)
     m.add_argument("--n-layers", type=positive_int)
     m.add_argument("--n-heads", type=positive_int)
     m.add_argument("--d-ff", type=positive_int, help="hidden width of each MLP")
-    m.add_argument("--dropout", type=non_negative_float)
+    m.add_argument("--dropout", type=non_negative_float, help="tokens only")
     m.add_argument("--caption-attention", choices=("causal", "self"),
-                   help="causal: caption tokens see earlier caption tokens (DALL-E); self: only themselves, so words "
-                   "reach the image uncontextualised")
+                   help="tokens: causal: caption tokens see earlier caption tokens (DALL-E); self: only themselves, "
+                   "so words reach the image uncontextualised")
     m.add_argument("--image-loss-weight", type=non_negative_float,
-                   help="weight w of the image tokens' loss against the caption's, 1:w (default 7, as DALL-E)")
+                   help="tokens: weight w of the image tokens' loss against the caption's, 1:w (default 7, as DALL-E)")
+    m.add_argument("--patch-size", type=positive_int, help="diffusion: a token is a p x p patch of the latent")
+    m.add_argument("--text-layers", type=positive_int, help="diffusion: layers of the caption encoder")
+    f = p.add_argument_group("diffusion process (--method diffusion; saved in the checkpoint, which sampling obeys)")
+    f.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm",
+                   help="ddpm: denoise along a noise schedule; flow: rectified flow / flow matching")
+    f.add_argument("--prediction", choices=("epsilon", "v_prediction", "sample"), default="epsilon",
+                   help="ddpm: what the denoiser outputs (the noise, v, or the clean latent)")
+    f.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), default="linear",
+                   help="ddpm: the β schedule")
+    f.add_argument("--train-timesteps", type=positive_int, default=1000)
+    f.add_argument("--min-snr-gamma", type=non_negative_float, default=0.0,
+                   help="ddpm: min-SNR-γ loss weighting (5 is the paper's); 0: off")
+    f.add_argument("--flow-shift", type=float, default=1.0, help="flow: shift of the sampling noise levels (SD3)")
     t = add_training_flags(p, out="runs/text-to-image", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
     t.add_argument("--batch-size", type=positive_int, default=32, help="(caption, image) pairs per micro-batch")
-    t.add_argument("--caption-dropout", type=non_negative_float, default=0.15,
-                   help="share of captions replaced by the empty one, for classifier-free guidance")
-    p.set_defaults(func=_cmd_train_text_to_image)
+    t.add_argument("--caption-dropout", type=non_negative_float,
+                   help="share of captions replaced by the empty one, for classifier-free guidance (default: 0.15 "
+                   "tokens, 0.1 diffusion)")
+    p.set_defaults(func=_cmd_train_text_to_image, ema_decay=None)  # None: off for tokens, 0.999 for diffusion
 
 
 def _add_train_clip(sub: argparse._SubParsersAction) -> None:
@@ -178,11 +202,12 @@ def _vq_for(args: argparse.Namespace) -> tuple[Path | None, int]:
     return vq_path, read_model_config("vqvae", vq_path or Path(args.out) / IMAGE_TOKENIZER).resolution
 
 
-def _record_for(args: argparse.Namespace, data: ImageCaptionSet, vq_path: Path | None) -> dict[str, object]:
-    """The data record of a caption/image run; the VQ tokenizer's data's attribution when its own has none."""
+def _record_for(args: argparse.Namespace, data: ImageCaptionSet, image_model: Path | None) -> dict[str, object]:
+    """The data record of a caption/image run; the data attribution of the image model it is built on (VQ
+    tokenizer or autoencoder) when its own has none."""
     from genloom.run_record import attribution, image_data_record, read_data_record
 
-    vq_record = read_data_record(vq_path) if vq_path is not None else {}
+    vq_record = read_data_record(image_model) if image_model is not None else {}
     record = image_data_record(data, args.limit, args.val_fraction, image_tokenizer_data=vq_record.get("data"))
     record["attribution"] = data.attribution or attribution(vq_record)
     return record
@@ -197,13 +222,15 @@ def _cmd_train_image_autoencoder(args: argparse.Namespace) -> None:
 
 
 def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
+    if args.method not in METHODS:
+        raise GenloomError(f"unknown --method {args.method!r}; choose from: {', '.join(METHODS)}")
+    if args.method == "diffusion":
+        _train_latent_diffusion(args)
+        return
     from genloom.train.distributed import shutdown_distributed
     from genloom.train.text_to_image import train_text_to_image
 
-    if args.method == "diffusion":
-        raise GenloomError("--method diffusion (latent diffusion) is not available yet; use --method tokens")
-    if args.method not in METHODS:
-        raise GenloomError(f"unknown --method {args.method!r}; choose from: {', '.join(METHODS)}")
+    _refuse_other_method_flags(args, "tokens", ("autoencoder", "patch_size", "text_layers"))
     vq_path, resolution = _vq_for(args)
     data, train, val, _ = _load_data(args, args.resolution or resolution)
     overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
@@ -212,12 +239,68 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="val_image_loss")
     try:
         _, _, _, result = train_text_to_image(
-            train, val, vq_path, args.preset, cfg, vocab_size=args.vocab_size, caption_dropout=args.caption_dropout,
-            model_overrides=overrides, resume=args.resume, run_record=_record_for(args, data, vq_path),
+            train, val, vq_path, args.preset or PRESETS["tokens"], cfg, vocab_size=args.vocab_size,
+            caption_dropout=_caption_dropout(args), model_overrides=overrides, resume=args.resume,
+            run_record=_record_for(args, data, vq_path),
         )
     finally:
         shutdown_distributed()
     report_done(result, ("val_image_loss", "val_image_accuracy"))
+
+
+def _caption_dropout(args: argparse.Namespace) -> float:
+    return CAPTION_DROPOUT[args.method] if args.caption_dropout is None else args.caption_dropout
+
+
+def _refuse_other_method_flags(args: argparse.Namespace, method: str, others: tuple[str, ...]) -> None:
+    """A one-line error for a flag that only the other method reads (it would be silently ignored)."""
+    given = [name for name in others if getattr(args, name) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        other = next(m for m in METHODS if m != method)
+        raise GenloomError(f"{flags}: a flag of --method {other}, not of --method {method}")
+
+
+def _train_latent_diffusion(args: argparse.Namespace) -> None:
+    from genloom.diffusion.process import DiffusionConfig
+    from genloom.registry import AUTOENCODER, read_model_config
+    from genloom.train.distributed import shutdown_distributed
+    from genloom.train.latent_diffusion import train_latent_diffusion
+
+    _refuse_other_method_flags(args, "diffusion", ("image_tokenizer", "dropout", "caption_attention",
+                                                   "image_loss_weight"))
+    if args.resume:
+        autoencoder = None
+        resolution = read_model_config("vae", Path(args.out) / AUTOENCODER).resolution
+    else:
+        if args.autoencoder is None:
+            raise GenloomError("--method diffusion needs --autoencoder: the run directory of `genloom train "
+                               "image-autoencoder`")
+        autoencoder = Path(args.autoencoder)
+        if not autoencoder.exists():
+            raise GenloomError(f"--autoencoder {autoencoder} does not exist; train one with `genloom train "
+                               "image-autoencoder`")
+        resolution = read_model_config("vae", autoencoder).resolution
+    try:
+        process = DiffusionConfig(objective=args.objective, prediction=args.prediction, beta_schedule=args.schedule,
+                                  train_timesteps=args.train_timesteps, min_snr_gamma=args.min_snr_gamma,
+                                  flow_shift=args.flow_shift, caption_dropout=_caption_dropout(args))
+    except ValueError as e:
+        raise GenloomError(str(e)) from None
+    data, train, val, _ = _load_data(args, args.resolution or resolution)
+    overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
+                 "patch_size": args.patch_size, "text_layers": args.text_layers}
+    if args.ema_decay is None:
+        args.ema_decay = DIFFUSION_EMA
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10)
+    try:
+        _, _, _, result = train_latent_diffusion(
+            train, val, autoencoder, args.preset or PRESETS["diffusion"], cfg, process, vocab_size=args.vocab_size,
+            model_overrides=overrides, resume=args.resume, run_record=_record_for(args, data, autoencoder),
+        )
+    finally:
+        shutdown_distributed()
+    report_done(result)
 
 
 def _cmd_train_clip(args: argparse.Namespace) -> None:

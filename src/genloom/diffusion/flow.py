@@ -14,7 +14,7 @@ def shift_sigmas(sigmas: Tensor, shift: float) -> Tensor:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def interpolate(x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+def interpolate(x0: Tensor, noise: Tensor, sigma: Tensor | float) -> Tensor:
     """x_σ on the straight path; sigma broadcastable to x0 (one per sample: (B, 1, 1, 1))."""
     return (1 - sigma) * x0 + sigma * noise
 

@@ -28,11 +28,18 @@ from genloom.errors import GenloomError
 
 GRID_FILE = "grid.png"
 _IMAGE_FILE = re.compile(r"^\d{3,}-[a-z0-9-]+\.(png|json)$")
+_PREVIEW_FILE = re.compile(r"^preview-step-\d{3,}\.png$")
+
+
+def preview_file(step: int) -> str:
+    """The name of the grid of predicted clean images after sampling step `step`."""
+    return f"preview-step-{step:03d}.png"
 
 
 def is_image_folder(path: Path) -> bool:
-    """Whether `path` holds only what `save_images` writes (NNN-slug.png / .json and grid.png)."""
-    return all(p.is_file() and (p.name == GRID_FILE or _IMAGE_FILE.match(p.name)) for p in path.iterdir())
+    """Whether `path` holds only what `save_images` writes (NNN-slug.png / .json, grid.png, previews)."""
+    return all(p.is_file() and (p.name == GRID_FILE or _IMAGE_FILE.match(p.name) or _PREVIEW_FILE.match(p.name))
+               for p in path.iterdir())
 
 
 @dataclass
@@ -112,6 +119,7 @@ def save_images(
     attribution: str | None = None,
     columns: int | None = None,
     image_params: Sequence[dict[str, Any]] | None = None,
+    previews: dict[int, np.ndarray] | None = None,
 ) -> SavedImages:
     """One PNG + JSON sidecar per image and a `grid.png` in `out_dir`, each carrying the prompt and parameters.
 
@@ -120,7 +128,8 @@ def save_images(
     each image also records its own `image_seed` = seed + i, which reproduces it alone. `data_name` (the data the
     model learnt from) is recorded as a parameter; `attribution`, the credit the data's licence asks for, goes
     into every file. image_params: one dict per image that goes on top of `params` (e.g. the `image_seed` and
-    `clip_score` of a reranked image).
+    `clip_score` of a reranked image). previews: step -> the images as the sampler predicted them after that
+    step, saved as grids `preview-step-NNN.png` (diffusion's --preview-every).
 
     `out_dir` may be new, empty or an earlier output of this function, which is replaced as a whole.
     """
@@ -154,6 +163,9 @@ def save_images(
         grid_columns = columns or (per_prompt if len(prompts) > 1 and per_prompt > 1 else None)
         Image.fromarray(image_grid(images, grid_columns), "RGB").save(folder / GRID_FILE,
                                                                        pnginfo=_png_info(grid_record))
+        for step, predicted in (previews or {}).items():
+            Image.fromarray(image_grid(predicted, grid_columns), "RGB").save(
+                folder / preview_file(step), pnginfo=_png_info({**grid_record, "preview_step": step}))
 
     out_dir = Path(out_dir)
     atomic_directory(out_dir, write, is_image_folder, "a folder of images genloom generated", "images to")

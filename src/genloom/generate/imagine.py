@@ -23,12 +23,31 @@ from torch import Tensor
 from tqdm import tqdm
 
 from genloom.data.captions import CaptionCodec
+from genloom.data.images import check_resolution, images_to_tensor, to_unit_range
 from genloom.errors import GenloomError
 from genloom.generate.sampling import SamplingConfig, choose_tokens
 from genloom.models.caption_image import check_image_tokenizer
 from genloom.models.dalle import Dalle
 from genloom.models.vqvae import VQVAE
 from genloom.tokenizers import Tokenizer
+
+
+@torch.no_grad()
+def encode_images(vq: VQVAE, images: np.ndarray, batch_size: int = 256, device: torch.device | None = None) -> Tensor:
+    """Codes (N, grid**2) long, raster order, of uint8 images (N, H, W, 3), on the CPU; `vq` is left as it was."""
+    check_resolution(images, vq.config.resolution, "the VQ image tokenizer")
+    device = device or next(vq.parameters()).device
+    was_training = vq.training
+    vq.eval()  # encode never updates the codebook, but eval also fixes GroupNorm/any dropout behaviour
+    try:
+        pixels = images_to_tensor(images)  # (N, 3, H, W) uint8
+        chunks = [
+            vq.encode(to_unit_range(pixels[i : i + batch_size].to(device))).flatten(1).cpu()  # (b, h*w)
+            for i in range(0, len(pixels), batch_size)
+        ]
+    finally:
+        vq.train(was_training)
+    return torch.cat(chunks)
 
 
 def codes_to_images(vq: VQVAE, codes: Tensor, batch_size: int = 64) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 DALL-E (Ramesh et al. 2021, §2.5) reranks 512 samples per caption with CLIP; here N is small and the
 reranker is a `genloom.models.clip.Clip` trained on the same data (`genloom train clip`). It reads image
-tokens, so it must read the ones the text-to-image model writes: both runs must carry the same VQ model.
+tokens: a token-method model's own codes, which it must read as the model meant them (both runs carry the same
+VQ model), or, for a diffusion model, the codes the reranker's VQ model gives its images.
 
 Seeds: candidate j of prompt p is sampled with seed + p * N + j, as `imagine` would make image p * N + j of an
 N-per-prompt call, and the kept images report those seeds, so any of them can be redrawn alone.
@@ -20,7 +21,8 @@ from torch import Tensor
 
 from genloom.data.captions import CaptionCodec
 from genloom.errors import GenloomError
-from genloom.generate.imagine import imagine
+from genloom.generate.imagine import encode_images
+from genloom.generate.text_to_image import ImageGenerator, draw_images
 from genloom.models.vqvae import VQVAE
 from genloom.registry import LoadedClip, LoadedTextToImage
 
@@ -65,7 +67,7 @@ class Reranked:
 
 
 def imagine_best_of(
-    generator: LoadedTextToImage,
+    generator: ImageGenerator,
     reranker: LoadedClip,
     prompts: Sequence[str],
     n_images: int,
@@ -73,14 +75,15 @@ def imagine_best_of(
     seed: int | None = None,
     **sampling: Any,
 ) -> Reranked:
-    """`n_images` per prompt: the highest-scoring of `candidates` drawn per prompt by `imagine` (with `sampling`:
-    temperature, top_k, top_p, guidance_scale, progress, use_cache)."""
+    """`n_images` per prompt: the highest-scoring of `candidates` drawn per prompt by `draw_images` (with the
+    method's `sampling` options)."""
     if candidates < n_images:
         raise GenloomError(f"reranking keeps {n_images} images of {candidates} candidates; draw at least as many")
-    check_same_image_tokenizer(generator.vq, reranker.vq, str(generator.path), str(reranker.path))
-    images, codes = imagine(
-        generator.model, generator.tokenizer, generator.vq, prompts, n_images=candidates, seed=seed, **sampling
-    )
+    if isinstance(generator, LoadedTextToImage):
+        check_same_image_tokenizer(generator.vq, reranker.vq, str(generator.path), str(reranker.path))
+    images, drawn = draw_images(generator, prompts, candidates, seed=seed, **sampling)
+    codes = drawn if drawn is not None else encode_images(reranker.vq, images)  # (P * N, g * g) for diffusion
+    codes = codes.view(len(images), reranker.vq.config.grid_size, reranker.vq.config.grid_size)
     scores = clip_scores(reranker, prompts, codes)  # (P, N)
     order = scores.argsort(dim=1, descending=True)[:, :n_images]  # (P, keep)
     kept = (order + torch.arange(len(prompts))[:, None] * candidates).flatten()  # indices into the P * N candidates

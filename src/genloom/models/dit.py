@@ -11,11 +11,12 @@ dropout trains and classifier-free guidance uses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
 from genloom.config import from_presets
+from genloom.diffusion.process import DiffusionConfig
 from genloom.nn.adaln import AdaLNBlock, AdaLNFinal, timestep_embedding
 from genloom.nn.blocks import BlockConfig
 from genloom.nn.positional import sinusoidal_2d_table, sinusoidal_table
@@ -35,6 +36,8 @@ class DiTConfig:
     text_len: int = 24  # caption positions: <s> + caption + </s>, right-padded
     text_layers: int = 2  # layers of the caption encoder
     pad_id: int = 0  # the caption tokenizer's <pad>: masked out of cross-attention and the pooled caption
+    # How the denoiser is trained and so how it must be sampled; the module itself never reads it.
+    process: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "latent_size", "patch_size", "d_model", "n_layers", "n_heads", "d_ff",
@@ -87,11 +90,18 @@ class DiT(nn.Module):
         x = self.text_embedding(text) + self.text_positions[: text.shape[1]]
         return self.text_encoder(x, mask=valid[:, None, None, :]), valid
 
-    def forward(self, latents: Tensor, t: Tensor, text: Tensor) -> Tensor:
-        """latents (B, C, H, W) at timesteps t (B,) with captions text (B, Lt) -> (B, C, H, W)."""
+    def forward(self, latents: Tensor, t: Tensor, text: Tensor | None = None,
+                caption: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """latents (B, C, H, W) at timesteps t (B,) with captions text (B, Lt) -> (B, C, H, W).
+
+        caption: `encode_caption(text)` computed once, instead of text: a sampler's captions are the same at
+        every step, so it encodes them once."""
         c = self.config
         x = self.patch_embed(patchify(latents, c.patch_size)) + self.positions  # (B, N, d)
-        tokens, valid = self.encode_caption(text)
+        if caption is None:
+            assert text is not None, "pass the caption ids or their encoding"
+            caption = self.encode_caption(text)
+        tokens, valid = caption
         pooled = (tokens * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, d)
         cond = self.time_mlp(timestep_embedding(t, c.d_model)) + pooled
         mask = valid[:, None, None, :]  # (B, 1, 1, Lt)

@@ -15,37 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from genloom.checkpoint import Component
 from genloom.data.captions import caption_length, train_caption_tokenizer
-from genloom.data.images import ImageCaptionSet, check_resolution, images_to_tensor, to_unit_range
+from genloom.data.images import ImageCaptionSet
 from genloom.errors import GenloomError
 from genloom.models.vqvae import VQVAE
-from genloom.registry import IMAGE_TOKENIZER, load_image_tokenizer
+from genloom.registry import AUTOENCODER, IMAGE_TOKENIZER, load_family
 from genloom.tokenizers import SpecialIds, Tokenizer
 from genloom.train.config import TrainConfig
 from genloom.train.run import SavedRun, saved_run
-
-
-@torch.no_grad()
-def encode_images(vq: VQVAE, images: np.ndarray, batch_size: int = 256, device: torch.device | None = None) -> Tensor:
-    """Codes (N, grid**2) long, raster order, of uint8 images (N, H, W, 3), on the CPU; `vq` is left as it was."""
-    check_resolution(images, vq.config.resolution, "the VQ image tokenizer")
-    device = device or next(vq.parameters()).device
-    was_training = vq.training
-    vq.eval()  # encode never updates the codebook, but eval also fixes GroupNorm/any dropout behaviour
-    try:
-        pixels = images_to_tensor(images)  # (N, 3, H, W) uint8
-        chunks = [
-            vq.encode(to_unit_range(pixels[i : i + batch_size].to(device))).flatten(1).cpu()  # (b, h*w)
-            for i in range(0, len(pixels), batch_size)
-        ]
-    finally:
-        vq.train(was_training)
-    return torch.cat(chunks)
 
 
 class PairedModelConfig(Protocol):
@@ -79,50 +59,71 @@ def check_pad_id(tokenizer: Tokenizer, pad_id: int) -> None:
         raise GenloomError(f"the model's pad_id ({pad_id}) is not the tokenizer's <pad> ({pad})")
 
 
+# The image model a caption/image run is built on: component name -> (family, what it is, the command that trains it).
+IMAGE_MODELS = {
+    IMAGE_TOKENIZER: ("vqvae", "a VQ image tokenizer", "genloom train image-tokenizer"),
+    AUTOENCODER: ("vae", "an image autoencoder", "genloom train image-autoencoder"),
+}
+
+
 @dataclass
 class CaptionImageRun:
-    """A caption/image run about to train: resumed (`saved`) or fresh, with its VQ model and caption tokenizer."""
+    """A caption/image run about to train: resumed (`saved`) or fresh, with the image model it is built on (the
+    VQ tokenizer whose codes it reads or the VAE whose latents it denoises) and its caption tokenizer."""
 
     saved: SavedRun | None
-    vq: VQVAE
+    image_model: nn.Module
     tokenizer: Tokenizer
     text_len: int  # caption positions
+    component: str = IMAGE_TOKENIZER  # the image model's name in the run (a key of IMAGE_MODELS)
+
+    @property
+    def vq(self) -> VQVAE:
+        assert isinstance(self.image_model, VQVAE), self.component
+        return self.image_model
 
     def token_fields(self) -> dict[str, Any]:
         """The model config fields the tokenizers decide (for `run_model_config` of a fresh run)."""
         vq = self.vq.config
+        return {**self.caption_fields(), "image_vocab_size": vq.vocab_size, "colour_codes": vq.colour_codes,
+                "grid_size": vq.grid_size}
+
+    def caption_fields(self) -> dict[str, Any]:
+        """The model config fields the caption tokenizer decides."""
         return {"text_len": self.text_len, "text_vocab_size": self.tokenizer.vocab_size,
-                "pad_id": SpecialIds.of(self.tokenizer).pad, "image_vocab_size": vq.vocab_size,
-                "colour_codes": vq.colour_codes, "grid_size": vq.grid_size}
+                "pad_id": SpecialIds.of(self.tokenizer).pad}
 
     def components(self) -> dict[str, Component]:
-        return {IMAGE_TOKENIZER: Component(self.vq, "vqvae", self.vq.config)}
+        family = IMAGE_MODELS[self.component][0]
+        return {self.component: Component(self.image_model, family, self.image_model.config)}
 
 
 def caption_image_run(
     family: str,
     train_config: TrainConfig,
     resume: bool,
-    vq_checkpoint: Path | None,
+    image_checkpoint: Path | None,
     train: ImageCaptionSet,
     val: ImageCaptionSet,
     vocab_size: int,
     text_len: object = None,
     tokenizer: Tokenizer | None = None,
+    component: str = IMAGE_TOKENIZER,
 ) -> CaptionImageRun:
-    """On --resume the run's VQ copy, caption tokenizer and caption length; fresh, the VQ model at
-    `vq_checkpoint`, a caption BPE trained on the training captions (unless given) and the caption length
-    `text_len` (None: what the longest training or validation caption needs)."""
+    """On --resume the run's image model (its `component`), caption tokenizer and caption length; fresh, the
+    image model at `image_checkpoint`, a caption BPE trained on the training captions (unless given) and the
+    caption length `text_len` (None: what the longest training or validation caption needs)."""
     if resume:
         saved = saved_run(family, train_config)
-        vq = saved.components[IMAGE_TOKENIZER]
-        assert isinstance(vq, VQVAE) and saved.tokenizer is not None
-        return CaptionImageRun(saved, vq, saved.tokenizer, saved.config.text_len)
-    if vq_checkpoint is None:
-        raise GenloomError(f"{family} training needs a trained VQ image tokenizer checkpoint")
-    vq = load_image_tokenizer(vq_checkpoint)
+        assert saved.tokenizer is not None
+        return CaptionImageRun(saved, saved.components[component], saved.tokenizer, saved.config.text_len,
+                               component)
+    image_family, what, command = IMAGE_MODELS[component]
+    if image_checkpoint is None:
+        raise GenloomError(f"{family} training needs {what} checkpoint, trained by `{command}`")
+    image_model = load_family(image_checkpoint, (image_family,), f"{what} ({image_family})").model
     tokenizer = tokenizer or train_caption_tokenizer(train.captions, vocab_size)
     if text_len is None:
         text_len = caption_length(tokenizer, [*train.captions, *val.captions])
     assert isinstance(text_len, int), text_len
-    return CaptionImageRun(None, vq, tokenizer, text_len)
+    return CaptionImageRun(None, image_model, tokenizer, text_len, component)

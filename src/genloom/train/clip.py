@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from genloom.data.captions import CaptionCodec
 from genloom.data.images import ImageCaptionSet
 from genloom.errors import GenloomError
+from genloom.generate.imagine import encode_images
 from genloom.models.caption_image import check_image_tokenizer
 from genloom.models.clip import Clip, ClipConfig
 from genloom.tokenizers import SpecialIds, Tokenizer
-from genloom.train.caption_image import caption_image_run, check_caption_image_pairs, check_pad_id, encode_images
+from genloom.train.caption_image import caption_image_run, check_caption_image_pairs, check_pad_id
 from genloom.train.config import TrainConfig
 from genloom.train.distributed import init_distributed
 from genloom.train.run import new_model, run_model_config

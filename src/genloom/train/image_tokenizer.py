@@ -56,6 +56,7 @@ class ImageReconstructionTask(Task):
     """
 
     tokenizer = None  # images in, codes or latents out: no text tokenizer to save
+    loss_is_cross_entropy = False  # a reconstruction error (plus codebook or KL terms)
 
     def __init__(
         self, model_config: VQConfig | VAEConfig, train_images: np.ndarray, val_images: np.ndarray, batch_size: int

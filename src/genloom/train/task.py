@@ -37,6 +37,8 @@ class Task(ABC):
     tokenizer: Tokenizer | None  # saved with every checkpoint; None for a model that reads no text
     # The direction of every metric `validation_metrics` returns.
     metric_goals: ClassVar[dict[str, Goal]] = {}
+    # Whether the loss is a mean cross-entropy in nats, so that exp(val_loss) is a perplexity worth reporting.
+    loss_is_cross_entropy: ClassVar[bool] = True
 
     @abstractmethod
     def micro_batches(self, generator: torch.Generator, rank: int, world_size: int, n_micro: int) -> list[Batch]:

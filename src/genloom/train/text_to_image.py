@@ -20,12 +20,13 @@ from torch import Tensor, nn
 from genloom.data.captions import CaptionCodec
 from genloom.data.images import ImageCaptionSet
 from genloom.errors import GenloomError
+from genloom.generate.imagine import encode_images
 from genloom.models.caption_image import check_image_tokenizer
 from genloom.models.dalle import Dalle, DalleConfig, dalle_loss
 from genloom.models.vq_colour import breaks_blank_rule, usable_blank_token
 from genloom.models.vqvae import VQVAE
 from genloom.tokenizers import Tokenizer
-from genloom.train.caption_image import caption_image_run, check_caption_image_pairs, check_pad_id, encode_images
+from genloom.train.caption_image import caption_image_run, check_caption_image_pairs, check_pad_id
 from genloom.train.config import TrainConfig
 from genloom.train.distributed import init_distributed
 from genloom.train.run import new_model, run_model_config

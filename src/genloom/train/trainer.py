@@ -238,10 +238,12 @@ class Trainer:
         return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
 
     def validation_metrics(self) -> dict[str, float]:
-        """val_loss and val_ppl, plus whatever the task's `validation_metrics` adds."""
+        """val_loss and (for a cross-entropy loss) val_ppl, plus whatever the task's `validation_metrics` adds."""
         with self._validated_weights():
             val_loss = self.evaluate()
-            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+            metrics = {"val_loss": val_loss}
+            if self.task.loss_is_cross_entropy:
+                metrics["val_ppl"] = math.exp(min(val_loss, 50))
             self.model.eval()
             try:
                 metrics.update(self.task.validation_metrics(self.model))

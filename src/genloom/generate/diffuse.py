@@ -1,0 +1,210 @@
+"""Text -> image by latent diffusion: denoise VAE latents with a DiT under classifier-free guidance, decode them.
+
+The loop is diffusers' pipeline loop, with the process (`genloom.diffusion.process`) read from the checkpoint:
+
+    latents = noise (or an init image's latent noised to the first level, for img2img)
+    for each step:  output = guide(DiT(latents, t, caption), DiT(latents, t, negative), scale)
+                    latents = sampler_step(latents, output, ...)
+
+The captions are encoded once. With guidance the conditional and the unconditional (or negative-prompt) rows run
+in one batch; scale 1 skips the unconditional rows. Image i of a call (prompt-major) draws its starting noise and
+every later noise from its own generator, seeded `seed + i` (or `image_seeds[i]`), so it is the same image
+whether made alone or in a batch. Latents are never clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from genloom.data.captions import CaptionCodec
+from genloom.data.images import images_to_tensor, to_unit_range
+from genloom.diffusion.guidance import guide
+from genloom.diffusion.process import check_guidance, check_sampler, sampler_step, sampling_plan, start_sample
+from genloom.diffusion.samplers import SolverHistory
+from genloom.diffusion.schedules import Spacing
+from genloom.errors import GenloomError
+from genloom.models.dit import DiT
+from genloom.models.vae import VAE
+from genloom.registry import check_latent_shape
+from genloom.tokenizers import Tokenizer
+
+# Called every `preview_every` steps with (step, the predicted clean images as uint8 (N, H, W, 3)).
+PreviewCallback = Callable[[int, np.ndarray], None]
+
+
+@dataclass
+class DiffusionSampling:
+    """How a diffusion model samples; None sampler: the objective's default (dpm++ for ddpm, euler for flow)."""
+
+    steps: int = 20
+    sampler: str | None = None
+    eta: float = 0.0  # DDIM's noise (0: deterministic)
+    spacing: Spacing = "trailing"  # which training timesteps a ddpm-objective sampler visits
+
+
+def latents_to_images(vae: VAE, latents: Tensor, batch_size: int = 64) -> np.ndarray:
+    """uint8 RGB images (N, H, W, 3) of scaled latents (N, C, h, w)."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(latents), batch_size):
+            pixels = vae.from_latents(latents[i : i + batch_size].float())  # (b, 3, H, W) in [-1, 1]
+            pixels = ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            out.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def init_latents(vae: VAE, images: np.ndarray) -> Tensor:
+    """Scaled posterior means (N, C, h, w) of uint8 init images (N, H, W, 3) at the autoencoder's resolution."""
+    r = vae.config.resolution
+    if images.ndim != 4 or images.shape[1:] != (r, r, 3):
+        raise GenloomError(f"an init image must be {r}x{r} RGB, the autoencoder's resolution; got "
+                           f"{images.shape[2]}x{images.shape[1]}" if images.ndim == 4 else "init images must be "
+                           "(N, H, W, 3)")
+    device = next(vae.parameters()).device
+    with torch.inference_mode():
+        mean, _ = vae.encode(to_unit_range(images_to_tensor(images).to(device)))
+    return mean * vae.latent_scale
+
+
+def _generators(n: int, seed: int | None, image_seeds: Sequence[int] | None, device: torch.device
+                ) -> list[torch.Generator] | None:
+    if image_seeds is not None:
+        if len(image_seeds) != n:
+            raise GenloomError(f"{len(image_seeds)} seeds for {n} images")
+        return [torch.Generator(device=device).manual_seed(s) for s in image_seeds]
+    if seed is None:
+        return None
+    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
+
+
+def _noise(shape: tuple[int, ...], generators: list[torch.Generator] | None, device: torch.device) -> Tensor:
+    """Standard normal (N, *shape): row i from generator i (torch's global RNG without generators)."""
+    if generators is None:
+        return torch.randn(shape, device=device)
+    return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generators])
+
+
+@torch.inference_mode()
+def sample_latents(
+    model: DiT,
+    text: Tensor,
+    sampling: DiffusionSampling,
+    guidance_scale: float = 1.0,
+    unconditional: Tensor | None = None,
+    generators: list[torch.Generator] | None = None,
+    init: Tensor | None = None,
+    strength: float = 1.0,
+    on_step: Callable[[int, Tensor], None] | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Scaled latents (B, C, h, w) for captions text (B, Lt). unconditional (B, Lt): the empty caption or the
+    negative prompts, needed when guidance_scale != 1. init (B, C, h, w): img2img's starting latents, noised to
+    `strength`. on_step(i, predicted x_0) after every step."""
+    cfg, process = model.config, model.config.process
+    device = model.positions.device
+    try:
+        sampler = check_sampler(process, sampling.sampler)
+        check_guidance(process, guidance_scale)
+        plan = sampling_plan(process, sampling.steps, sampling.spacing, strength)
+    except ValueError as e:
+        raise GenloomError(str(e)) from None
+    batch = text.shape[0]
+    guided = guidance_scale != 1.0
+    if guided:
+        if unconditional is None:
+            raise GenloomError("classifier-free guidance needs the unconditional caption")
+        text = torch.cat([text, unconditional.expand(batch, -1)])  # (2B, Lt): conditional rows, then the others
+    caption = model.encode_caption(text.to(device))
+    ac = process.alphas_cumprod().to(device)
+    shape = (batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    start_noise = _noise(shape, generators, device)
+    sample = start_sample(process, ac, plan, start_noise, None if init is None else init.to(device))
+    history: SolverHistory | None = None
+    needs_noise = sampler == "ddpm" or (sampler == "ddim" and sampling.eta > 0)
+    for i in tqdm(range(plan.steps), desc="diffuse", unit="step", disable=not progress, leave=False):
+        t = torch.full((text.shape[0],), plan.model_time(i, process), device=device)
+        fed = torch.cat([sample, sample]) if guided else sample
+        output = model(fed, t, caption=caption).float()  # (B or 2B, C, h, w)
+        if guided:
+            output = guide(output[:batch], output[batch:], guidance_scale)
+        noise = _noise(shape, generators, device) if needs_noise else None
+        step = sampler_step(process, ac, sampler, plan, i, sample, output, history, noise, sampling.eta)
+        sample, history = step.sample, step.history
+        if on_step is not None:
+            on_step(i, step.x0)
+    return sample
+
+
+def diffuse(
+    model: DiT,
+    text_tokenizer: Tokenizer,
+    vae: VAE,
+    prompts: Sequence[str],
+    n_images: int = 1,
+    sampling: DiffusionSampling | None = None,
+    guidance_scale: float = 1.0,
+    seed: int | None = None,
+    negative_prompts: Sequence[str] | None = None,
+    image_seeds: Sequence[int] | None = None,
+    init_images: np.ndarray | None = None,
+    strength: float | None = None,
+    preview_every: int = 0,
+    on_preview: PreviewCallback | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, Tensor]:
+    """`n_images` images per prompt: uint8 RGB (P * n_images, H, W, 3) prompt-major, and their latents.
+
+    guidance_scale: 1 = conditional, 0 = unconditional, > 1 = follow the prompt more closely; negative_prompts
+    (one per prompt) take the empty caption's place. init_images: one uint8 image (H, W, 3) for every output, or
+    one per output image (N, H, W, 3), denoised from `strength` (default 0.8; 1: nothing of it survives).
+    preview_every k > 0 calls on_preview with the predicted clean images after every k-th step.
+    """
+    sampling = sampling or DiffusionSampling()
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise GenloomError("no prompts to imagine")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise GenloomError(f"n_images ({n_images!r}) must be an integer >= 1")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise GenloomError(f"guidance scale ({guidance_scale}) must be >= 0")
+    cfg = model.config
+    check_latent_shape(vae.config, cfg, "the autoencoder", "the denoiser")
+    codec = CaptionCodec(text_tokenizer, cfg.text_len)
+    text = codec.encode(list(prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt), prompt-major
+    unconditional = codec.empty()[0]  # (Lt,)
+    if negative_prompts is not None:
+        if len(negative_prompts) != len(prompts):
+            raise GenloomError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        unconditional = codec.encode(list(negative_prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt)
+    n = len(text)
+    init = None
+    if init_images is not None:
+        images = init_images[None] if init_images.ndim == 3 else init_images
+        if len(images) not in (1, n):
+            raise GenloomError(f"{len(images)} init images for {n} output images; give one, or one per image")
+        init = init_latents(vae, images).expand(n, -1, -1, -1)
+    elif strength is not None:
+        raise GenloomError("a strength says how much of an init image to keep; give an init image too")
+    device = model.positions.device
+    generators = _generators(n, seed, image_seeds, device)
+
+    def preview(i: int, x0: Tensor) -> None:
+        if on_preview is not None and preview_every > 0 and (i + 1) % preview_every == 0:
+            on_preview(i + 1, latents_to_images(vae, x0))
+
+    was_training = model.training
+    model.eval()
+    try:
+        latents = sample_latents(model, text, sampling, guidance_scale, unconditional, generators, init,
+                                 1.0 if init is None else 0.8 if strength is None else strength, preview, progress)
+    finally:
+        model.train(was_training)
+    return latents_to_images(vae, latents), latents.cpu()
