@@ -138,7 +138,7 @@ def test_a_denoiser_loads_with_its_autoencoder_and_process_and_refuses_other_lat
     other = dataclasses.replace(autoencoder, latent_channels=3)
     save_checkpoint(tmp_path / "run" / "autoencoder", build_model("vae", other), "vae", other, None)
     save_checkpoint(tmp_path / "run" / "best", build_model("dit", config), "dit", config, CAPTIONS)
-    with pytest.raises(GenloomError, match="makes latents of shape 3x4x4 but .* denoises 4x4x4"):
+    with pytest.raises(GenloomError, match=r"makes latents of shape 3x4x4 but .* denoises 4x4x4"):
         load_image_generator(tmp_path / "run" / "best")
 
 

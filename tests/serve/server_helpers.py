@@ -15,8 +15,10 @@ from genloom.checkpoint import save_checkpoint
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.models.clip import Clip, ClipConfig
 from genloom.models.dalle import Dalle, DalleConfig
+from genloom.models.dit import DiT, DiTConfig
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from genloom.models.vae import VAE, VAEConfig
 from genloom.models.vqvae import VQVAE, VQConfig
 from genloom.serve.app import ServerConfig, create_app
 from genloom.serve.metrics import ServerMetrics
@@ -37,7 +39,8 @@ def _opinionated(model: torch.nn.Module, std: float) -> None:
 
 
 def make_checkpoints(root: Path) -> dict[str, Path]:
-    """{"lm", "chat", "images", "translate", "long"} -> checkpoint directory, random weights, made in a second."""
+    """{"lm", "chat", "images", "diffusion", "translate", "long"} -> checkpoint directory, random weights, made in
+    a second."""
     torch.manual_seed(0)
     chars = printable_chars()
     lm_config = GPTConfig(vocab_size=chars.vocab_size, context_length=CONTEXT, n_layers=2, d_model=32, n_heads=4)
@@ -69,6 +72,16 @@ def make_checkpoints(root: Path) -> dict[str, Path]:
     save_checkpoint(root / "images" / "clip", Clip(clip_config), "clip", clip_config, captions,
                     metadata={"components": {"image_tokenizer": "vqvae"}})  # the same VQ as the dalle run
 
+    vae = VAE(VAEConfig(resolution=8, widths=(8, 8), res_blocks=1, norm_groups=4))  # 8x8 -> 4x4x4 latents
+    dit_config = DiTConfig(latent_size=4, d_model=32, n_layers=1, n_heads=4, d_ff=64,
+                           text_vocab_size=captions.vocab_size, text_len=12, text_layers=1,
+                           pad_id=CaptionCodec(captions, 12).ids.pad)
+    dit = DiT(dit_config)
+    _opinionated(dit, 0.05)  # adaLN-Zero's zero init would make every image the same
+    save_checkpoint(root / "diffusion" / "autoencoder", vae, "vae", vae.config, None)
+    save_checkpoint(root / "diffusion" / "final", dit, "dit", dit_config, captions, metadata={
+        "components": {"autoencoder": "vae"}})
+
     s2s_config = Seq2SeqConfig(vocab_size=captions.vocab_size, max_len=24, n_encoder_layers=1, n_decoder_layers=1,
                                d_model=32, n_heads=4, d_ff=64, dropout=0.0, pad_id=CaptionCodec(captions, 12).ids.pad)
     s2s = Seq2SeqTransformer(s2s_config)
@@ -80,7 +93,7 @@ def make_checkpoints(root: Path) -> dict[str, Path]:
     _opinionated(long, 0.3)
     save_checkpoint(root / "long", long, "gpt", long_config, chars)
     return {"lm": root / "lm", "chat": root / "chat", "images": root / "images" / "final",
-            "translate": root / "translate", "long": root / "long"}
+            "diffusion": root / "diffusion" / "final", "translate": root / "translate", "long": root / "long"}
 
 
 def clip_of(checkpoints: dict[str, Path]) -> Path:

@@ -18,6 +18,7 @@ from server_helpers import LiveServer, clip_of, http
 from genloom.checkpoint import save_checkpoint
 from genloom.generate import SamplingConfig, generate
 from genloom.generate.chat import ChatSession
+from genloom.generate.diffuse import DiffusionSampling, diffuse
 from genloom.generate.image_io import read_png_metadata
 from genloom.generate.imagine import imagine
 from genloom.generate.rerank import imagine_best_of
@@ -33,10 +34,12 @@ def client(server) -> openai.OpenAI:
 
 def test_models_lists_every_model_with_family_and_context(client):
     listed = {m.id: m.model_dump() for m in client.models.list().data}
-    assert set(listed) == {"lm", "chat", "images", "translate", "long"}
+    assert set(listed) == {"lm", "chat", "images", "diffusion", "translate", "long"}
     assert listed["lm"]["family"] == "gpt" and listed["lm"]["context_length"] == 96 and not listed["lm"]["chat"]
     assert listed["chat"]["chat"] and listed["images"]["kind"] == "images" and listed["images"]["size"] == "8x8"
     assert listed["translate"]["family"] == "seq2seq"
+    assert listed["images"]["method"] == "tokens" and listed["diffusion"]["method"] == "diffusion"
+    assert listed["diffusion"]["family"] == "dit" and listed["diffusion"]["steps"] == 20
     assert client.models.retrieve("chat").id == "chat"
 
 
@@ -147,6 +150,25 @@ def test_images_are_pngs_with_their_parameters_and_per_image_seeds(client, serve
                                    extra_body={"seed": 6, "guidance_scale": 2.0})
     assert Image.open(io.BytesIO(base64.b64decode(alone.data[0].b64_json))).tobytes() == Image.open(
         io.BytesIO(pngs[1])).tobytes()
+
+
+def test_diffusion_images_are_the_librarys_at_the_requested_steps(client, server):
+    response = client.images.generate(model="diffusion", prompt="a red circle", n=2,
+                                      extra_body={"seed": 3, "guidance_scale": 2.5, "steps": 6,
+                                                  "negative_prompt": "a cyan triangle"})
+    pngs = [base64.b64decode(d.b64_json) for d in response.data]
+    loaded = server.models["diffusion"].loaded
+    images, _ = diffuse(loaded.model, loaded.tokenizer, loaded.vae, ["a red circle"], n_images=2, seed=3,
+                        guidance_scale=2.5, sampling=DiffusionSampling(steps=6),
+                        negative_prompts=["a cyan triangle"], progress=False)
+    for png, image in zip(pngs, images, strict=True):
+        assert (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == image).all()
+    params = read_png_metadata(io.BytesIO(pngs[1]))["parameters"]
+    assert params["steps"] == 6 and params["sampler"] == "dpm++" and params["image_seed"] == 4
+    for extra, param in (({"steps": 5000}, "steps"), ({"temperature": 0.5}, "temperature")):
+        status, _, body = http("POST", server.url + "/v1/images/generations",
+                               {"model": "diffusion", "prompt": "a red circle", **extra})
+        assert status == 400 and body["error"]["param"] == param
 
 
 def test_negative_prompt_changes_the_image(client):

@@ -61,17 +61,26 @@ def test_chat_streams_a_reply_into_the_page(server, browser):
     assert browser.find_element(By.ID, "status").text == ""
 
 
-def test_the_image_tab_draws_into_the_gallery(server, browser):
+def test_the_image_tab_draws_into_the_gallery_with_either_method(server, browser):
     browser.get(server.url + "/")
     browser.find_element(By.ID, "tab-images").click()
-    _wait(browser, lambda d: len(Select(d.find_element(By.ID, "image-model")).options) == 1)
+    _wait(browser, lambda d: len(Select(d.find_element(By.ID, "image-model")).options) == 2)
+    picker = Select(browser.find_element(By.ID, "image-model"))
+    assert [o.text for o in picker.options] == ["images (tokens)", "diffusion (diffusion)"]
+    steps = browser.find_element(By.ID, "image-steps")
+    assert not steps.is_enabled() and steps.get_attribute("placeholder") == "16 (fixed)"  # 4x4 image tokens
     browser.find_element(By.ID, "image-prompt").send_keys("a red circle")
     browser.find_element(By.ID, "image-n").clear()
     browser.find_element(By.ID, "image-n").send_keys("2")
     browser.find_element(By.ID, "image-send").click()
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img.generated")) == 2)
+    picker.select_by_value("diffusion")
+    assert steps.is_enabled() and steps.get_attribute("placeholder") == "20"
+    steps.send_keys("3")
+    browser.find_element(By.ID, "image-send").click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img.generated")) == 4)
     widths = browser.execute_script("return [...document.querySelectorAll('#gallery img')].map(i => i.naturalWidth)")
-    assert widths == [8, 8]
+    assert widths == [8, 8, 8, 8]
     link = browser.find_element(By.CSS_SELECTOR, "#gallery a")
     assert link.get_attribute("download").endswith(".png")
 

@@ -31,7 +31,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def _quickstart(what: str, out: str | None, steps: int | None, interactive: bool | None) -> None:
+def _quickstart(what: str, out: str | None, steps: int | None, interactive: bool | None, method: str) -> None:
     path = Path(out) if out is not None else None
     if what == "chat":
         from genloom.generate import SamplingConfig
@@ -55,7 +55,7 @@ def _quickstart(what: str, out: str | None, steps: int | None, interactive: bool
     else:
         from genloom.quickstart.image import quickstart_image
 
-        quickstart_image(path, steps)
+        quickstart_image(path, steps, method=method)
 
 
 def build_parser() -> Parser:
@@ -78,13 +78,16 @@ def build_parser() -> Parser:
                        help="lm: a character-level GPT (default); chat: a GPT fine-tuned into a chat model; "
                        "translate: English number words to German; image: captions to pictures of coloured shapes")
     quick.add_argument("--out", help="run directory (default runs/quickstart, runs/quickstart-translate, "
-                       "runs/quickstart-image or runs/quickstart-chat); an earlier quickstart there is replaced, "
-                       "other files are refused")
+                       "runs/quickstart-image, runs/quickstart-diffusion or runs/quickstart-chat); an earlier "
+                       "quickstart there is replaced, other files are refused")
     quick.add_argument("--steps", type=positive_int, help="training steps (default 1500 for lm)")
     quick.add_argument("--interactive", action=argparse.BooleanOptionalAction, default=None,
                        help="chat: open the chat after training (default when stdin is a terminal) or print a "
                        "scripted conversation (--no-interactive)")
-    quick.set_defaults(func=lambda args: _quickstart(args.what, args.out, args.steps, args.interactive))
+    quick.add_argument("--method", choices=("tokens", "diffusion"), default="tokens",
+                       help="image: tokens (a VQ tokenizer + a caption -> image-token Transformer, DALL-E style) or "
+                       "diffusion (an autoencoder + a diffusion Transformer, Stable Diffusion style)")
+    quick.set_defaults(func=lambda args: _quickstart(args.what, args.out, args.steps, args.interactive, args.method))
     return parser
 
 

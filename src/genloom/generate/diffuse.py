@@ -63,10 +63,11 @@ def latents_to_images(vae: VAE, latents: Tensor, batch_size: int = 64) -> np.nda
 def init_latents(vae: VAE, images: np.ndarray) -> Tensor:
     """Scaled posterior means (N, C, h, w) of uint8 init images (N, H, W, 3) at the autoencoder's resolution."""
     r = vae.config.resolution
-    if images.ndim != 4 or images.shape[1:] != (r, r, 3):
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise GenloomError(f"init images must be uint8 RGB arrays (N, H, W, 3), got shape {images.shape}")
+    if images.shape[1:3] != (r, r):
         raise GenloomError(f"an init image must be {r}x{r} RGB, the autoencoder's resolution; got "
-                           f"{images.shape[2]}x{images.shape[1]}" if images.ndim == 4 else "init images must be "
-                           "(N, H, W, 3)")
+                           f"{images.shape[2]}x{images.shape[1]}")
     device = next(vae.parameters()).device
     with torch.inference_mode():
         mean, _ = vae.encode(to_unit_range(images_to_tensor(images).to(device)))

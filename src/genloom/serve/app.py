@@ -29,10 +29,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genloom.data.captions import CaptionCodec
 from genloom.data.translation import direction_prefix
+from genloom.diffusion.process import check_guidance
 from genloom.errors import GenloomError
 from genloom.generate.batch import TokenLogprobs, prompt_logprobs
 from genloom.generate.sampling import SamplingConfig
 from genloom.generate.translate import check_sources
+from genloom.registry import LoadedLatentDiffusion
 from genloom.serve.errors import (
     ApiError,
     api_error_handler,
@@ -43,7 +45,9 @@ from genloom.serve.errors import (
 )
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.models import (
+    DIFFUSION_STEPS,
     IMAGES,
+    MAX_DIFFUSION_STEPS,
     TEXT,
     TRANSLATION,
     ImageJob,
@@ -185,7 +189,10 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
                               param="response_format")
         if body.size is not None and body.size != size:
             raise bad_request(f"this model draws {size} images, not {body.size}", param="size")
-        if body.steps is not None and body.steps != steps:
+        loaded = served.loaded
+        if isinstance(loaded, LoadedLatentDiffusion):
+            steps = _diffusion_request(loaded, body)
+        elif body.steps is not None and body.steps != steps:
             raise bad_request(f"this model draws an image token by token, in exactly {steps} steps", param="steps")
         if body.rerank is not None and served.reranker is None:
             raise bad_request("reranking needs a CLIP model: start the server with --clip RUN (a `genloom train "
@@ -193,11 +200,10 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         if body.rerank is not None and body.rerank < body.n:
             raise bad_request(f"rerank keeps the best {body.n} of `rerank` candidates; ask for at least {body.n}",
                               param="rerank")
-        loaded = served.loaded
         codec = CaptionCodec(loaded.tokenizer, loaded.model.config.text_len)
         codec.encode([body.prompt, body.negative_prompt])  # a caption that does not fit: 400 now, not in a batch
         job = ImageJob(body.prompt, body.n, new_seed() if body.seed is None else body.seed, body.guidance_scale,
-                       body.negative_prompt, body.temperature, body.rerank)
+                       body.negative_prompt, body.temperature, body.rerank, steps)
         pngs = await _call(served, image_batch_key(job), body.rerank or body.n, job)
         metrics.images.labels(served.name).inc(len(pngs))
         return {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
@@ -284,6 +290,23 @@ def _encode_text(served: TextModel, text: str) -> list[int]:
             raise bad_request("the prompt is empty and this model has no end-of-text token to start from", "prompt")
         tokens = [served.tokenizer.eos_id]
     return tokens
+
+
+def _diffusion_request(loaded: LoadedLatentDiffusion, body: ImageRequest) -> int:
+    """The sampling steps of an image request to a diffusion model; a 400 for what it cannot do."""
+    process = loaded.model.config.process
+    steps = DIFFUSION_STEPS if body.steps is None else body.steps
+    limit = min(MAX_DIFFUSION_STEPS, process.train_timesteps)
+    if steps > limit:
+        raise bad_request(f"steps ({steps}) must be at most {limit} for this model", param="steps")
+    if body.temperature != 1.0:
+        raise bad_request("temperature applies to token-method models; a diffusion model samples by steps",
+                          param="temperature")
+    try:
+        check_guidance(process, body.guidance_scale)
+    except ValueError as e:
+        raise bad_request(str(e), param="guidance_scale") from None
+    return steps
 
 
 def _check_context(served: ServedModel, prompt_tokens: int, max_tokens: int) -> None:

@@ -17,20 +17,24 @@ import numpy as np
 import torch
 
 from genloom.checkpoint import read_checkpoint_config, resolve_checkpoint
+from genloom.diffusion.process import check_sampler
 from genloom.errors import GenloomError
+from genloom.generate.diffuse import DiffusionSampling
 from genloom.generate.image_io import image_record, png_bytes
-from genloom.generate.imagine import imagine
 from genloom.generate.rerank import check_same_image_tokenizer, imagine_best_of
+from genloom.generate.text_to_image import ImageGenerator, draw_images, image_resolution, method_of
 from genloom.generate.translate import translate
 from genloom.interop.hf_gpt2 import SAFETENSORS_FILE, is_hf_directory
 from genloom.models.gpt import GPT
 from genloom.registry import (
+    TEXT_TO_IMAGE_FAMILIES,
     TRANSLATION_FAMILIES,
     LoadedClip,
+    LoadedLatentDiffusion,
     LoadedTextToImage,
     load_clip_model,
+    load_image_generator,
     load_pretrained,
-    load_text_to_image_model,
     load_translation_model,
 )
 from genloom.run_record import attribution, read_data_record
@@ -76,7 +80,7 @@ class TextModel(ServedModel):
 
 @dataclass
 class ImageModel(ServedModel):
-    loaded: LoadedTextToImage | None = None
+    loaded: ImageGenerator | None = None
     reranker: LoadedClip | None = None
 
 
@@ -124,7 +128,8 @@ def _attach_reranker(path: Path, image_models: list[ImageModel], device: torch.d
     reranker.vq.to(device).eval()
     for served in image_models:
         assert served.loaded is not None
-        check_same_image_tokenizer(served.loaded.vq, reranker.vq, str(served.path), str(reranker.path))
+        if isinstance(served.loaded, LoadedTextToImage):  # a diffusion model's images are coded by the reranker's VQ
+            check_same_image_tokenizer(served.loaded.vq, reranker.vq, str(served.path), str(reranker.path))
         served.reranker = reranker
         served.extra["rerank"] = True
         assert isinstance(served.worker, BatchWorker)
@@ -144,16 +149,16 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics)
         return TextModel(name, TEXT, family, loaded.path, model.config.context_length, scheduler,
                          {"chat": tokenizer.chat_format is not None}, model, tokenizer, tokenizer.chat_format)
-    if family == "dalle":
-        t2i = load_text_to_image_model(path)
+    if family in TEXT_TO_IMAGE_FAMILIES:
+        t2i = load_image_generator(path)
         t2i.model.to(device).eval()
-        t2i.vq.to(device).eval()
-        size = _image_size(t2i)
+        (t2i.vae if isinstance(t2i, LoadedLatentDiffusion) else t2i.vq).to(device).eval()
+        side = image_resolution(t2i)
         worker = BatchWorker(name, functools.partial(_draw, t2i, None), settings.max_batch, settings.max_queue,
                              metrics)
         return ImageModel(name, IMAGES, family, t2i.path, None, worker,
-                          {"size": size, "method": "tokens", "steps": t2i.model.config.image_len, "rerank": False},
-                          t2i)
+                          {"size": f"{side}x{side}", "method": method_of(t2i), "steps": _default_steps(t2i),
+                           "rerank": False}, t2i)
     if family in TRANSLATION_FAMILIES:
         tr = load_translation_model(path)
         tr.model.to(device).eval()
@@ -165,12 +170,13 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
                        "translation and text-to-image models)")
 
 
-def _image_size(t2i: LoadedTextToImage) -> str:
-    with torch.inference_mode():
-        grid = t2i.model.config.grid_size
-        codes = torch.zeros(1, grid, grid, dtype=torch.long, device=next(t2i.vq.parameters()).device)
-        height, width = t2i.vq.decode(codes).shape[-2:]
-    return f"{width}x{height}"
+DIFFUSION_STEPS = 20  # a diffusion model's sampling steps when a request names none
+MAX_DIFFUSION_STEPS = 250  # what one request may ask for: a bound on the compute it can claim
+
+
+def _default_steps(t2i: ImageGenerator) -> int:
+    """A token model's steps are its image tokens (fixed); a diffusion model's, the sampler's default."""
+    return DIFFUSION_STEPS if isinstance(t2i, LoadedLatentDiffusion) else t2i.model.config.image_len
 
 
 @dataclass
@@ -182,12 +188,20 @@ class ImageJob:
     negative_prompt: str
     temperature: float
     rerank: int | None = None  # draw this many candidates per image and keep the reranker's best
+    steps: int = DIFFUSION_STEPS  # diffusion's sampling steps (a token model's are fixed)
 
 
-def image_batch_key(job: ImageJob) -> tuple[float, float, int | None]:
-    """Requests that can share one sampling call: the same guidance, temperature and reranking (seeds, prompts and
-    negative prompts are per image)."""
-    return (job.guidance_scale, job.temperature, job.rerank)
+def image_batch_key(job: ImageJob) -> tuple[float, float, int | None, int]:
+    """Requests that can share one sampling call: the same guidance, temperature, reranking and steps (seeds,
+    prompts and negative prompts are per image)."""
+    return (job.guidance_scale, job.temperature, job.rerank, job.steps)
+
+
+def _options(t2i: ImageGenerator, job: ImageJob) -> dict[str, Any]:
+    """The method's sampling options of `draw_images` for a job."""
+    if isinstance(t2i, LoadedLatentDiffusion):
+        return {"sampling": DiffusionSampling(steps=job.steps)}
+    return {"temperature": job.temperature}
 
 
 def new_seed() -> int:
@@ -195,7 +209,7 @@ def new_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
-def _draw(t2i: LoadedTextToImage, reranker: LoadedClip | None, jobs: list[ImageJob]) -> list[list[bytes]]:
+def _draw(t2i: ImageGenerator, reranker: LoadedClip | None, jobs: list[ImageJob]) -> list[list[bytes]]:
     """PNG bytes of every job's images from one sampling call; image i of a job is seed + i, as `imagine`.
     Reranked jobs draw their candidates with `imagine_best_of`, one call per job."""
     if jobs[0].rerank is not None:
@@ -205,9 +219,8 @@ def _draw(t2i: LoadedTextToImage, reranker: LoadedClip | None, jobs: list[ImageJ
     negatives = [job.negative_prompt for job in jobs for _ in range(job.n)]
     seeds = [job.seed + i for job in jobs for i in range(job.n)]
     first = jobs[0]
-    images, _ = imagine(t2i.model, t2i.tokenizer, t2i.vq, prompts, n_images=1, temperature=first.temperature,
-                        guidance_scale=first.guidance_scale, progress=False, negative_prompts=negatives,
-                        image_seeds=seeds)
+    images, _ = draw_images(t2i, prompts, 1, guidance_scale=first.guidance_scale, progress=False,
+                            negative_prompts=negatives, image_seeds=seeds, **_options(t2i, first))
     out, at = [], 0
     for job in jobs:
         out.append([_png(t2i, job, i, images[at + i], {"image_seed": job.seed + i}) for i in range(job.n)])
@@ -215,22 +228,25 @@ def _draw(t2i: LoadedTextToImage, reranker: LoadedClip | None, jobs: list[ImageJ
     return out
 
 
-def _draw_best_of(t2i: LoadedTextToImage, reranker: LoadedClip, job: ImageJob) -> list[bytes]:
+def _draw_best_of(t2i: ImageGenerator, reranker: LoadedClip, job: ImageJob) -> list[bytes]:
     assert job.rerank is not None
     best = imagine_best_of(t2i, reranker, [job.prompt], job.n, job.rerank, seed=job.seed,
-                           temperature=job.temperature, guidance_scale=job.guidance_scale, progress=False,
-                           negative_prompts=[job.negative_prompt])
+                           guidance_scale=job.guidance_scale, progress=False, negative_prompts=[job.negative_prompt],
+                           **_options(t2i, job))
     return [_png(t2i, job, i, image, {"clip": str(reranker.path), "rerank": job.rerank,
                                       "image_seed": None if best.seeds is None else best.seeds[i],
                                       "clip_score": round(float(score), 4)})
             for i, (image, score) in enumerate(zip(best.images, best.scores, strict=True))]
 
 
-def _png(t2i: LoadedTextToImage, job: ImageJob, index: int, image: np.ndarray, extra: dict[str, Any]) -> bytes:
+def _png(t2i: ImageGenerator, job: ImageJob, index: int, image: np.ndarray, extra: dict[str, Any]) -> bytes:
     """Image `index` of `job` as PNG bytes with the record `genloom imagine` writes (parameters, data, credit)."""
-    params = {"model": str(t2i.path), "temperature": job.temperature, "top_k": None, "top_p": None,
-              "guidance_scale": job.guidance_scale, "seed": job.seed, "n_images": job.n, "index": index,
-              "negative_prompt": job.negative_prompt or None, **extra}
+    sampling: dict[str, Any] = {"temperature": job.temperature, "top_k": None, "top_p": None}
+    if isinstance(t2i, LoadedLatentDiffusion):
+        sampler = check_sampler(t2i.model.config.process, None)
+        sampling = {"steps": job.steps, "sampler": sampler, "eta": 0.0, "spacing": DiffusionSampling.spacing}
+    params = {"model": str(t2i.path), **sampling, "guidance_scale": job.guidance_scale, "seed": job.seed,
+              "n_images": job.n, "index": index, "negative_prompt": job.negative_prompt or None, **extra}
     record = _data_record(t2i.path)
     return png_bytes(np.ascontiguousarray(image), image_record(job.prompt, params, record.get("data"),
                                                                attribution(record)))

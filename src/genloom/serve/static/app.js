@@ -33,7 +33,7 @@ async function loadModels() {
     for (const m of models.filter((m) => m.kind === kind && accept(m))) {
       const option = document.createElement("option");
       option.value = m.id;
-      option.textContent = m.chat === false ? `${m.id} (completion)` : m.id;
+      option.textContent = m.chat === false ? `${m.id} (completion)` : m.method ? `${m.id} (${m.method})` : m.id;
       select.appendChild(option);
     }
   };
@@ -41,7 +41,17 @@ async function loadModels() {
   fill("image-model", "images", () => true);
   fill("translate-model", "translation", () => true);
   state.models = Object.fromEntries(models.map((m) => [m.id, m]));
+  showImageSteps();
   showError("");
+}
+
+// A token model draws in a fixed number of steps; a diffusion model's are the user's choice.
+function showImageSteps() {
+  const m = state.models && state.models[$("image-model").value];
+  const field = $("image-steps");
+  field.disabled = !!m && m.method === "tokens";
+  field.placeholder = m ? `${m.steps}${m.method === "tokens" ? " (fixed)" : ""}` : "model's";
+  if (field.disabled) field.value = "";
 }
 
 // ---- chat ---------------------------------------------------------------------------------------------
@@ -212,6 +222,7 @@ $("chat-input").addEventListener("keydown", (e) => {
 $("chat-stop").addEventListener("click", () => state.controller && state.controller.abort());
 $("chat-reset").addEventListener("click", () => { state.messages = []; $("chat-log").innerHTML = ""; });
 $("image-form").addEventListener("submit", sendImages);
+$("image-model").addEventListener("change", showImageSteps);
 $("translate-form").addEventListener("submit", sendTranslation);
 $("api-key").value = localStorage.getItem("genloom-api-key") || "";
 $("api-key").addEventListener("change", () => { localStorage.setItem("genloom-api-key", $("api-key").value); loadModels(); });

@@ -1,0 +1,213 @@
+"""Latent-diffusion benchmarks (issue 15), on the built-in sets, through the `genloom` CLI as a user runs them.
+
+    python benchmarks/diffusion.py --parts sampler                     # a minute
+    python benchmarks/diffusion.py --parts digits --seeds 0,1          # DDPM vs flow at equal wall time, 2 seeds each
+    python benchmarks/diffusion.py --parts shapes --dit-minutes 25     # shapes, beside the token method's numbers
+
+- sampler: the wall time of a 20-step sampling run (DDIM, DPM-Solver++, Euler; guidance 3, so each step is one
+  denoiser pass over 2 x 16 rows) divided by the time of 20 bare denoiser passes on the same batch: what the
+  sampler adds. Then the VAE decode of the 16 latents. Median of 5 repeats, on an untrained dit-small.
+- digits: a vae-digits autoencoder (8x8 -> 4x4x4), then a dit-small denoiser per objective (ddpm ε-prediction and
+  flow matching) and seed, each for the same minutes; `eval text-to-image` scores classifier accuracy and Fréchet
+  distance at 10 / 20 / 50 steps and guidance 1 / 2 / 3 / 5.
+- shapes: a vae-32 autoencoder (32x32 -> 8x8x4) and a flow dit-small; caption alignment on seen and held-out
+  (colour, shape) combinations, by steps and guidance.
+
+Each command and its output go to OUT/PART/*.log; results accumulate in OUT/results.json and a README table is
+printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from text_to_image import best_metrics, genloom, last_step, train_flags
+
+from genloom.data.captions import CaptionCodec, train_caption_tokenizer
+from genloom.diffusion.process import DiffusionConfig
+from genloom.generate.diffuse import DiffusionSampling, latents_to_images, sample_latents
+from genloom.models.dit import DiT, preset
+from genloom.models.vae import VAE
+from genloom.models.vae import preset as vae_preset
+
+STEPS = "10,20,50"
+GUIDANCE = "1,2,3,5"
+BATCH = 16  # images per sampling call in the sampler benchmark
+
+
+def part_sampler(repeats: int = 5) -> dict[str, Any]:
+    torch.manual_seed(0)
+    captions = [f"a {c} {s}" for c in ("red", "blue", "green", "cyan") for s in ("circle", "square", "triangle", "x")]
+    tokenizer = train_caption_tokenizer(captions, 300)
+    codec = CaptionCodec(tokenizer, 24)
+    rows = []
+    for objective, samplers in (("ddpm", ("ddim", "dpm++")), ("flow", ("euler",))):
+        config = preset("dit-small", text_vocab_size=tokenizer.vocab_size, pad_id=codec.ids.pad,
+                        process=DiffusionConfig(objective=objective))
+        model = DiT(config).eval()
+        for layer in (model.final.proj, model.final.modulation, *(b.modulation for b in model.blocks)):
+            torch.nn.init.normal_(layer.weight, std=0.02)  # an output that depends on the input, like a trained one
+        rows += _sampler_rows(model, codec.encode(captions[:BATCH]), codec.empty()[0], samplers, repeats)
+    vae = VAE(vae_preset("vae-32")).eval()
+    out = torch.randn(BATCH, 4, 8, 8)
+    decode = statistics.median(_time(lambda: latents_to_images(vae, out)) for _ in range(repeats))
+    return {"batch": BATCH, "guidance_scale": 3.0, "threads": torch.get_num_threads(), "rows": rows,
+            "vae_decode_s": decode}
+
+
+@torch.inference_mode()
+def _sampler_rows(model: DiT, text: torch.Tensor, empty: torch.Tensor, samplers: tuple[str, ...], repeats: int
+                  ) -> list[dict[str, Any]]:
+    """Each sampler's 20-step guided run against 20 bare denoiser passes over the same 2 x BATCH rows."""
+    c = model.config
+    caption = model.encode_caption(torch.cat([text, empty.expand(len(text), -1)]))
+    latents = torch.randn(2 * len(text), c.latent_channels, c.latent_size, c.latent_size)
+    t = torch.full((2 * len(text),), 500.0)
+
+    def forwards() -> None:
+        for _ in range(20):
+            model(latents, t, caption=caption)
+
+    forwards()  # warm up
+    bare = statistics.median(_time(forwards) for _ in range(repeats))
+    rows = []
+    for sampler in samplers:
+        def sampling(sampler: str = sampler) -> None:
+            sample_latents(model, text, DiffusionSampling(steps=20, sampler=sampler), 3.0, empty)
+
+        sampling()
+        full = statistics.median(_time(sampling) for _ in range(repeats))
+        rows.append({"objective": c.process.objective, "sampler": sampler, "sampling_s": full, "forwards_s": bare,
+                     "ratio": full / bare})
+        print(f"{sampler}: 20 steps {full * 1000:.0f} ms vs 20 forwards {bare * 1000:.0f} ms: {full / bare:.3f}x",
+              flush=True)
+    return rows
+
+
+def _time(fn: Any) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _denoiser_summary(run: Path) -> dict[str, Any]:
+    best = best_metrics(run)
+    return {"steps": last_step(run), "best_step": best.get("step"), "val_loss": best.get("val_loss")}
+
+
+def part_digits(out: Path, minutes: float, seeds: list[int]) -> dict[str, Any]:
+    vae, log = out / "vae", out / "digits.log"
+    data = ["--data", "builtin:digits", "--resolution", 8]
+    genloom(log, "train", "image-autoencoder", *data, "--preset", "vae-digits", "--lr", 2e-3, "--eval-interval", 250,
+            *train_flags(2, vae))
+    runs = []
+    for objective in ("ddpm", "flow"):
+        for seed in seeds:
+            run = out / f"{objective}-{seed}"
+            genloom(log, "train", "text-to-image", "--method", "diffusion", *data, "--autoencoder", vae,
+                    "--objective", objective, "--preset", "dit-small", "--lr", 1e-3, "--batch-size", 64,
+                    "--eval-interval", 250, "--eval-batches", 4, "--seed", seed, *train_flags(minutes, run))
+            report = out / f"{objective}-{seed}.json"
+            genloom(log, "eval", "text-to-image", run, "--steps", STEPS, "--guidance-scales", GUIDANCE,
+                    "--n-per-caption", 20, "--json", report, "--overwrite")
+            scores = json.loads(report.read_text())["scores"]
+            runs.append({"objective": objective, "seed": seed, "denoiser": _denoiser_summary(run),
+                         "rows": [{"steps": s["steps"], "scale": s["guidance_scale"], "accuracy": s["accuracy"],
+                                   "frechet": s["frechet"], "copy_rate": s["memorization"]["copy_rate"],
+                                   "images_per_s": s["images_per_second"]} for s in scores]})
+    return {"autoencoder": best_metrics(vae), "minutes": minutes, "runs": runs}
+
+
+def part_shapes(out: Path, minutes: float) -> dict[str, Any]:
+    vae, dit, log = out / "vae", out / "dit", out / "shapes.log"
+    data = ["--data", "builtin:shapes", "--limit", 20000]
+    genloom(log, "train", "image-autoencoder", *data, "--preset", "vae-32", "--lr", 2e-3, "--eval-batches", 8,
+            *train_flags(3, vae))
+    genloom(log, "train", "text-to-image", "--method", "diffusion", *data, "--autoencoder", vae, "--objective",
+            "flow", "--preset", "dit-small", "--lr", 1e-3, "--batch-size", 64, "--eval-interval", 500,
+            "--eval-batches", 8, *train_flags(minutes, dit))
+    report = out / "eval.json"
+    genloom(log, "eval", "text-to-image", dit, "--steps", STEPS, "--guidance-scales", GUIDANCE, "--max-captions", 64,
+            "--n-per-caption", 4, "--json", report, "--overwrite")
+    rows = [{"steps": s["steps"], "scale": s["guidance_scale"], "seen": s["seen"]["all_correct"],
+             "held_out": s["held_out"]["all_correct"], "copy_rate": s["memorization"]["copy_rate"],
+             "images_per_s": s["images_per_second"]} for s in json.loads(report.read_text())["scores"]]
+    return {"autoencoder": best_metrics(vae), "denoiser": _denoiser_summary(dit), "minutes": minutes, "rows": rows}
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    lines = ["| measure | result | target |", "|---|---|---|"]
+    if "sampler" in results:
+        s = results["sampler"]
+        for row in s["rows"]:
+            lines.append(f"| sampler overhead: 20-step {row['sampler']} / 20 denoiser passes (batch {s['batch']}, "
+                         f"guidance {s['guidance_scale']:g}) | {row['ratio']:.3f} ({row['sampling_s'] * 1000:.0f} / "
+                         f"{row['forwards_s'] * 1000:.0f} ms) | ≤ 1.1 |")
+    if "digits" in results:
+        d = results["digits"]
+        for objective in ("ddpm", "flow"):
+            runs = [r for r in d["runs"] if r["objective"] == objective]
+            if not runs:
+                continue
+            for steps in (10, 20, 50):
+                best = [max((r for r in run["rows"] if r["steps"] == steps), key=lambda r: r["accuracy"])
+                        for run in runs]
+                accs = [b["accuracy"] for b in best]
+                spread = f" (runs: {', '.join(pct(a) for a in accs)})" if len(accs) > 1 else ""
+                lines.append(f"| digits, {objective}, {d['minutes']:g} min, {steps} steps: accuracy at the best "
+                             f"guidance, mean of {len(accs)} | {pct(statistics.mean(accs))}{spread} | "
+                             f"{'≥ 95 %' if steps <= 20 else ''} |")
+    if "shapes" in results:
+        s = results["shapes"]
+        for steps in (10, 20, 50):
+            rows = [r for r in s["rows"] if r["steps"] == steps]
+            if rows:
+                best = max(rows, key=lambda r: (r["seen"] or 0) + (r["held_out"] or 0))
+                lines.append(f"| shapes, flow, {s['minutes']:g} min, {steps} steps (guidance {best['scale']:g}): "
+                             f"all correct seen / held-out | {pct(best['seen'])} / {pct(best['held_out'])} | "
+                             "≥ 95 % / ≥ 60 % |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="sampler,digits,shapes")
+    parser.add_argument("--out", default="runs/bench-diffusion")
+    parser.add_argument("--digits-minutes", type=float, default=8.0)
+    parser.add_argument("--dit-minutes", type=float, default=25.0, help="shapes denoiser budget")
+    parser.add_argument("--seeds", default="0", help="digits: training seeds per objective")
+    args = parser.parse_args()
+    out = Path(args.out)
+    results_path = out / "results.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for name in args.parts.split(","):
+        print(f"=== {name}", flush=True)
+        started = time.perf_counter()
+        if name == "sampler":
+            result = part_sampler()
+        elif name == "digits":
+            result = part_digits(out / "digits", args.digits_minutes, seeds)
+        elif name == "shapes":
+            result = part_shapes(out / "shapes", args.dit_minutes)
+        else:
+            sys.exit(f"unknown part {name!r}; choose sampler, digits or shapes")
+        results[name] = {**result, "wall_s": round(time.perf_counter() - started)}
+        out.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(readme_table(results))
+
+
+if __name__ == "__main__":
+    main()
