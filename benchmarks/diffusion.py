@@ -2,14 +2,18 @@
 
     python benchmarks/diffusion.py --parts sampler                     # a minute
     python benchmarks/diffusion.py --parts digits --seeds 0,1          # DDPM vs flow at equal wall time, 2 seeds each
+    python benchmarks/diffusion.py --parts ddim50 --seeds 0,1          # then the DDPM runs with DDIM at 50 steps
     python benchmarks/diffusion.py --parts shapes --dit-minutes 25     # shapes, beside the token method's numbers
+    python benchmarks/diffusion.py --parts shapes --shapes-seed 1 --out runs/bench-diffusion-seed1   # a second run
 
 - sampler: the wall time of a 20-step sampling run (DDIM, DPM-Solver++, Euler; guidance 3, so each step is one
   denoiser pass over 2 x 16 rows) divided by the time of 20 bare denoiser passes on the same batch: what the
   sampler adds. Then the VAE decode of the 16 latents. Median of 5 repeats, on an untrained dit-small.
-- digits: a vae-digits autoencoder (8x8 -> 4x4x4), then a dit-small denoiser per objective (ddpm ε-prediction and
-  flow matching) and seed, each for the same minutes; `eval text-to-image` scores classifier accuracy and Fréchet
-  distance at 10 / 20 / 50 steps and guidance 1 / 2 / 3 / 5.
+- digits: a vae-digits autoencoder (8x8 -> 4x4x4), then a dit-small denoiser (patch 1: 16 tokens) per objective
+  (ddpm ε-prediction and flow matching) and seed, each for the same minutes; `eval text-to-image` scores classifier
+  accuracy and Fréchet distance at 10 / 20 / 50 steps and guidance 1 / 2 / 3 / 5.
+- ddim50: the digits DDPM runs sampled by DDIM at 50 steps, the reference DPM-Solver++ at 10-20 steps should match.
+- emoji: the vae-32 autoencoder on the OpenMoji glyphs: validation PSNR, KL and latent scale.
 - shapes: a vae-32 autoencoder (32x32 -> 8x8x4) and a flow dit-small; caption alignment on seen and held-out
   (colour, shape) combinations, by steps and guidance.
 
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from text_to_image import best_metrics, genloom, last_step, train_flags
+from text_to_image import best_metrics, genloom, last_step, pct, train_flags
 
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.diffusion.process import DiffusionConfig
@@ -112,7 +116,8 @@ def part_digits(out: Path, minutes: float, seeds: list[int]) -> dict[str, Any]:
         for seed in seeds:
             run = out / f"{objective}-{seed}"
             genloom(log, "train", "text-to-image", "--method", "diffusion", *data, "--autoencoder", vae,
-                    "--objective", objective, "--preset", "dit-small", "--lr", 1e-3, "--batch-size", 64,
+                    "--objective", objective, "--preset", "dit-small", "--patch-size", 1, "--lr", 1e-3,
+                    "--batch-size", 64,
                     "--eval-interval", 250, "--eval-batches", 4, "--seed", seed, *train_flags(minutes, run))
             report = out / f"{objective}-{seed}.json"
             genloom(log, "eval", "text-to-image", run, "--steps", STEPS, "--guidance-scales", GUIDANCE,
@@ -125,9 +130,30 @@ def part_digits(out: Path, minutes: float, seeds: list[int]) -> dict[str, Any]:
     return {"autoencoder": best_metrics(vae), "minutes": minutes, "runs": runs}
 
 
-def part_shapes(out: Path, minutes: float) -> dict[str, Any]:
+def part_ddim50(out: Path, seeds: list[int]) -> dict[str, Any]:
+    """The digits DDPM runs sampled with DDIM at 50 steps: what DPM-Solver++ at 10-20 steps should match."""
+    runs = []
+    for seed in seeds:
+        run, report = out / f"ddpm-{seed}", out / f"ddpm-{seed}-ddim50.json"
+        genloom(out / "digits.log", "eval", "text-to-image", run, "--sampler", "ddim", "--steps", 50,
+                "--guidance-scales", GUIDANCE, "--n-per-caption", 20, "--json", report, "--overwrite")
+        runs.append({"seed": seed, "rows": [{"scale": s["guidance_scale"], "accuracy": s["accuracy"],
+                                             "frechet": s["frechet"]}
+                                            for s in json.loads(report.read_text())["scores"]]})
+    return {"runs": runs}
+
+
+def part_emoji(out: Path, minutes: float) -> dict[str, Any]:
+    """The vae-32 autoencoder on the 1357 OpenMoji glyphs: how well the latent space keeps them."""
+    vae = out / "vae"
+    genloom(out / "emoji.log", "train", "image-autoencoder", "--data", "builtin:emoji", "--preset", "vae-32",
+            "--lr", 2e-3, "--eval-interval", 250, *train_flags(minutes, vae))
+    return {"autoencoder": best_metrics(vae), "steps": last_step(vae), "minutes": minutes}
+
+
+def part_shapes(out: Path, minutes: float, seed: int | None) -> dict[str, Any]:
     vae, dit, log = out / "vae", out / "dit", out / "shapes.log"
-    data = ["--data", "builtin:shapes", "--limit", 20000]
+    data = ["--data", "builtin:shapes", "--limit", 20000, *(["--seed", seed] if seed is not None else [])]
     genloom(log, "train", "image-autoencoder", *data, "--preset", "vae-32", "--lr", 2e-3, "--eval-batches", 8,
             *train_flags(3, vae))
     genloom(log, "train", "text-to-image", "--method", "diffusion", *data, "--autoencoder", vae, "--objective",
@@ -139,11 +165,8 @@ def part_shapes(out: Path, minutes: float) -> dict[str, Any]:
     rows = [{"steps": s["steps"], "scale": s["guidance_scale"], "seen": s["seen"]["all_correct"],
              "held_out": s["held_out"]["all_correct"], "copy_rate": s["memorization"]["copy_rate"],
              "images_per_s": s["images_per_second"]} for s in json.loads(report.read_text())["scores"]]
-    return {"autoencoder": best_metrics(vae), "denoiser": _denoiser_summary(dit), "minutes": minutes, "rows": rows}
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f} %"
+    return {"autoencoder": best_metrics(vae), "denoiser": _denoiser_summary(dit), "minutes": minutes, "seed": seed,
+            "rows": rows}
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -161,13 +184,20 @@ def readme_table(results: dict[str, Any]) -> str:
             if not runs:
                 continue
             for steps in (10, 20, 50):
-                best = [max((r for r in run["rows"] if r["steps"] == steps), key=lambda r: r["accuracy"])
-                        for run in runs]
-                accs = [b["accuracy"] for b in best]
+                accs = [max(r["accuracy"] for r in run["rows"] if r["steps"] == steps) for run in runs]
                 spread = f" (runs: {', '.join(pct(a) for a in accs)})" if len(accs) > 1 else ""
                 lines.append(f"| digits, {objective}, {d['minutes']:g} min, {steps} steps: accuracy at the best "
                              f"guidance, mean of {len(accs)} | {pct(statistics.mean(accs))}{spread} | "
                              f"{'≥ 95 %' if steps <= 20 else ''} |")
+    if "ddim50" in results:
+        accs = [max(r["accuracy"] for r in run["rows"]) for run in results["ddim50"]["runs"]]
+        lines.append(f"| digits, ddpm, DDIM 50 steps (the reference for DPM-Solver++ at 10-20): accuracy at the "
+                     f"best guidance, mean of {len(accs)} | {pct(statistics.mean(accs))} | |")
+    if "emoji" in results:
+        e = results["emoji"]
+        a = e["autoencoder"]
+        lines.append(f"| emoji: vae-32 {e['minutes']:g} min ({e['steps']} steps) validation PSNR / KL / latent scale | "
+                     f"{a['psnr']:.2f} dB / {a['kl']:.2f} / {a['latent_scale']:.3f} | |")
     if "shapes" in results:
         s = results["shapes"]
         for steps in (10, 20, 50):
@@ -182,11 +212,13 @@ def readme_table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="sampler,digits,shapes")
+    parser.add_argument("--parts", default="sampler,digits,ddim50,emoji,shapes")
     parser.add_argument("--out", default="runs/bench-diffusion")
     parser.add_argument("--digits-minutes", type=float, default=8.0)
     parser.add_argument("--dit-minutes", type=float, default=25.0, help="shapes denoiser budget")
     parser.add_argument("--seeds", default="0", help="digits: training seeds per objective")
+    parser.add_argument("--emoji-minutes", type=float, default=5.0, help="emoji autoencoder budget")
+    parser.add_argument("--shapes-seed", type=int, help="shapes: the training seed of both models (default: the CLI's)")
     args = parser.parse_args()
     out = Path(args.out)
     results_path = out / "results.json"
@@ -200,9 +232,13 @@ def main() -> None:
         elif name == "digits":
             result = part_digits(out / "digits", args.digits_minutes, seeds)
         elif name == "shapes":
-            result = part_shapes(out / "shapes", args.dit_minutes)
+            result = part_shapes(out / "shapes", args.dit_minutes, args.shapes_seed)
+        elif name == "ddim50":
+            result = part_ddim50(out / "digits", seeds)
+        elif name == "emoji":
+            result = part_emoji(out / "emoji", args.emoji_minutes)
         else:
-            sys.exit(f"unknown part {name!r}; choose sampler, digits or shapes")
+            sys.exit(f"unknown part {name!r}; choose sampler, digits, ddim50, emoji or shapes")
         results[name] = {**result, "wall_s": round(time.perf_counter() - started)}
         out.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")

@@ -10,12 +10,15 @@ import torch
 
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.errors import GenloomError
-from genloom.generate.imagine import imagine
+from genloom.generate.diffuse import DiffusionSampling, diffuse
+from genloom.generate.imagine import encode_images, imagine
 from genloom.generate.rerank import check_same_image_tokenizer, clip_scores, imagine_best_of
 from genloom.models.clip import Clip, ClipConfig
 from genloom.models.dalle import Dalle, DalleConfig
+from genloom.models.dit import DiT, DiTConfig
+from genloom.models.vae import VAE, VAEConfig
 from genloom.models.vqvae import VQVAE, VQConfig
-from genloom.registry import LoadedClip, LoadedTextToImage
+from genloom.registry import LoadedClip, LoadedLatentDiffusion, LoadedTextToImage
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle"]
 
@@ -75,3 +78,25 @@ def test_refuses_fewer_candidates_or_another_image_tokenizer(models: tuple[Loade
     with pytest.raises(GenloomError, match="different VQ image tokenizers"):
         check_same_image_tokenizer(generator.vq, other, "t2i", "clip")
     check_same_image_tokenizer(generator.vq, reranker.vq, "t2i", "clip")
+
+
+def test_diffusion_samples_are_reranked_through_the_rerankers_vq(models) -> None:
+    _, reranker = models
+    tokenizer = reranker.tokenizer
+    torch.manual_seed(1)
+    dit = DiT(DiTConfig(latent_size=4, d_model=32, n_layers=1, n_heads=4, d_ff=64, text_vocab_size=tokenizer.vocab_size,
+                        text_len=12, text_layers=1, pad_id=CaptionCodec(tokenizer, 12).ids.pad)).eval()
+    for layer in (dit.final.proj, dit.final.modulation, *(b.modulation for b in dit.blocks)):
+        torch.nn.init.normal_(layer.weight, std=0.1)  # an output that depends on the input and the seed
+    generator = LoadedLatentDiffusion(dit, tokenizer, VAE(VAEConfig(resolution=8, widths=(8, 8), res_blocks=1,
+                                                                    norm_groups=4)).eval(), Path("dit"))
+    sampling = DiffusionSampling(steps=3)
+    best = imagine_best_of(generator, reranker, CAPTIONS[:1], n_images=2, candidates=4, seed=0, progress=False,
+                           sampling=sampling)
+    candidates, _ = diffuse(dit, tokenizer, generator.vae, CAPTIONS[:1], n_images=4, seed=0, sampling=sampling,
+                            progress=False)
+    codes = encode_images(reranker.vq, candidates).view(4, 4, 4)  # the reranker reads its own VQ's codes
+    expected = clip_scores(reranker, CAPTIONS[:1], codes).sort(dim=1, descending=True).values[0, :2]
+    torch.testing.assert_close(best.scores, expected)
+    assert best.seeds is not None and all((candidates[s] == image).all() for s, image in zip(best.seeds, best.images,
+                                                                                             strict=True))

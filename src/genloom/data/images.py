@@ -110,6 +110,12 @@ def to_unit_range(images: Tensor) -> Tensor:
     return images.float() / 127.5 - 1.0
 
 
+def from_unit_range(pixels: Tensor) -> np.ndarray:
+    """`to_unit_range` undone for a model's output: float (B, 3, H, W) in about [-1, 1] -> uint8 (B, H, W, 3)."""
+    pixels = ((pixels.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def check_resolution(data: ImageCaptionSet | np.ndarray, resolution: int, expected_by: str = "the model") -> None:
     """Raise a one-line GenloomError unless the images are `resolution` x `resolution`."""
     images = data.images if isinstance(data, ImageCaptionSet) else data

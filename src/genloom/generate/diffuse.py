@@ -14,7 +14,6 @@ whether made alone or in a batch. Latents are never clipped.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,13 +22,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from genloom.data.captions import CaptionCodec
 from genloom.data.images import images_to_tensor, to_unit_range
 from genloom.diffusion.guidance import guide
 from genloom.diffusion.process import check_guidance, check_sampler, sampler_step, sampling_plan, start_sample
 from genloom.diffusion.samplers import SolverHistory
 from genloom.diffusion.schedules import Spacing
 from genloom.errors import GenloomError
+from genloom.generate.imagine import decode_to_images, encode_image_prompts, row_generators
 from genloom.models.dit import DiT
 from genloom.models.vae import VAE
 from genloom.registry import check_latent_shape
@@ -51,13 +50,7 @@ class DiffusionSampling:
 
 def latents_to_images(vae: VAE, latents: Tensor, batch_size: int = 64) -> np.ndarray:
     """uint8 RGB images (N, H, W, 3) of scaled latents (N, C, h, w)."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(latents), batch_size):
-            pixels = vae.from_latents(latents[i : i + batch_size].float())  # (b, 3, H, W) in [-1, 1]
-            pixels = ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            out.append(pixels.permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
+    return decode_to_images(vae.from_latents, latents.float().to(next(vae.parameters()).device), batch_size)
 
 
 def init_latents(vae: VAE, images: np.ndarray) -> Tensor:
@@ -72,17 +65,6 @@ def init_latents(vae: VAE, images: np.ndarray) -> Tensor:
     with torch.inference_mode():
         mean, _ = vae.encode(to_unit_range(images_to_tensor(images).to(device)))
     return mean * vae.latent_scale
-
-
-def _generators(n: int, seed: int | None, image_seeds: Sequence[int] | None, device: torch.device
-                ) -> list[torch.Generator] | None:
-    if image_seeds is not None:
-        if len(image_seeds) != n:
-            raise GenloomError(f"{len(image_seeds)} seeds for {n} images")
-        return [torch.Generator(device=device).manual_seed(s) for s in image_seeds]
-    if seed is None:
-        return None
-    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
 
 
 def _noise(shape: tuple[int, ...], generators: list[torch.Generator] | None, device: torch.device) -> Tensor:
@@ -168,23 +150,10 @@ def diffuse(
     preview_every k > 0 calls on_preview with the predicted clean images after every k-th step.
     """
     sampling = sampling or DiffusionSampling()
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise GenloomError("no prompts to imagine")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise GenloomError(f"n_images ({n_images!r}) must be an integer >= 1")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise GenloomError(f"guidance scale ({guidance_scale}) must be >= 0")
     cfg = model.config
+    text, unconditional = encode_image_prompts(text_tokenizer, cfg.text_len, prompts, n_images, guidance_scale,
+                                               negative_prompts)
     check_latent_shape(vae.config, cfg, "the autoencoder", "the denoiser")
-    codec = CaptionCodec(text_tokenizer, cfg.text_len)
-    text = codec.encode(list(prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt), prompt-major
-    unconditional = codec.empty()[0]  # (Lt,)
-    if negative_prompts is not None:
-        if len(negative_prompts) != len(prompts):
-            raise GenloomError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
-        unconditional = codec.encode(list(negative_prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt)
     n = len(text)
     init = None
     if init_images is not None:
@@ -195,7 +164,7 @@ def diffuse(
     elif strength is not None:
         raise GenloomError("a strength says how much of an init image to keep; give an init image too")
     device = model.positions.device
-    generators = _generators(n, seed, image_seeds, device)
+    generators = row_generators(n, seed, image_seeds, device)
 
     def preview(i: int, x0: Tensor) -> None:
         if on_preview is not None and preview_every > 0 and (i + 1) % preview_every == 0:

@@ -15,7 +15,7 @@ seeded `seed + i`, so it is the same image whether made alone (with seed + i) or
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from genloom.data.captions import CaptionCodec
-from genloom.data.images import check_resolution, images_to_tensor, to_unit_range
+from genloom.data.images import check_resolution, from_unit_range, images_to_tensor, to_unit_range
 from genloom.errors import GenloomError
 from genloom.generate.sampling import SamplingConfig, choose_tokens
 from genloom.models.caption_image import check_image_tokenizer
@@ -50,16 +50,52 @@ def encode_images(vq: VQVAE, images: np.ndarray, batch_size: int = 256, device: 
     return torch.cat(chunks)
 
 
-def codes_to_images(vq: VQVAE, codes: Tensor, batch_size: int = 64) -> np.ndarray:
-    """uint8 RGB images (N, H, W, 3) of codes (N, g, g), decoded in batches."""
-    device = next(vq.parameters()).device
-    out = []
+def decode_to_images(decode: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int = 64) -> np.ndarray:
+    """uint8 RGB images (N, H, W, 3) of what an image model's `decode` turns into pixels in [-1, 1], in batches."""
     with torch.inference_mode():
-        for i in range(0, len(codes), batch_size):
-            pixels = vq.decode(codes[i : i + batch_size].to(device)).float()  # (b, 3, H, W) in [-1, 1]
-            pixels = ((pixels + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            out.append(pixels.permute(0, 2, 3, 1).cpu().numpy())  # (b, H, W, 3)
-    return np.concatenate(out)
+        return np.concatenate([from_unit_range(decode(inputs[i : i + batch_size]))
+                               for i in range(0, len(inputs), batch_size)])
+
+
+def codes_to_images(vq: VQVAE, codes: Tensor, batch_size: int = 64) -> np.ndarray:
+    """uint8 RGB images (N, H, W, 3) of codes (N, g, g)."""
+    return decode_to_images(vq.decode, codes.to(next(vq.parameters()).device), batch_size)
+
+
+def encode_image_prompts(tokenizer: Tokenizer, text_len: int, prompts: Sequence[str], n_images: int,
+                         guidance_scale: float, negative_prompts: Sequence[str] | None) -> tuple[Tensor, Tensor]:
+    """What either image method conditions on, after the checks both make: the captions (N, Lt), each prompt
+    repeated n_images times (prompt-major), and the unconditional caption of guidance, the empty one (Lt,) or the
+    negative prompts (N, Lt)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise GenloomError("no prompts to imagine")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise GenloomError(f"n_images ({n_images!r}) must be an integer >= 1")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise GenloomError(f"guidance scale ({guidance_scale}) must be >= 0")
+    codec = CaptionCodec(tokenizer, text_len)
+    text = codec.encode(list(prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt), prompt-major
+    unconditional = codec.empty()[0]  # (Lt,)
+    if negative_prompts is not None:
+        if len(negative_prompts) != len(prompts):
+            raise GenloomError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        unconditional = codec.encode(list(negative_prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt)
+    return text, unconditional
+
+
+def row_generators(n: int, seed: int | None, row_seeds: Sequence[int] | None, device: torch.device
+                   ) -> list[torch.Generator] | None:
+    """One generator per image, seeded row_seeds[i] or seed + i, so an image does not depend on its batch; None
+    (torch's global RNG) without seeds."""
+    if row_seeds is not None:
+        if len(row_seeds) != n:
+            raise GenloomError(f"{len(row_seeds)} seeds for {n} images")
+        return [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
+    if seed is None:
+        return None
+    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
 
 
 @torch.inference_mode()
@@ -88,13 +124,7 @@ def sample_image_tokens(
             raise GenloomError("classifier-free guidance needs the empty caption")
         text = torch.cat([text, empty_caption.expand(batch, -1)])  # (2B, Lt): conditional rows, then unconditional
     text = text.to(device)
-    generators = None
-    if row_seeds is not None:
-        if len(row_seeds) != batch:
-            raise GenloomError(f"{len(row_seeds)} seeds for {batch} images")
-        generators = [torch.Generator(device=device).manual_seed(seed) for seed in row_seeds]
-    elif sampling.seed is not None:
-        generators = [torch.Generator(device=device).manual_seed(sampling.seed + row) for row in range(batch)]
+    generators = row_generators(batch, sampling.seed, row_seeds, device)
 
     caches = model.make_kv_caches(text.shape[0]) if use_cache else None
     tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)  # (B, t) sampled so far
@@ -142,26 +172,13 @@ def imagine(
     image_seeds: one seed per image instead. negative_prompts: one per prompt, guided away from (it replaces the
     empty caption; "" is the empty caption).
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise GenloomError("no prompts to imagine")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise GenloomError(f"n_images ({n_images!r}) must be an integer >= 1")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise GenloomError(f"guidance scale ({guidance_scale}) must be >= 0")
     cfg = model.config
+    text, unconditional = encode_image_prompts(text_tokenizer, cfg.text_len, prompts, n_images, guidance_scale,
+                                               negative_prompts)
     check_image_tokenizer(vq_model.config, cfg, "the VQ model", "the model")
     sampling = SamplingConfig(
         max_new_tokens=cfg.image_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
-    codec = CaptionCodec(text_tokenizer, cfg.text_len)
-    text = codec.encode(list(prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt), prompt-major
-    unconditional = codec.empty()[0]  # (Lt,)
-    if negative_prompts is not None:
-        if len(negative_prompts) != len(prompts):
-            raise GenloomError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts")
-        unconditional = codec.encode(list(negative_prompts)).repeat_interleave(n_images, dim=0)  # (N, Lt)
     was_training = model.training
     model.eval()
     try:
