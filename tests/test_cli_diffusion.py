@@ -126,3 +126,12 @@ def test_eval_scores_a_diffusion_model_per_steps_and_guidance(runs, capsys) -> N
     assert "(diffusion method)" in out
     rows = out.split("--- summary\n")[1].splitlines()[1:]
     assert [(r.split()[0], r.split()[1]) for r in rows] == [("2", "1"), ("2", "2"), ("3", "1"), ("3", "2")]
+
+
+def test_quickstart_image_with_the_diffusion_method(capsys, tmp_path: Path) -> None:
+    out = cli_ok(capsys, "quickstart", "image", "--method", "diffusion", "--steps", 2, "--out", tmp_path / "qs")
+    assert "--method diffusion" in out and "shapes alignment" in out
+    assert (tmp_path / "qs" / "samples" / "grid.png").is_file()
+    assert (tmp_path / "qs" / "text-to-image" / "autoencoder" / "config.json").is_file()
+    params = read_png_metadata(tmp_path / "qs" / "samples" / "000-a-red-circle.png")["parameters"]
+    assert params["sampler"] == "euler" and params["steps"] == 20

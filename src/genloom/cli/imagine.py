@@ -102,13 +102,14 @@ def sampling_params(options: dict[str, Any]) -> dict[str, Any]:
 
 def load_generator(checkpoint: str, device: str) -> ImageGenerator:
     """A text-to-image model of either method with the model that makes its pixels, on `device`."""
-    from genloom.registry import LoadedLatentDiffusion, load_image_generator
+    from genloom.generate.text_to_image import pixel_model
+    from genloom.registry import load_image_generator
     from genloom.train.distributed import pick_device
 
     loaded = load_image_generator(Path(checkpoint))
     target = pick_device(device)
     loaded.model.to(target)
-    (loaded.vae if isinstance(loaded, LoadedLatentDiffusion) else loaded.vq).to(target)
+    pixel_model(loaded).to(target)
     return loaded
 
 

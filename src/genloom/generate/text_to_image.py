@@ -12,6 +12,8 @@ from torch import Tensor
 
 from genloom.generate.diffuse import diffuse
 from genloom.generate.imagine import imagine
+from genloom.models.vae import VAE
+from genloom.models.vqvae import VQVAE
 from genloom.registry import LoadedLatentDiffusion, LoadedTextToImage
 
 ImageGenerator = LoadedTextToImage | LoadedLatentDiffusion
@@ -35,7 +37,11 @@ def method_of(generator: ImageGenerator) -> str:
     return "diffusion" if isinstance(generator, LoadedLatentDiffusion) else "tokens"
 
 
+def pixel_model(generator: ImageGenerator) -> VAE | VQVAE:
+    """The model that turns the generator's output into pixels: its VAE or its VQ image tokenizer."""
+    return generator.vae if isinstance(generator, LoadedLatentDiffusion) else generator.vq
+
+
 def image_resolution(generator: ImageGenerator) -> int:
     """The side of the images the generator makes (and an init image must have)."""
-    image_model = generator.vae if isinstance(generator, LoadedLatentDiffusion) else generator.vq
-    return image_model.config.resolution
+    return pixel_model(generator).config.resolution

@@ -22,7 +22,7 @@ from genloom.errors import GenloomError
 from genloom.generate.diffuse import DiffusionSampling
 from genloom.generate.image_io import image_record, png_bytes
 from genloom.generate.rerank import check_same_image_tokenizer, imagine_best_of
-from genloom.generate.text_to_image import ImageGenerator, draw_images, image_resolution, method_of
+from genloom.generate.text_to_image import ImageGenerator, draw_images, image_resolution, method_of, pixel_model
 from genloom.generate.translate import translate
 from genloom.interop.hf_gpt2 import SAFETENSORS_FILE, is_hf_directory
 from genloom.models.gpt import GPT
@@ -152,7 +152,7 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
     if family in TEXT_TO_IMAGE_FAMILIES:
         t2i = load_image_generator(path)
         t2i.model.to(device).eval()
-        (t2i.vae if isinstance(t2i, LoadedLatentDiffusion) else t2i.vq).to(device).eval()
+        pixel_model(t2i).to(device).eval()
         side = image_resolution(t2i)
         worker = BatchWorker(name, functools.partial(_draw, t2i, None), settings.max_batch, settings.max_queue,
                              metrics)
