@@ -81,6 +81,7 @@ class LatentDiffusionTask(Task):
                 raise GenloomError(f"{split}: {len(text)} captions but {len(mean)} images")
         self.model_config = model_config
         self.process: DiffusionConfig = model_config.process
+        self.alphas_cumprod = self.process.alphas_cumprod()  # (T,), once: the cosine schedule is a Python loop
         self.tokenizer = tokenizer
         check_pad_id(tokenizer, model_config.pad_id)
         self.empty_caption = CaptionCodec(tokenizer, model_config.text_len).empty()[0]  # (Lt,)
@@ -118,7 +119,7 @@ class LatentDiffusionTask(Task):
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         text, x0, noise, times = batch
-        ac = self.process.alphas_cumprod().to(x0.device)
+        ac = self.alphas_cumprod.to(x0.device)
         example = training_example(self.process, ac, x0, noise, times)
         output = model(example.noisy, example.model_time, text)  # (b, C, h, w)
         per_sample = (output.float() - example.target.float()).pow(2).flatten(1).mean(1)  # (b,)
