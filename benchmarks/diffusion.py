@@ -43,6 +43,7 @@ from genloom.models.vae import preset as vae_preset
 
 STEPS = "10,20,50"
 GUIDANCE = "1,2,3,5"
+RERANK, RERANK_GUIDANCE = 8, "1,2,3"  # best of 8 by the CLIP reranker, as the token method's row
 BATCH = 16  # images per sampling call in the sampler benchmark
 
 
@@ -151,22 +152,50 @@ def part_emoji(out: Path, minutes: float) -> dict[str, Any]:
     return {"autoencoder": best_metrics(vae), "steps": last_step(vae), "minutes": minutes}
 
 
-def part_shapes(out: Path, minutes: float, seed: int | None) -> dict[str, Any]:
-    vae, dit, log = out / "vae", out / "dit", out / "shapes.log"
+def part_shapes(out: Path, minutes: float, seed: int | None, random_flip: bool, autoencoder: Path | None,
+                clip: Path | None) -> dict[str, Any]:
+    """vae-32 (3 min; or `autoencoder`, one trained before by this part) + a flow dit-small for `minutes`, scored
+    with one sample per image and, given a `clip` reranker, with the best of RERANK."""
+    vae, dit, log = autoencoder or out / "vae", out / "dit", out / "shapes.log"
     data = ["--data", "builtin:shapes", "--limit", 20000, *(["--seed", seed] if seed is not None else [])]
-    genloom(log, "train", "image-autoencoder", *data, "--preset", "vae-32", "--lr", 2e-3, "--eval-batches", 8,
-            *train_flags(3, vae))
+    if autoencoder is None:
+        genloom(log, "train", "image-autoencoder", *data, "--preset", "vae-32", "--lr", 2e-3, "--eval-batches", 8,
+                *train_flags(3, vae))
     genloom(log, "train", "text-to-image", "--method", "diffusion", *data, "--autoencoder", vae, "--objective",
             "flow", "--preset", "dit-small", "--lr", 1e-3, "--batch-size", 64, "--eval-interval", 500,
-            "--eval-batches", 8, *train_flags(minutes, dit))
-    report = out / "eval.json"
-    genloom(log, "eval", "text-to-image", dit, "--steps", STEPS, "--guidance-scales", GUIDANCE, "--max-captions", 64,
-            "--n-per-caption", 4, "--json", report, "--overwrite")
-    rows = [{"steps": s["steps"], "scale": s["guidance_scale"], "seen": s["seen"]["all_correct"],
+            "--eval-batches", 8, *(["--random-flip"] if random_flip else []), *train_flags(minutes, dit))
+    result = {"autoencoder": best_metrics(vae), "denoiser": _denoiser_summary(dit), "minutes": minutes, "seed": seed,
+              "random_flip": random_flip, "rows": _shapes_eval(log, dit, out / "eval.json", STEPS, GUIDANCE)}
+    if clip is not None:
+        result |= part_rerank(out, clip)
+    return result
+
+
+def part_rerank(out: Path, clip: Path) -> dict[str, Any]:
+    """The shapes denoiser at OUT/shapes/dit scored with every image the best of RERANK by the `clip` reranker."""
+    rows = _shapes_eval(out / "shapes.log", out / "dit", out / "eval-rerank.json", "20", RERANK_GUIDANCE,
+                        "--clip", clip, "--rerank", RERANK)
+    return {"rerank": RERANK, "reranked": rows}
+
+
+def _shapes_eval(log: Path, dit: Path, report: Path, steps: str, guidance: str, *flags: object
+                 ) -> list[dict[str, Any]]:
+    genloom(log, "eval", "text-to-image", dit, "--steps", steps, "--guidance-scales", guidance, "--max-captions", 64,
+            "--n-per-caption", 4, "--json", report, "--overwrite", *flags)
+    return [{"steps": s["steps"], "scale": s["guidance_scale"], "seen": s["seen"]["all_correct"],
              "held_out": s["held_out"]["all_correct"], "copy_rate": s["memorization"]["copy_rate"],
              "images_per_s": s["images_per_second"]} for s in json.loads(report.read_text())["scores"]]
-    return {"autoencoder": best_metrics(vae), "denoiser": _denoiser_summary(dit), "minutes": minutes, "seed": seed,
-            "rows": rows}
+
+
+def part_reranker(out: Path) -> dict[str, Any]:
+    """The token benchmark's shapes reranker, trained the same way: a vq-colour tokenizer (3 min) and a clip-small
+    (6 min) on the shapes training pairs; it codes a diffusion sample's pixels with its own tokenizer."""
+    vq, clip, log = out / "vq", out / "clip", out / "reranker.log"
+    data = ["--data", "builtin:shapes", "--limit", 20000]
+    genloom(log, "train", "image-tokenizer", *data, "--preset", "vq-colour", "--lr", 2e-3, "--eval-batches", 8,
+            *train_flags(3, vq))
+    genloom(log, "train", "clip", *data, "--image-tokenizer", vq, "--eval-interval", 500, *train_flags(6, clip))
+    return {"vq": best_metrics(vq), "clip": best_metrics(clip), "clip_steps": last_step(clip)}
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -219,6 +248,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="digits: training seeds per objective")
     parser.add_argument("--emoji-minutes", type=float, default=5.0, help="emoji autoencoder budget")
     parser.add_argument("--shapes-seed", type=int, help="shapes: the training seed of both models (default: the CLI's)")
+    parser.add_argument("--random-flip", action="store_true", help="shapes: train the denoiser with --random-flip")
+    parser.add_argument("--autoencoder", type=Path,
+                        help="shapes: the vae run of an earlier shapes part to reuse instead of training one")
+    parser.add_argument("--clip", type=Path, help="shapes: a reranker (the reranker part's OUT/reranker/clip) for "
+                        "the best-of-8 rows; default: that run when it exists")
     args = parser.parse_args()
     out = Path(args.out)
     results_path = out / "results.json"
@@ -232,13 +266,23 @@ def main() -> None:
         elif name == "digits":
             result = part_digits(out / "digits", args.digits_minutes, seeds)
         elif name == "shapes":
-            result = part_shapes(out / "shapes", args.dit_minutes, args.shapes_seed)
+            clip = args.clip or (out / "reranker" / "clip" if (out / "reranker" / "clip").exists() else None)
+            result = part_shapes(out / "shapes", args.dit_minutes, args.shapes_seed, args.random_flip,
+                                 args.autoencoder, clip)
+        elif name == "reranker":
+            result = part_reranker(out / "reranker")
+        elif name == "rerank":  # best-of-8 rows for the shapes part already in OUT
+            if args.clip is None:
+                sys.exit("--parts rerank needs --clip: a reranker run (the reranker part's OUT/reranker/clip)")
+            results["shapes"] |= part_rerank(out / "shapes", args.clip)
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+            continue
         elif name == "ddim50":
             result = part_ddim50(out / "digits", seeds)
         elif name == "emoji":
             result = part_emoji(out / "emoji", args.emoji_minutes)
         else:
-            sys.exit(f"unknown part {name!r}; choose sampler, digits, ddim50, emoji or shapes")
+            sys.exit(f"unknown part {name!r}; choose sampler, digits, ddim50, emoji, reranker, shapes or rerank")
         results[name] = {**result, "wall_s": round(time.perf_counter() - started)}
         out.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=2) + "\n")

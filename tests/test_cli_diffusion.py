@@ -42,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, st
         assert main(["train", "text-to-image", "--method", "diffusion", *common, "--prediction", "v_prediction",
                      "--min-snr-gamma", "5", "--out", "ddpm"]) == 0
         assert main(["train", "text-to-image", "--method", "diffusion", *common, "--objective", "flow",
-                     "--caption-dropout", "0", "--out", "flow"]) == 0
+                     "--caption-dropout", "0", "--random-flip", "--out", "flow"]) == 0
     return root / "vae", root / "ddpm", root / "flow", out.getvalue()
 
 
@@ -56,7 +56,10 @@ def test_training_saves_the_process_the_autoencoder_and_the_ema(runs) -> None:
     assert (ddpm / "checkpoint-0000004" / "ema.safetensors").is_file()  # diffusion keeps an EMA by default
     loaded = load_image_generator(flow)
     assert isinstance(loaded, LoadedLatentDiffusion) and loaded.model.config.process.objective == "flow"
-    assert read_data_record(ddpm)["data"] == "builtin:shapes"
+    assert read_data_record(ddpm)["data"] == "builtin:shapes" and "random_flip" not in read_data_record(ddpm)
+    # --random-flip: the training images and their mirrors (the run record says so).
+    assert read_data_record(flow)["random_flip"] is True
+    assert "--random-flip: each of the" in printed and "mirrored left-right half the time" in printed
 
 
 def test_imagine_with_each_sampler_records_its_settings(runs, tmp_path: Path, capsys) -> None:

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genloom.data.images import ImageCaptionSet, check_resolution, load_image_folder
+from genloom.data.image_sets import load_images
+from genloom.data.images import ImageCaptionSet, check_resolution, load_image_folder, mirror_caption, with_mirrors
 from genloom.errors import GenloomError
+from genloom.eval.shapes import check_shapes_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -206,3 +208,24 @@ def test_sixteen_bit_grey_and_palette_transparency(tmp_path: Path) -> None:
     deep, pal = load_image_folder(tmp_path, 6).images
     assert (deep == 127).all()
     assert (pal[0, 0] == WHITE).all() and (pal[1:, 1:] == BLUE).all()
+
+
+def test_mirror_caption_swaps_whole_words_left_and_right() -> None:
+    assert mirror_caption("a red circle left of a blue square") == "a red circle right of a blue square"
+    assert mirror_caption("Right, LEFT and left") == "Left, RIGHT and right"
+    assert mirror_caption("a bright leftover copyright") == "a bright leftover copyright"  # not inside words
+
+
+def test_with_mirrors_appends_each_image_mirrored_with_its_caption_mirrored() -> None:
+    data = load_images("builtin:shapes", 32, 120)
+    both = with_mirrors(data)
+    n = len(data)
+    assert len(both) == 2 * n and both.held_out is not None and data.held_out is not None
+    np.testing.assert_array_equal(both.images[:n], data.images)
+    np.testing.assert_array_equal(both.images[n:], data.images[:, :, ::-1])
+    assert both.captions[n:] == [mirror_caption(c) for c in data.captions]
+    np.testing.assert_array_equal(both.held_out, np.concatenate([data.held_out, data.held_out]))
+    # A mirrored shapes scene is a true scene of its mirrored caption, as the originals are of theirs.
+    assert sum("left of" in c or "right of" in c for c in data.captions) > 20
+    assert all(check_shapes_image(image, caption).all_correct for image, caption in zip(both.images, both.captions,
+                                                                                         strict=True))

@@ -88,6 +88,10 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--autoencoder", help="diffusion: run directory or checkpoint of `genloom train "
                    "image-autoencoder`")
     d.add_argument("--vocab-size", type=positive_int, default=512, help="caption BPE vocabulary size")
+    d.add_argument("--random-flip", action="store_true",
+                   help="mirror each training pair left-right with probability 1/2, the words left and right of "
+                   "its caption swapped: for images whose meaning survives a mirror (shapes, most photos; not "
+                   "digits or text)")
     m = p.add_argument_group("model (flags override the preset)")
     m.add_argument("--preset", help="tokens: dalle-tiny, dalle-compact, dalle-small (default); diffusion: dit-tiny, "
                    "dit-small (default), dit-b")
@@ -210,7 +214,19 @@ def _record_for(args: argparse.Namespace, data: ImageCaptionSet, image_model: Pa
     vq_record = read_data_record(image_model) if image_model is not None else {}
     record = image_data_record(data, args.limit, args.val_fraction, image_tokenizer_data=vq_record.get("data"))
     record["attribution"] = data.attribution or attribution(vq_record)
+    if getattr(args, "random_flip", False):
+        record["random_flip"] = True
     return record
+
+
+def _training_pairs(args: argparse.Namespace, train: ImageCaptionSet) -> ImageCaptionSet:
+    """The training split as text-to-image learns it: with its mirror images under --random-flip."""
+    from genloom.data.images import with_mirrors
+
+    if not args.random_flip:
+        return train
+    print(f"--random-flip: each of the {len(train)} training images is mirrored left-right half the time")
+    return with_mirrors(train)
 
 
 def _cmd_train_image_autoencoder(args: argparse.Namespace) -> None:
@@ -233,6 +249,7 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     _refuse_other_method_flags(args, "tokens", ("autoencoder", "patch_size", "text_layers"))
     vq_path, resolution = _vq_for(args)
     data, train, val, _ = _load_data(args, args.resolution or resolution)
+    train = _training_pairs(args, train)
     overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
                  "dropout": args.dropout, "image_loss_weight": args.image_loss_weight,
                  "caption_attention": args.caption_attention}
@@ -288,6 +305,7 @@ def _train_latent_diffusion(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise GenloomError(str(e)) from None
     data, train, val, _ = _load_data(args, args.resolution or resolution)
+    train = _training_pairs(args, train)
     overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
                  "patch_size": args.patch_size, "text_layers": args.text_layers}
     if args.ema_decay is None:

@@ -8,6 +8,7 @@ resized so its short side equals the resolution and centre-cropped to a square.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +101,40 @@ class ImageCaptionSet:
         return to_unit_range(images_to_tensor(images))
 
 
+# Whole words only, either case: "left of" -> "right of", "Left" -> "Right", but "leftover" and "bright" stay.
+_SIDES = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
+_MIRRORED_SIDE = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT",
+                  "RIGHT": "LEFT"}
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the image mirrored left-right: the words left and right swapped."""
+    return _SIDES.sub(lambda m: _MIRRORED_SIDE[m.group(0)], caption)
+
+
+def with_mirrors(data: ImageCaptionSet) -> ImageCaptionSet:
+    """`data` followed by each image mirrored left-right with its caption's left and right swapped (2N pairs).
+
+    Drawing pairs uniformly from this set is drawing one of `data` and flipping it with probability 1/2, the
+    random horizontal flip of diffusers' training scripts, except that a caption saying "left of" keeps telling
+    the truth. Only for images whose meaning survives a mirror: shapes and most photos, not digits or text.
+    """
+    mirrored = data.images[:, :, ::-1]  # (N, H, W, 3): columns reversed
+    held = None if data.held_out is None else np.concatenate([data.held_out, data.held_out])
+    return ImageCaptionSet(
+        images=np.concatenate([data.images, mirrored]),
+        captions=[*data.captions, *map(mirror_caption, data.captions)],
+        name=data.name,
+        held_out=held,
+        attribution=data.attribution,
+    )
+
+
 def images_to_tensor(images: np.ndarray) -> Tensor:
     """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W); kept as bytes until a batch is drawn (4x less memory)."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    # A read-only array (an image PIL decoded) is copied: torch warns on, and must not write through, such memory.
+    images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
 def to_unit_range(images: Tensor) -> Tensor:
