@@ -29,7 +29,7 @@ def test_train_chat_writes_its_report_card(capsys: pytest.CaptureFixture[str], t
     assert "training conversations:" in printed and "Held-out exact-answer accuracy" in printed
     report = json.loads((out / "report.json").read_text())
     for key in ("parameters", "tokens_seen", "training_seconds", "base_val_loss", "icl_score", "induction_gain",
-                "few_shot_accuracy", "chat_accuracy"):
+                "mapping_gain", "few_shot_accuracy", "chat_accuracy"):
         assert key in report, key
     assert set(report["chat_accuracy"]["before"]) == set(report["chat_accuracy"]["after"]) == {
         "arithmetic", "units", "instructions", "pydoc", "follow_up", "all"}

@@ -6,18 +6,19 @@ import pytest
 import torch
 
 import genloom.eval.icl as icl_eval
-from genloom.data.icl import ICL_CHARS, ICL_FAMILIES, few_shot_prompts
+from genloom.data.icl import ICL_CHARS, ICL_FAMILIES, few_shot_prompts, icl_documents
 from genloom.errors import GenloomError
 from genloom.eval.icl import (
     few_shot_accuracy,
     icl_probe_metrics,
     icl_score,
     induction_score,
+    mapping_induction_score,
     max_shots_that_fit,
 )
 from genloom.generate import Completion
 from genloom.models.gpt import GPT, GPTConfig
-from genloom.tokenizers import CharTokenizer
+from genloom.tokenizers import BPETokenizer, CharTokenizer
 
 TOKENIZER = CharTokenizer(list(ICL_CHARS))
 
@@ -153,3 +154,41 @@ def test_probe_metrics():
     periodic = np.tile(np.random.default_rng(1).integers(0, 50, 32), 100)
     strong = icl_probe_metrics(oracle, periodic, 50)
     assert strong["induction_gain"] == pytest.approx(math.log(50), abs=1e-4) and strong["icl_score"] < -3.0
+
+
+class InductionOracle(GPT):
+    """An induction head in Python: after a token seen before, all mass on what followed its last occurrence
+    (uniform logits after a token never seen before)."""
+
+    def __init__(self, vocab_size: int, context: int) -> None:
+        super().__init__(GPTConfig(vocab_size=vocab_size, context_length=context, n_layers=1, d_model=8, n_heads=1))
+
+    def forward(self, idx, **kwargs):
+        b, t = idx.shape
+        logits = torch.zeros(b, t, self.config.vocab_size)  # (B, T, V)
+        for row in range(b):
+            for i in range(1, t):
+                earlier = (idx[row, :i] == idx[row, i]).nonzero()
+                if len(earlier):
+                    logits[row, i, idx[row, earlier[-1, 0] + 1]] = 50.0
+        return logits
+
+
+def test_mapping_probe_scores_first_seen_and_repeated_outputs():
+    """The oracle is exact on every output whose input an earlier line showed and at chance on the others: the
+    probe splits a prompt's output letters the right way (an output letter never repeats an input letter)."""
+    first, repeated = mapping_induction_score(InductionOracle(TOKENIZER.vocab_size, 64), TOKENIZER)
+    assert first == pytest.approx(math.log(TOKENIZER.vocab_size), abs=1e-5)
+    assert repeated == pytest.approx(0.0, abs=1e-5)
+    model = _tiny()
+    random_first, random_repeated = mapping_induction_score(model, TOKENIZER)
+    assert abs(random_first - random_repeated) < 0.3  # an untrained model gains nothing from the earlier lines
+    assert mapping_induction_score(model, TOKENIZER) == (random_first, random_repeated)
+    assert mapping_induction_score(_tiny(context=7), TOKENIZER) is None  # fewer than 2 lines fit
+    assert mapping_induction_score(_tiny(), CharTokenizer(list("abcdef\n"))) is None  # no output letters
+    bpe = BPETokenizer.train(icl_documents(3000), 1000)  # merges pairs such as "bQ": not a character a token
+    assert mapping_induction_score(_tiny(vocab_size=bpe.vocab_size), bpe) is None
+    val = np.random.default_rng(0).integers(0, TOKENIZER.vocab_size, 5000).astype(np.uint16)
+    metrics = icl_probe_metrics(model, val, TOKENIZER.vocab_size, TOKENIZER)
+    assert metrics["mapping_gain"] == pytest.approx(random_first - random_repeated)
+    assert "mapping_gain" not in icl_probe_metrics(model, val, TOKENIZER.vocab_size)

@@ -76,7 +76,7 @@ def build_report(run_dir: Path, base: str, data: str, result: TrainResult, n_eva
     val = load_conversations(data, "val", 64, seed)
     encoded, _ = encode_conversations(val, tokenizer, tokenizer.chat_format, model.config.context_length)
     val_tokens = np.fromiter((t for e in encoded for t in e.ids), dtype=np.int64)
-    probes = icl_probe_metrics(model, val_tokens, model.config.vocab_size) if len(val_tokens) > 2 * (
+    probes = icl_probe_metrics(model, val_tokens, model.config.vocab_size, tokenizer) if len(val_tokens) > 2 * (
         model.config.context_length + 1) else {}
     return {
         "run": str(run_dir), "base": base, "data": data,
@@ -86,6 +86,7 @@ def build_report(run_dir: Path, base: str, data: str, result: TrainResult, n_eva
         "base_val_loss": base_val_loss(Path(base)),
         "chat_val_loss": result.best.get("val_loss", result.val_loss),
         "icl_score": probes.get("icl_score"), "induction_gain": probes.get("induction_gain"),
+        "mapping_gain": probes.get("mapping_gain"),  # None unless the tokenizer spells mappings a character a token
         "few_shot_accuracy": _few_shot(model, tokenizer, max(10, n_eval // 2)),
         "chat_accuracy": {"before": _accuracy_table(before), "after": _accuracy_table(after)},
         "held_out_questions": {f: s.total for f, s in sorted(after.items())},
@@ -110,6 +111,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| chat validation loss | {_number(report['chat_val_loss'])} |",
         f"| ICL score (late - early token loss) | {_number(report['icl_score'], 3)} |",
         f"| induction gain (first - second copy loss) | {_number(report['induction_gain'], 3)} |",
+        f"| mapping gain (first-seen - repeated output loss) | {_number(report.get('mapping_gain'), 3)} |",
         "", "## Held-out exact-answer accuracy", "",
         "| family | questions | base (plain prompt) | chat |", "|---|---:|---:|---:|",
     ]

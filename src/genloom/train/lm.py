@@ -29,13 +29,15 @@ class LanguageModelTask(Task):
     """Random windows of `block_size` tokens; loss is next-token cross-entropy.
 
     Every validation also logs the in-context-learning probes (`genloom.eval.icl`): the induction gain (loss on
-    the first minus the second copy of a repeated random sequence) and Olsson et al.'s ICL score (late-token
-    minus early-token loss), so the phase change in which induction heads form shows in metrics.jsonl.
+    the first minus the second copy of a repeated random sequence), the same gain on fresh symbol mappings (where
+    the tokenizer spells them a character a token) and Olsson et al.'s ICL score (late-token minus early-token
+    loss), so the phase change in which induction heads form shows in metrics.jsonl.
     """
 
     family = "gpt"
     metric_goals: ClassVar[dict[str, Goal]] = {
         "induction_first_loss": "min", "induction_second_loss": "min", "induction_gain": "max", "icl_score": "min",
+        "mapping_first_loss": "min", "mapping_repeat_loss": "min", "mapping_gain": "max",
     }
 
     def __init__(self, model_config: GPTConfig, tokenizer: Tokenizer, data: TokenArrays, batch_size: int):
@@ -73,7 +75,7 @@ class LanguageModelTask(Task):
 
     def validation_metrics(self, model: nn.Module) -> dict[str, float]:
         assert isinstance(model, GPT)
-        return icl_probe_metrics(model, self.data.val, self.model_config.vocab_size)
+        return icl_probe_metrics(model, self.data.val, self.model_config.vocab_size, self.tokenizer)
 
 
 @dataclass

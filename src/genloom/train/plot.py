@@ -8,7 +8,7 @@ from pathlib import Path
 from genloom.errors import GenloomError
 from genloom.train.metrics import METRICS_FILE, read_metrics
 
-PROBES = ("induction_gain", "icl_score")  # plotted when the run logged them (language models do)
+PROBES = ("induction_gain", "mapping_gain", "icl_score")  # plotted when the run logged them (language models do)
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
