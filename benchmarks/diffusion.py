@@ -277,6 +277,8 @@ def main() -> None:
         elif name == "rerank":  # best-of-8 rows for the shapes part already in OUT
             if args.clip is None:
                 sys.exit("--parts rerank needs --clip: a reranker run (the reranker part's OUT/reranker/clip)")
+            if "shapes" not in results:
+                sys.exit(f"--parts rerank: {results_path} has no shapes part to rerank; run --parts shapes first")
             results["shapes"] |= part_rerank(out / "shapes", args.clip)
             results_path.write_text(json.dumps(results, indent=2) + "\n")
             continue
