@@ -93,3 +93,9 @@ def test_quickstart_chat_runs_end_to_end(capsys: pytest.CaptureFixture[str], tmp
     # A second run reuses the base and replaces its own earlier run.
     assert "reusing the language model" in cli_ok(capsys, "quickstart", "chat", "--steps", 2, "--out",
                                                   tmp_path / "qc", "--no-interactive")
+
+
+def test_train_chat_takes_a_mixture_and_bf16() -> None:
+    args = build_parser().parse_args(["train", "chat", "--base", "runs/base", "--data",
+                                      "builtin:arithmetic+instructions", "--dtype", "bf16"])
+    assert args.dtype == "bf16" and args.data == "builtin:arithmetic+instructions"

@@ -192,3 +192,14 @@ def test_errors() -> None:
         builtin_chat("chat", "dev", 5)
     with pytest.raises(GenloomError, match="positive"):
         builtin_chat("chat", "train", 0)
+
+
+def test_mixtures_interleave_their_shares() -> None:
+    examples = builtin_chat("arithmetic+arithmetic+instructions", "train", 30, seed=2)
+    assert [ex.family for ex in examples[:3]] == ["arithmetic", "arithmetic", "instructions"]
+    assert Counter(ex.family for ex in examples) == {"arithmetic": 20, "instructions": 10}
+    # "chat" is the mixture of all five families, in the same order.
+    everything = builtin_chat("+".join(CHAT_FAMILIES), "test", 20, seed=4)
+    assert [ex.family for ex in everything] == [ex.family for ex in builtin_chat("chat", "test", 20, seed=4)]
+    with pytest.raises(GenloomError, match="unknown built-in chat set 'bogus'"):
+        builtin_chat("arithmetic+bogus", "train", 3)

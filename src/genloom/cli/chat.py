@@ -36,8 +36,10 @@ def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParser
 
     ev = eval_sub.add_parser("chat", help="exact-answer accuracy on held-out conversations, by family")
     ev.add_argument("checkpoint", help="a chat model, or a base model (asked through a plain prompt)")
-    ev.add_argument("--data", default="builtin:chat", help="builtin:chat, builtin:FAMILY or a JSONL file")
-    ev.add_argument("--n", type=positive_int, default=50, help="questions per family (built-in) or in all (file)")
+    ev.add_argument("--data", default="builtin:chat",
+                    help="builtin:chat, builtin:FAMILY, a mixture builtin:FAMILY+FAMILY... or a JSONL file")
+    ev.add_argument("--n", type=positive_int, default=50,
+                    help="questions per family (built-in; per share of a mixture) or in all (file)")
     ev.add_argument("--plain", action="store_true", help="ask through the plain prompt even if it has a template")
     ev.add_argument("--batch-size", type=positive_int, default=32)
     ev.add_argument("--json", help="also write the scores to this JSON file")
@@ -60,7 +62,8 @@ def _add_train_chat(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="GPT checkpoint, run directory or Hugging Face GPT-2 directory")
     d = p.add_argument_group("data")
     d.add_argument("--data", default="builtin:chat", help="JSONL of {\"messages\": [...]} or builtin:chat, "
-                   "builtin:arithmetic, builtin:units, builtin:instructions, builtin:pydoc, builtin:follow_up")
+                   "builtin:arithmetic, builtin:units, builtin:instructions, builtin:pydoc, builtin:follow_up, or a "
+                   "mixture of them joined by + (a family named twice is drawn twice as often)")
     d.add_argument("--train-examples", type=positive_int, default=20_000,
                    help="conversations to train on (drawn from a built-in set; the first N of a file)")
     d.add_argument("--val-examples", type=positive_int, default=200)
@@ -73,6 +76,8 @@ def _add_train_chat(train_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(steps=1000, lr=1e-3, eval_interval=200)
     t.add_argument("--batch-size", type=positive_int, default=16, help="rows per micro-batch per process")
     t.add_argument("--min-lr", type=float, default=1e-4)
+    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (bf16: 1.25x the steps of fp32 on a CPU with AMX)")
     p.set_defaults(func=_cmd_train_chat)
 
 
@@ -82,7 +87,7 @@ def _cmd_train_chat(args: argparse.Namespace) -> None:
     from genloom.train.distributed import shutdown_distributed
 
     main = os.environ.get("RANK", "0") == "0"
-    train = train_config(args, batch_size=args.batch_size, min_lr=min(args.min_lr, args.lr))
+    train = train_config(args, batch_size=args.batch_size, min_lr=min(args.min_lr, args.lr), dtype=args.dtype)
     data = ChatDataSpec(data=args.data, train_examples=args.train_examples, val_examples=args.val_examples,
                         val_fraction=args.val_fraction,
                         packing=PACKING_DEFAULT if args.packing is None else args.packing)

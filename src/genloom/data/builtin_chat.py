@@ -15,6 +15,9 @@ is short (well under 200 characters of content), plain ASCII, and ends with the 
 - `follow_up`: two turns that refer back: "What is 12 + 37?" / "49" / "Now add 5 to that." / "54"; operands of
   1-2 digits, then add, subtract or multiply by 1 to 9.
 - `chat`: all of the above, interleaved round-robin so even five examples hold one of each family.
+- A mixture of your own: families joined by "+", interleaved the same way, a family named twice drawn twice as
+  often: `arithmetic+arithmetic+instructions` is two arithmetic questions to every instruction (nanochat's
+  task mixtures; `chat` is `arithmetic+units+instructions+pydoc+follow_up`).
 
 Every question has a canonical key ("arithmetic:add:12:37", "units:km-m:7", "pydoc:with", ...) and its split is
 chosen by a hash of that key, never by position: a question in `test` or `val` is in no `train` list for any set
@@ -365,20 +368,30 @@ def _draw_keys(family: str, split: str, n: int, rng: random.Random) -> list[str]
     return keys
 
 
+def mixture(name: str) -> tuple[str, ...]:
+    """The families a built-in set draws from, one entry per share of the round-robin: "chat" -> all five,
+    "arithmetic+arithmetic+units" -> ("arithmetic", "arithmetic", "units")."""
+    shares = CHAT_FAMILIES if name == "chat" else tuple(name.split("+"))
+    unknown = [part for part in shares if part not in CHAT_FAMILIES]
+    if unknown:
+        raise GenloomError(f"unknown built-in chat set {unknown[0]!r}; choose from: {', '.join(BUILTIN_CHAT_SETS)}, "
+                           "or families joined by + (arithmetic+instructions)")
+    return shares
+
+
 def _keys(name: str, split: str, n: int, seed: int) -> list[str]:
-    if name not in BUILTIN_CHAT_SETS:
-        raise GenloomError(f"unknown built-in chat set {name!r}; choose from: {', '.join(BUILTIN_CHAT_SETS)}")
+    shares = mixture(name)
     if split not in SPLITS:
         raise GenloomError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
     if n < 1:
         raise GenloomError(f"n ({n}) must be positive")
     rng = random.Random(f"{seed}:{name}:{split}")
-    if name != "chat":
-        return _draw_keys(name, split, n, rng)
-    # Round-robin: example i is of family i % 5, so every family shows up from n = 5 on.
-    families = len(CHAT_FAMILIES)
-    per_family = [_draw_keys(f, split, len(range(i, n, families)), rng) for i, f in enumerate(CHAT_FAMILIES)]
-    return [per_family[i % families][i // families] for i in range(n)]
+    if len(shares) == 1:
+        return _draw_keys(shares[0], split, n, rng)
+    # Round-robin: example i is of share i % k, so every family of `chat` shows up from n = 5 on.
+    k = len(shares)
+    per_share = [_draw_keys(family, split, len(range(i, n, k)), rng) for i, family in enumerate(shares)]
+    return [per_share[i % k][i // k] for i in range(n)]
 
 
 def _render(key: str) -> ChatExample:

@@ -88,12 +88,12 @@ def load_conversations(source: str, split: str, n: int, seed: int = 0, val_fract
 
 
 def held_out_conversations(source: str, n: int, seed: int = 0) -> list[Conversation]:
-    """The conversations to evaluate on: `n` test questions per family of a built-in set (`builtin:chat` mixes
-    them all), or the first `n` conversations of a file."""
-    from genloom.data.builtin_chat import CHAT_FAMILIES
+    """The conversations to evaluate on: `n` test questions per share of a built-in set (`builtin:chat` mixes
+    all five families; `builtin:arithmetic+units` two), or the first `n` conversations of a file."""
+    from genloom.data.builtin_chat import mixture
 
-    families = len(CHAT_FAMILIES) if source == "builtin:chat" else 1
-    return load_conversations(source, "test", n * families, seed)
+    shares = len(mixture(source.removeprefix("builtin:"))) if source.startswith("builtin:") else 1
+    return load_conversations(source, "test", n * shares, seed)
 
 
 def answer_of(conversation: Conversation) -> tuple[list[dict[str, str]], str]:
