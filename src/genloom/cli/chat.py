@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genloom.cli.common import add_training_flags, positive_int, report_done, train_config
+from genloom.cli.common import add_dtype_flag, add_training_flags, positive_int, report_done, train_config
 from genloom.cli.lm import add_sampling_flags, sampling_config
 from genloom.errors import GenloomError, UnencodableTextError
 
@@ -76,8 +76,7 @@ def _add_train_chat(train_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(steps=1000, lr=1e-3, eval_interval=200)
     t.add_argument("--batch-size", type=positive_int, default=16, help="rows per micro-batch per process")
     t.add_argument("--min-lr", type=float, default=1e-4)
-    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision (bf16: 1.25x the steps of fp32 on a CPU with AMX)")
+    add_dtype_flag(t)
     p.set_defaults(func=_cmd_train_chat)
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from genloom.cli.common import (
     Parser,
+    add_dtype_flag,
     add_training_flags,
     non_negative_float,
     positive_int,
@@ -73,7 +74,7 @@ def _add_train_lm(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=positive_int, default=12, help="sequences per micro-batch per process")
     t.add_argument("--min-lr", type=float, default=1e-4)
     t.add_argument("--beta2", type=float, default=0.99)
-    t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    add_dtype_flag(t)
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.set_defaults(func=_cmd_train_lm)
 
