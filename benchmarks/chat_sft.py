@@ -11,7 +11,7 @@ sum, so in a token-mean loss they were three quarters of every batch's supervise
 topics stay unanswerable (0 % in every run). It is still scored.
 
 Usage: python benchmarks/chat_sft.py [--base-minutes 2] [--sft-minutes 28] [--seeds 2] [--lr 3e-3]
-           [--dtype bf16] [--data builtin:arithmetic+units+instructions+follow_up]
+           [--dtype bf16] [--batch-size 16] [--data builtin:arithmetic+units+instructions+follow_up]
            [--compare-minutes 0 (skip; the README's table: 2.5)]
 """
 
@@ -45,8 +45,8 @@ def pretrain(out: Path, minutes: float, seed: int) -> None:
 
 
 def fine_tune(base: Path, out: Path, minutes: float, seed: int, packing: bool, data: str, lr: float,
-              dtype: DType = "fp32", eval_interval: int = 250) -> None:
-    config = TrainConfig(out_dir=str(out), max_steps=1_000_000, max_minutes=minutes, batch_size=16, lr=lr,
+              dtype: DType = "fp32", eval_interval: int = 250, batch_size: int = 16) -> None:
+    config = TrainConfig(out_dir=str(out), max_steps=1_000_000, max_minutes=minutes, batch_size=batch_size, lr=lr,
                          min_lr=lr / 10, warmup_steps=50, weight_decay=0.0, eval_interval=eval_interval,
                          eval_batches=8, device="cpu", progress=False, seed=seed, dtype=dtype)
     # Enough conversations that a 28-minute run (~10,000 steps of ~5 packed conversations per row) sees most once.
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--sft-minutes", type=float, default=28.0)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=16, help="fine-tuning rows per step")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16",
                         help="fine-tuning autocast: bf16 is 1.25x the steps of fp32 on a CPU with AMX")
     parser.add_argument("--data", default="builtin:arithmetic+units+instructions+follow_up", help="the SFT mix")
@@ -116,14 +117,15 @@ def main() -> None:
             base, chat = root / f"base-{seed}", root / f"chat-{seed}"
             pretrain(base, args.base_minutes, seed)
             fine_tune(base, chat, args.sft_minutes, seed, packing=True, data=args.data, lr=args.lr,
-                      dtype=args.dtype)
+                      dtype=args.dtype, batch_size=args.batch_size)
             before = score(base, questions + small_arithmetic, plain=True)
             after = score(chat, questions + small_arithmetic, plain=False)
             runs.append((before, after))
             print(f"seed {seed}: chat accuracy {', '.join(f'{f} {100 * s.accuracy:.0f}%' for f, s in after.items())}",
                   flush=True)
         print(f"\nHeld-out exact-answer accuracy, % (mean and range over {args.seeds} seeds): {args.base_minutes:g} "
-              f"min pretraining on builtin:pydoc + {args.sft_minutes:g} min fine-tuning ({args.dtype}) on "
+              f"min pretraining on builtin:pydoc + {args.sft_minutes:g} min fine-tuning ({args.dtype}, batch "
+              f"{args.batch_size}) on "
               f"{args.data}, tiny preset (4 layers, d 128), context {CONTEXT}, 2 CPU threads\n")
         accuracy_table(runs)
         if args.compare_minutes <= 0:

@@ -14,6 +14,7 @@ import pytest
 from cli_helpers import cli_fails, cli_ok
 from PIL import Image
 
+from genloom.checkpoint import load_training_state
 from genloom.cli import main
 from genloom.generate.image_io import read_png_metadata
 from genloom.registry import LoadedLatentDiffusion, load_image_generator
@@ -42,7 +43,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, st
         assert main(["train", "text-to-image", "--method", "diffusion", *common, "--prediction", "v_prediction",
                      "--min-snr-gamma", "5", "--out", "ddpm"]) == 0
         assert main(["train", "text-to-image", "--method", "diffusion", *common, "--objective", "flow",
-                     "--caption-dropout", "0", "--random-flip", "--out", "flow"]) == 0
+                     "--caption-dropout", "0", "--random-flip", "--dtype", "bf16", "--out", "flow"]) == 0
     return root / "vae", root / "ddpm", root / "flow", out.getvalue()
 
 
@@ -54,6 +55,8 @@ def test_training_saves_the_process_the_autoencoder_and_the_ema(runs) -> None:
     assert process["objective"] == "ddpm" and process["prediction"] == "v_prediction"
     assert process["min_snr_gamma"] == 5 and process["caption_dropout"] == 0.1
     assert (ddpm / "checkpoint-0000004" / "ema.safetensors").is_file()  # diffusion keeps an EMA by default
+    # --dtype bf16 trains under autocast (attention in fp32 on CPU: tests/nn/test_attention.py).
+    assert load_training_state(flow / "checkpoint-0000004")["train_config"]["dtype"] == "bf16"
     loaded = load_image_generator(flow)
     assert isinstance(loaded, LoadedLatentDiffusion) and loaded.model.config.process.objective == "flow"
     assert read_data_record(ddpm)["data"] == "builtin:shapes" and "random_flip" not in read_data_record(ddpm)

@@ -276,3 +276,28 @@ def test_causal_attention_on_a_hand_computed_example() -> None:
     torch.testing.assert_close(out, torch.tensor([[[1.0, 0.0], [1 - w1, w1]]]))
     # Without the causal mask position 0 also sees position 1, with the same two weights.
     torch.testing.assert_close(mha(x)[0, 0], torch.tensor([w1, 1 - w1]))
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_cpu_autocast_attends_in_fp32(cross: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under CPU bf16 autocast the projections run in bf16 but attention itself in fp32 (its bf16 backward is
+    # far slower on CPU): same result as fp32 to bf16 precision, and gradients reach every parameter.
+    import genloom.nn.attention as attention
+
+    seen: list[torch.dtype] = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.extend((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    mha = _mha(cross=cross).train()
+    x, context = torch.randn(2, 5, D), torch.randn(2, 3, D)
+    expected = mha(x, context if cross else None, is_causal=not cross)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mha(x, context if cross else None, is_causal=not cross)
+    assert out.dtype == torch.bfloat16 and seen[3:] == [torch.float32] * 3
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mha.parameters())

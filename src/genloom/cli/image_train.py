@@ -10,7 +10,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genloom.cli.common import add_training_flags, non_negative_float, positive_int, report_done, train_config
+from genloom.cli.common import (
+    add_dtype_flag,
+    add_training_flags,
+    non_negative_float,
+    positive_int,
+    report_done,
+    train_config,
+)
 from genloom.data.image_sets import IMAGE_DATA_HELP
 from genloom.errors import GenloomError
 
@@ -123,6 +130,7 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--caption-dropout", type=non_negative_float,
                    help="share of captions replaced by the empty one, for classifier-free guidance (default: 0.15 "
                    "tokens, 0.1 diffusion)")
+    add_dtype_flag(t)
     p.set_defaults(func=_cmd_train_text_to_image, ema_decay=None)  # None: off for tokens, 0.999 for diffusion
 
 
@@ -253,7 +261,8 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     overrides = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "d_ff": args.d_ff,
                  "dropout": args.dropout, "image_loss_weight": args.image_loss_weight,
                  "caption_attention": args.caption_attention}
-    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="val_image_loss")
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, best_metric="val_image_loss",
+                       dtype=args.dtype)
     try:
         _, _, _, result = train_text_to_image(
             train, val, vq_path, args.preset or PRESETS["tokens"], cfg, vocab_size=args.vocab_size,
@@ -310,7 +319,7 @@ def _train_latent_diffusion(args: argparse.Namespace) -> None:
                  "patch_size": args.patch_size, "text_layers": args.text_layers}
     if args.ema_decay is None:
         args.ema_decay = DIFFUSION_EMA
-    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10)
+    cfg = train_config(args, batch_size=args.batch_size, min_lr=args.lr / 10, dtype=args.dtype)
     try:
         _, _, _, result = train_latent_diffusion(
             train, val, autoencoder, args.preset or PRESETS["diffusion"], cfg, process, vocab_size=args.vocab_size,
