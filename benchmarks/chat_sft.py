@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import print_table, set_threads
 
-from genloom.data.builtin_chat import CHAT_FAMILIES, arithmetic_digits, builtin_chat
+from genloom.data.builtin_chat import CHAT_FAMILIES, ChatExample, arithmetic_digits, builtin_chat
 from genloom.data.conversations import Conversation
 from genloom.eval.chat import FamilyScore, chat_accuracy
 from genloom.registry import load_language_model
@@ -34,6 +34,7 @@ from genloom.train.lm import DataSpec, train_lm
 from genloom.train.metrics import read_metrics
 
 N_PER_FAMILY = 100
+OPERATIONS = {"+": "add", "-": "sub", "*": "mul"}  # "What is 12 + 37?": the 4th word
 CONTEXT = 256
 
 
@@ -55,30 +56,60 @@ def fine_tune(base: Path, out: Path, minutes: float, seed: int, packing: bool, d
 
 
 def held_out() -> tuple[list[Conversation], list[Conversation]]:
-    """The test questions (the same for every run), and the arithmetic ones with at most 2-digit operands."""
+    """The test questions (the same for every run), and the arithmetic ones with at most 2-digit operands; each
+    labelled with its task (`task_of`)."""
     examples = builtin_chat("chat", "test", N_PER_FAMILY * len(CHAT_FAMILIES), seed=123)
     small = [e for e in builtin_chat("arithmetic", "test", 4 * N_PER_FAMILY, seed=123) if arithmetic_digits(e) <= 2]
-    as_conversations = [Conversation(e.messages, e.family) for e in examples]
-    return as_conversations, [Conversation(e.messages, "arithmetic <= 2 digits") for e in small[:N_PER_FAMILY]]
+    as_conversations = [Conversation(e.messages, task_of(e)) for e in examples]
+    return as_conversations, [Conversation(e.messages, task_of(e, "arithmetic <= 2 digits"))
+                              for e in small[:N_PER_FAMILY]]
+
+
+def task_of(example: ChatExample, family: str | None = None) -> str:
+    """"family/task" for the families that mix several kinds of question ("arithmetic/sub", "instructions/sort"),
+    else the family: what the per-task table breaks accuracy down by."""
+    family = family or example.family
+    question = example.messages[0]["content"]
+    if example.family == "arithmetic":
+        return f"{family}/{OPERATIONS[question.split()[3]]}"
+    if example.family == "instructions":
+        return f"{family}/{question.split()[0].lower()}"
+    return family
 
 
 def score(run: Path, questions: list[Conversation], plain: bool) -> dict[str, FamilyScore]:
+    """Accuracy per task label (`task_of`)."""
     model, tokenizer = load_language_model(run)
     return chat_accuracy(model, tokenizer, questions, plain=plain)
 
 
+def by_family(scores: dict[str, FamilyScore]) -> dict[str, FamilyScore]:
+    """Per-task scores summed into their families."""
+    merged: dict[str, FamilyScore] = {}
+    for label, task in scores.items():
+        total = merged.setdefault(label.split("/")[0], FamilyScore())
+        total.correct += task.correct
+        total.total += task.total
+    return merged
+
+
+def _cell(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
 def accuracy_table(runs: list[tuple[dict[str, FamilyScore], dict[str, FamilyScore]]]) -> None:
-    families = sorted({f for before, _ in runs for f in before})
-
-    def cell(values: list[float]) -> str:
-        return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
-
+    families = [(by_family(before), by_family(after)) for before, after in runs]
     rows = []
-    for family in families:
-        before = [100 * b[family].accuracy for b, _ in runs]
-        after = [100 * a[family].accuracy for _, a in runs]
-        rows.append([family, str(runs[0][1][family].total), cell(before), cell(after)])
+    for family in sorted(families[0][0]):
+        before = [100 * b[family].accuracy for b, _ in families]
+        after = [100 * a[family].accuracy for _, a in families]
+        rows.append([family, str(families[0][1][family].total), _cell(before), _cell(after)])
     print_table(["family", "questions", "base, plain prompt (%)", "chat model (%)"], rows)
+    print("\nThe chat model by task (the families that mix several kinds of question):\n")
+    tasks = sorted(label for label in runs[0][1] if "/" in label)
+    print_table(["task", "questions", "chat model (%)"],
+                [[task, str(runs[0][1][task].total), _cell([100 * after[task].accuracy for _, after in runs])]
+                 for task in tasks])
 
 
 def val_curve(run: Path) -> tuple[list[tuple[float, float]], float]:
@@ -121,8 +152,8 @@ def main() -> None:
             before = score(base, questions + small_arithmetic, plain=True)
             after = score(chat, questions + small_arithmetic, plain=False)
             runs.append((before, after))
-            print(f"seed {seed}: chat accuracy {', '.join(f'{f} {100 * s.accuracy:.0f}%' for f, s in after.items())}",
-                  flush=True)
+            print(f"seed {seed}: chat accuracy "
+                  f"{', '.join(f'{f} {100 * s.accuracy:.0f}%' for f, s in by_family(after).items())}", flush=True)
         print(f"\nHeld-out exact-answer accuracy, % (mean and range over {args.seeds} seeds): {args.base_minutes:g} "
               f"min pretraining on builtin:pydoc + {args.sft_minutes:g} min fine-tuning ({args.dtype}, batch "
               f"{args.batch_size}) on "

@@ -153,7 +153,7 @@ def part_emoji(out: Path, minutes: float) -> dict[str, Any]:
 
 
 def part_shapes(out: Path, minutes: float, seed: int | None, random_flip: bool, autoencoder: Path | None,
-                clip: Path | None, text_layers: int | None = None) -> dict[str, Any]:
+                clip: Path | None, text_layers: int | None = None, dtype: str = "fp32") -> dict[str, Any]:
     """vae-32 (3 min; or `autoencoder`, one trained before by this part) + a flow dit-small for `minutes`, scored
     with one sample per image and, given a `clip` reranker, with the best of RERANK."""
     vae, dit, log = autoencoder or out / "vae", out / "dit", out / "shapes.log"
@@ -164,9 +164,9 @@ def part_shapes(out: Path, minutes: float, seed: int | None, random_flip: bool, 
     genloom(log, "train", "text-to-image", "--method", "diffusion", *data, "--autoencoder", vae, "--objective",
             "flow", "--preset", "dit-small", "--lr", 1e-3, "--batch-size", 64, "--eval-interval", 500,
             "--eval-batches", 8, *(["--random-flip"] if random_flip else []),
-            *(["--text-layers", text_layers] if text_layers else []), *train_flags(minutes, dit))
+            *(["--text-layers", text_layers] if text_layers else []), "--dtype", dtype, *train_flags(minutes, dit))
     result = {"autoencoder": best_metrics(vae), "denoiser": _denoiser_summary(dit), "minutes": minutes, "seed": seed,
-              "random_flip": random_flip, "text_layers": text_layers,
+              "random_flip": random_flip, "text_layers": text_layers, "dtype": dtype,
               "rows": _shapes_eval(log, dit, out / "eval.json", STEPS, GUIDANCE)}
     if clip is not None:
         result |= part_rerank(out, clip)
@@ -252,6 +252,9 @@ def main() -> None:
     parser.add_argument("--shapes-seed", type=int, help="shapes: the training seed of both models (default: the CLI's)")
     parser.add_argument("--random-flip", action="store_true", help="shapes: train the denoiser with --random-flip")
     parser.add_argument("--text-layers", type=int, help="shapes: caption encoder layers (default: the preset's 2)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="shapes: the denoiser's autocast (bf16: ~1.4x the steps on a CPU with AMX, "
+                        "benchmarks/train_speed.py; the README's shapes rows are fp32)")
     parser.add_argument("--autoencoder", type=Path,
                         help="shapes: the vae run of an earlier shapes part to reuse instead of training one")
     parser.add_argument("--clip", type=Path, help="shapes: a reranker (the reranker part's OUT/reranker/clip) for "
@@ -271,7 +274,7 @@ def main() -> None:
         elif name == "shapes":
             clip = args.clip or (out / "reranker" / "clip" if (out / "reranker" / "clip").exists() else None)
             result = part_shapes(out / "shapes", args.dit_minutes, args.shapes_seed, args.random_flip,
-                                 args.autoencoder, clip, args.text_layers)
+                                 args.autoencoder, clip, args.text_layers, args.dtype)
         elif name == "reranker":
             result = part_reranker(out / "reranker")
         elif name == "rerank":  # best-of-8 rows for the shapes part already in OUT
