@@ -74,8 +74,8 @@ def add_training_flags(
 def add_dtype_flag(t: argparse._ArgumentGroup) -> None:
     """--dtype, for the families that train under autocast: `train lm`, `train chat`, `train text-to-image`."""
     t.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision (on a CPU with AMX, bf16 steps of the tiny GPT and of dit-small run "
-                        "~1.4x as fast as fp32: benchmarks/train_speed.py; fp16 needs CUDA)")
+                   help="autocast precision (on a CPU with AMX, a bf16 step of the tiny GPT or dit-small runs 1.4x "
+                        "as fast as fp32 in benchmarks/train_speed.py, a whole dit-small run 1.2x; fp16 needs CUDA)")
 
 
 def train_config(args: argparse.Namespace, **family_settings: object) -> TrainConfig:
