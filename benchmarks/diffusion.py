@@ -253,8 +253,8 @@ def main() -> None:
     parser.add_argument("--random-flip", action="store_true", help="shapes: train the denoiser with --random-flip")
     parser.add_argument("--text-layers", type=int, help="shapes: caption encoder layers (default: the preset's 2)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                        help="shapes: the denoiser's autocast (bf16: ~1.4x the steps on a CPU with AMX, "
-                        "benchmarks/train_speed.py; the README's shapes rows are fp32)")
+                        help="shapes: the denoiser's autocast (bf16: ~1.2x the steps of a whole run on a CPU with "
+                        "AMX, README 'Training speed'; the README's shapes rows are fp32)")
     parser.add_argument("--autoencoder", type=Path,
                         help="shapes: the vae run of an earlier shapes part to reuse instead of training one")
     parser.add_argument("--clip", type=Path, help="shapes: a reranker (the reranker part's OUT/reranker/clip) for "

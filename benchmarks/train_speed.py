@@ -6,12 +6,14 @@ benchmarks train.
 - the tiny GPT as chat fine-tuning trains it (benchmarks/chat_sft.py): 16 packed rows of 256 tokens, documents of
   50 tokens with document masking and positions restarting in each.
 
-A step is forward (under autocast for bf16), loss in fp32, backward and an AdamW update, as the trainer runs it.
+A step is forward (under autocast for bf16), loss in fp32, backward and an AdamW update: the model's part of a
+trainer step, without its EMA, clipping and data work (which bf16 does not speed up: a whole dit-small run gains
+less, 1.2x in README).
 Median of `--steps` timed steps after 5 warm-up steps, fp32 and bf16 interleaved `--repeats` times so that drift on a
 shared machine hits both alike. Under CPU autocast, attention runs in fp32 (genloom.nn.attention: CPU flash
 attention's bf16 backward is far slower), so bf16 speeds up the projections and MLPs.
 
-Usage: python benchmarks/train_speed.py [--steps 10] [--repeats 3]   (about 2 minutes)
+Usage: python benchmarks/train_speed.py [--steps 10] [--repeats 3]   (about a minute)
 """
 
 from __future__ import annotations
