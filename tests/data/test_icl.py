@@ -11,7 +11,8 @@ from genloom.data.icl import (
     HELD_OUT_NUMBERS,
     ICL_CHARS,
     ICL_FAMILIES,
-    MAP_INPUTS,
+    MAP_NAME_LENGTH,
+    MAP_NAMES,
     TRAIN_NUMBERS,
     few_shot_prompt,
     few_shot_prompts,
@@ -22,7 +23,7 @@ from genloom.data.icl import (
 from genloom.errors import GenloomError
 
 LINE = re.compile(r"^([^>\n]+)>([^>\n]+)$")
-MAPPING_LINE = re.compile(r"^([a-f])([A-Z])$")  # a mapping's line has no separator: "bQ"
+MAPPING_LINE = re.compile(r"^([a-z]+)([A-Z])$")  # a mapping's line has no separator: "kqzR"
 
 
 def _parse(prompt: str) -> tuple[list[tuple[str, str]], str]:
@@ -33,7 +34,7 @@ def _parse(prompt: str) -> tuple[list[tuple[str, str]], str]:
         match = LINE.match(line) or MAPPING_LINE.match(line)
         assert match, f"bad example line {line!r}"
         examples.append((match.group(1), match.group(2)))
-    if len(last) == 1 and last in "abcdef":  # a mapping's query
+    if last.isalpha() and last.islower():  # a mapping's query: a name with no ">"
         return examples, last
     assert last.endswith(">") and ">" not in last[:-1] and last[:-1]
     return examples, last[:-1]
@@ -42,10 +43,11 @@ def _parse(prompt: str) -> tuple[list[tuple[str, str]], str]:
 def _mapping_table(examples: list[tuple[str, str]]) -> dict[str, str]:
     table: dict[str, str] = {}
     for x, y in examples:
-        assert len(x) == len(y) == 1 and x in MAP_INPUTS and y.isupper()
-        for a, b in zip(x, y, strict=True):
-            assert table.setdefault(a, b) == b, "one prompt uses one mapping"
-    assert len(set(table.values())) == len(table), "the mapping is one-to-one"
+        assert MAP_NAME_LENGTH[0] <= len(x) <= MAP_NAME_LENGTH[1] and len(y) == 1 and y.isupper()
+        assert table.setdefault(x, y) == y, "one prompt uses one mapping"
+    assert len(set(table.values())) == len(table) <= MAP_NAMES, "the mapping is one-to-one"
+    letters = "".join(table)
+    assert len(set(letters)) == len(letters), "no letter in two names: a name's last letter identifies it"
     return table
 
 
@@ -97,9 +99,9 @@ def test_eight_shots_fit_a_small_context():
 def test_instances_are_fresh():
     rng = random.Random(0)
     tables = [_mapping_table(_parse(few_shot_prompt("mapping", 12, rng).prompt)[0]) for _ in range(20)]
-    # Two prompts agreeing on every letter they share would be a tiny chance; twenty in a row none.
-    differ = sum(any(t1[c] != t2[c] for c in t1.keys() & t2.keys()) for t1, t2 in itertools.pairwise(tables))
-    assert differ >= 18
+    # New names and new output letters in every prompt: two in a row with the same ones would be a tiny chance.
+    assert all(t1.keys() != t2.keys() for t1, t2 in itertools.pairwise(tables))
+    assert sum(set(t1.values()) != set(t2.values()) for t1, t2 in itertools.pairwise(tables)) >= 18
     params = [_linear_params(_parse(few_shot_prompt("linear", 8, rng).prompt)[0]) for _ in range(20)]
     assert len({frozenset(p) for p in params}) > 5
 
@@ -168,3 +170,14 @@ def test_errors():
         few_shot_prompt("copy", -1, random.Random(0))
     with pytest.raises(GenloomError, match="documents"):
         icl_documents(0)
+
+
+def test_mapping_lines_vary_in_width():
+    """With every line the same width, a 1-layer model read answers off fixed distances from the query (64 % at
+    k = 8 with no lookup); names of 1-3 letters make the distance to a name's earlier line vary."""
+    rng = random.Random(5)
+    for _ in range(20):
+        examples, _ = _parse(few_shot_prompt("mapping", 12, rng).prompt)
+        assert len({len(x) for x, _ in examples}) > 1
+    documents = [d for d in icl_documents(300) if MAPPING_LINE.match(d.split("\n")[0])]
+    assert documents and all(len({len(line) for line in d.split("\n")}) > 1 for d in documents)

@@ -3,11 +3,15 @@
 Every example is one line, `input>output` (a mapping's `inputoutput`), in a compact character format so 8
 solved examples and a query fit in ~200 characters (the context of a tiny character-level GPT). The families:
 
-- `mapping`: a letter of `abcdef` mapped through a random injection into `A`-`Z` that is new in every prompt and
-  document, written without a separator ("bQ"). The map can only be read off the examples, so the query is a
-  letter an example showed (with no examples it is at chance, 1 in 26): this is the task induction heads solve
-  (at a `b`, find the earlier `b` and copy what followed it), the phase change Olsson et al. (2022) describe. A
-  third of the training documents are mappings, the induction signal the other families dilute.
+- `mapping`: six made-up names of 1-3 lowercase letters (no letter shared between names) mapped through a random
+  injection into `A`-`Z`, both new in every prompt and document, written without a separator ("kqzR"). The map
+  can only be read off the examples, so the query is a name an example showed (with no examples it is at chance,
+  1 in 26): this is the task induction heads solve (at the `z` that ends a name, find the earlier `z` and copy
+  what followed it), the phase change Olsson et al. (2022) describe. The names' varying lengths make the lines'
+  widths vary: with one-letter inputs every line was 3 characters, and a 1-layer model, which cannot do the
+  lookup, read the answer off fixed distances from the query instead (96 % right when the query's line was the
+  last one, 66 % two lines back, <= 3 % four or more back). A third of the training documents are mappings, the
+  induction signal the other families dilute.
 - `copy`, `reverse`, `sort`: a list of 2-5 digits, or of lowercase letters (chosen per instance), written back
   unchanged, reversed, or sorted ("3817>1378").
 - `linear`: y = a*x + b with x 0-9 and a (1-5), b (0-9) fresh per instance ("3>11" for a=3, b=2).
@@ -41,7 +45,8 @@ ICL_FAMILIES = ("mapping", "copy", "reverse", "sort", "linear", "number_words")
 ICL_CHARS = "".join(sorted(set(string.digits + string.ascii_letters + ">-\n")))
 
 SEPARATOR = ">"  # between an example's input and its output
-MAP_INPUTS = "abcdef"  # small, so a document of 8-20 examples shows most letters more than once
+MAP_NAMES = 6  # inputs per mapping: few, so a document of 8-20 examples shows most names more than once
+MAP_NAME_LENGTH = (1, 3)  # letters per name, drawn uniformly
 MAP_OUTPUTS = string.ascii_uppercase
 LIST_ITEMS = (string.digits, string.ascii_lowercase)
 NUMBER_RANGE = range(100)
@@ -97,14 +102,15 @@ class _Instance:
 def _new_instance(family: str, rng: random.Random) -> _Instance:
     """A fresh instance of `family`, its parameters drawn from `rng`."""
     if family == "mapping":
-        table = dict(zip(MAP_INPUTS, rng.sample(MAP_OUTPUTS, len(MAP_INPUTS)), strict=True))
+        names = _fresh_names(rng)
+        table = dict(zip(names, rng.sample(MAP_OUTPUTS, len(names)), strict=True))
 
-        def draw_letter(r: random.Random) -> str:
-            return r.choice(MAP_INPUTS)
+        def draw_name(r: random.Random) -> str:
+            return r.choice(names)
 
-        # No separator: "bQ" makes the lookup plain induction (at a `b`, copy what followed the last `b`), the
+        # No separator: "kqzR" makes the lookup plain induction (at a `z`, copy what followed the last `z`), the
         # circuit a 2-layer model forms; behind a ">" the match is on the token before last, a slower circuit.
-        return _Instance(draw_letter, lambda x: table[x], draw_letter, query_shown=True, separator="")
+        return _Instance(draw_name, lambda x: table[x], draw_name, query_shown=True, separator="")
     if family in ("copy", "reverse", "sort"):
         items = rng.choice(LIST_ITEMS)
 
@@ -130,6 +136,15 @@ def _new_instance(family: str, rng: random.Random) -> _Instance:
             lambda r: words[r.choice(HELD_OUT_NUMBERS)],
         )
     raise GenloomError(f"unknown in-context task family {family!r}; choose from: {', '.join(ICL_FAMILIES)}")
+
+
+def _fresh_names(rng: random.Random) -> list[str]:
+    """MAP_NAMES made-up names of MAP_NAME_LENGTH lowercase letters, no letter in two names: a name's last letter
+    then occurs only at the end of that name, so copying what followed its earlier occurrence is always right."""
+    lengths = [rng.randint(*MAP_NAME_LENGTH) for _ in range(MAP_NAMES)]
+    letters = rng.sample(string.ascii_lowercase, sum(lengths))
+    starts = [sum(lengths[:i]) for i in range(MAP_NAMES)]
+    return ["".join(letters[start : start + n]) for start, n in zip(starts, lengths, strict=True)]
 
 
 def _line(task: _Instance, x: str) -> str:

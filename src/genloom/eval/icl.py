@@ -37,7 +37,7 @@ from genloom.tokenizers import Tokenizer
 # rows and text windows. Small, so the probes cost a fraction of a validation pass.
 PROBE_SEQ_LEN = 32
 PROBE_ROWS = 16
-MAPPING_PROBE_SHOTS = 15  # lines of a mapping probe prompt: 6 inputs, so most lines repeat an earlier input
+MAPPING_PROBE_SHOTS = 15  # lines of a mapping probe prompt: 6 names, so most lines repeat an earlier input
 
 
 @contextmanager
@@ -175,16 +175,18 @@ def mapping_induction_score(model: GPT, tokenizer: Tokenizer, n_prompts: int = P
     """(loss on first-seen outputs, loss on repeated outputs), mean nats per output letter, over `n_prompts`
     fresh-mapping prompts of MAPPING_PROBE_SHOTS lines (fewer if the context is short) and their answers.
 
-    A line is "bQ": at its output letter the model has just read the input "b"; if "b" began an earlier line of
-    the prompt, an induction head finds it and copies what followed (the loss falls to ~0 once one forms), and
-    otherwise nothing in the prompt tells the letter. None when the tokenizer does not spell these prompts one
-    character a token (a BPE merges "bQ"), or the context holds fewer than 2 lines.
+    A line is "kqzR": at its output letter the model has just read the name "kqz"; if "kqz" began an earlier line
+    of the prompt, an induction head finds the earlier `z` (no other name has that letter) and copies what
+    followed (the loss falls to ~0 once one forms), and otherwise nothing in the prompt tells the letter. None when
+    the tokenizer does not spell these prompts one character a token (a BPE merges "zR"), or the context holds
+    fewer than 2 lines.
 
     Why beside `induction_score`: a model trained on builtin:icl learns this lookup without learning to copy an
     arbitrary repeated stretch of text (measured: 100 % few-shot mapping accuracy while the repeated-stretch gain
     stayed at -0.3 nats), so the stretch probe alone misses the phase change the task shows.
     """
-    shots = min(MAPPING_PROBE_SHOTS, (model.config.context_length - 2) // 3)
+    # A line is at most a 3-letter name, its output letter and a newline; the query's line has no newline.
+    shots = min(MAPPING_PROBE_SHOTS, (model.config.context_length - 4) // 5)
     if shots < 2:
         return None
     rng = random.Random(f"genloom-icl-probe:{seed}")
@@ -195,12 +197,27 @@ def mapping_induction_score(model: GPT, tokenizer: Tokenizer, n_prompts: int = P
         return None
     if any(len(row) != len(text) for row, text in zip(ids, texts, strict=True)):
         return None
-    # Line i is text[3i : 3i + 3] = input, output, newline; the query's line has no newline.
-    repeated = torch.tensor([[text[3 * i] in text[: 3 * i : 3] for i in range(shots + 1)] for text in texts])
+    output_at, repeated = zip(*(_mapping_outputs(text) for text in texts), strict=True)  # (B, shots + 1) each
+    # Rows differ in length: padded at the end, which a causal model's earlier predictions cannot see.
+    width = max(map(len, ids))
+    padded = torch.tensor([row + [0] * (width - len(row)) for row in ids])  # (B, width)
     with _evaluating(model):
-        losses = _token_losses(model, torch.tensor(ids))  # (B, T - 1); column j - 1 scores token j
-    outputs = losses[:, 0 : 3 * shots + 1 : 3].cpu()  # (B, shots + 1): column 3i scores line i's output, 3i + 1
-    return float(outputs[~repeated].mean()), float(outputs[repeated].mean())
+        losses = _token_losses(model, padded).cpu()  # (B, width - 1); column j - 1 scores token j
+    outputs = losses.gather(1, torch.tensor(output_at) - 1)  # (B, shots + 1): the loss of each line's output
+    seen = torch.tensor(repeated)
+    return float(outputs[~seen].mean()), float(outputs[seen].mean())
+
+
+def _mapping_outputs(text: str) -> tuple[list[int], list[bool]]:
+    """Per line of a mapping prompt: the index of its output letter in `text`, and whether an earlier line had the
+    same name."""
+    output_at, repeated, names, end = [], [], set(), -1
+    for line in text.split("\n"):
+        end += len(line) + 1  # the index of the line's newline, one past its output letter
+        output_at.append(end - 1)
+        repeated.append(line[:-1] in names)
+        names.add(line[:-1])
+    return output_at, repeated
 
 
 def icl_score(model: GPT, tokens: Tensor, early: int, late: int, width: int = 1) -> float:
