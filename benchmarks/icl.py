@@ -26,8 +26,7 @@ from pathlib import Path
 from common import print_table, set_threads
 
 from genloom.data.icl import ICL_FAMILIES, FewShotPrompt, few_shot_prompts
-from genloom.eval.icl import few_shot_accuracy
-from genloom.generate import SamplingConfig, generate
+from genloom.eval.icl import few_shot_accuracy, few_shot_correct
 from genloom.models.gpt import GPT
 from genloom.registry import load_language_model
 from genloom.tokenizers import Tokenizer
@@ -76,14 +75,13 @@ def chance(items: list[FewShotPrompt]) -> float:
 
 
 def mapping_by_distance(model: GPT, tokenizer: Tokenizer, n: int, seed: int) -> dict[str, tuple[int, int]]:
-    """(right, prompts) per DISTANCES bucket for the k = 8 mapping prompts, decoded as `few_shot_accuracy` does."""
+    """(right, prompts) per DISTANCES bucket for the k = 8 mapping prompts, scored as `few_shot_accuracy` does."""
     items = few_shot_prompts("mapping", 8, n, seed)
-    cfg = SamplingConfig(max_new_tokens=3, temperature=0.0, stop=["\n"])
-    completions = generate(model, tokenizer, [item.prompt for item in items], cfg)
     counts = {bucket: (0, 0) for bucket in DISTANCES}
-    for item, completion in zip(items, completions, strict=True):
-        right, total = counts[lines_back(item)]
-        counts[lines_back(item)] = (right + (completion.text == item.answer), total + 1)
+    for item, correct in zip(items, few_shot_correct(model, tokenizer, items), strict=True):
+        bucket = lines_back(item)
+        right, total = counts[bucket]
+        counts[bucket] = (right + correct, total + 1)
     return counts
 
 

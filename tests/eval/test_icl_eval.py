@@ -10,6 +10,7 @@ from genloom.data.icl import ICL_CHARS, ICL_FAMILIES, few_shot_prompts, icl_docu
 from genloom.errors import GenloomError
 from genloom.eval.icl import (
     few_shot_accuracy,
+    few_shot_correct,
     icl_probe_metrics,
     icl_score,
     induction_score,
@@ -78,6 +79,20 @@ def test_accuracy_scores_exact_matches_of_the_same_prompts(monkeypatch):
     assert set(seen) == set(answers)
     monkeypatch.setattr(icl_eval, "generate", oracle("0"))  # one character too many is wrong
     assert few_shot_accuracy(model, TOKENIZER, ["linear"], [3], n=10, seed=7, batch_size=4) == {"linear": {3: 0.0}}
+
+
+
+def test_correct_gives_the_verdict_of_each_prompt_in_order(monkeypatch):
+    """Every other prompt answered right by a fake decoder: the verdicts follow the prompts across batches."""
+    items = few_shot_prompts("mapping", 4, 10, seed=3)
+    replies = {item.prompt: "?" if i % 2 else item.answer for i, item in enumerate(items)}
+    assert len(replies) == len(items), "ten different prompts"
+
+    def fake_generate(model, tokenizer, prompts, cfg):
+        return [Completion(replies[p], [], "stop") for p in prompts]
+
+    monkeypatch.setattr(icl_eval, "generate", fake_generate)
+    assert few_shot_correct(_tiny(), TOKENIZER, items, batch_size=3) == [True, False] * 5
 
 
 def test_too_many_shots_names_how_many_fit():

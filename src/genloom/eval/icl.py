@@ -3,6 +3,7 @@
 - `few_shot_accuracy`: GPT-3-style evaluation (Brown et al. 2020) on the synthetic families of
   genloom.data.icl: k solved examples in the prompt, no weight update, greedy decoding, exact match of the output
   up to the end of the line. The prompts depend only on (seed, family, k), so every model sees the same ones.
+  `few_shot_correct` gives its verdict per prompt, for breakdowns of a family's prompts.
 - `max_shots_that_fit`: the largest k whose prompts (and answers) fit a model's context.
 - `induction_score`: loss on the first and on the second copy of a repeated random token sequence [r ; r]
   (Olsson et al. 2022). Only a model that looks back for the earlier occurrence of the current token and copies
@@ -111,21 +112,28 @@ def few_shot_accuracy(
         raise GenloomError(f"the numbers of shots must be >= 0, got {list(shots)}")
     _check_shots(tokenizer, families, shots, model.config.context_length, n, seed)
     results: dict[str, dict[int, float]] = {}
-    with _evaluating(model):
-        for family in families:
-            results[family] = {}
-            for k in shots:
-                items = few_shot_prompts(family, k, n, seed)
-                correct = 0
-                for start in range(0, len(items), batch_size):
-                    batch = items[start : start + batch_size]
-                    # Two tokens past the longest answer: room for the newline, and for a wrong longer output.
-                    longest = max(len(tokenizer.encode(item.answer)) for item in batch)
-                    cfg = SamplingConfig(max_new_tokens=longest + 2, temperature=0.0, stop=["\n"])
-                    completions = generate(model, tokenizer, [item.prompt for item in batch], cfg)
-                    correct += sum(c.text == item.answer for c, item in zip(completions, batch, strict=True))
-                results[family][k] = correct / len(items)
+    for family in families:
+        results[family] = {}
+        for k in shots:
+            correct = few_shot_correct(model, tokenizer, few_shot_prompts(family, k, n, seed), batch_size)
+            results[family][k] = sum(correct) / len(correct)
     return results
+
+
+def few_shot_correct(model: GPT, tokenizer: Tokenizer, items: Sequence[FewShotPrompt], batch_size: int = 32
+                     ) -> list[bool]:
+    """Whether the model answers each prompt exactly: greedy decoding up to the end of the line, as
+    `few_shot_accuracy` scores (for a breakdown of its prompts by some property of theirs)."""
+    correct: list[bool] = []
+    with _evaluating(model):
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            # Two tokens past the longest answer: room for the newline, and for a wrong longer output.
+            longest = max(len(tokenizer.encode(item.answer)) for item in batch)
+            cfg = SamplingConfig(max_new_tokens=longest + 2, temperature=0.0, stop=["\n"])
+            completions = generate(model, tokenizer, [item.prompt for item in batch], cfg)
+            correct += [c.text == item.answer for c, item in zip(completions, batch, strict=True)]
+    return correct
 
 
 def _token_losses(model: GPT, tokens: Tensor) -> Tensor:
