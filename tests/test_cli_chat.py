@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from chat_helpers import make_base
-from cli_helpers import cli_ok, run_cli
+from cli_helpers import cli_fails, cli_ok, run_cli
 
 from genloom.cli.app import build_parser
 from genloom.data.icl import ICL_FAMILIES
@@ -99,3 +99,17 @@ def test_train_chat_takes_a_mixture_and_bf16() -> None:
     args = build_parser().parse_args(["train", "chat", "--base", "runs/base", "--data",
                                       "builtin:arithmetic+instructions", "--dtype", "bf16"])
     assert args.dtype == "bf16" and args.data == "builtin:arithmetic+instructions"
+
+
+def test_train_chat_with_the_calculator_and_its_evaluation(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    base = make_base(tmp_path / "base")
+    out, printed = _chat_run(capsys, tmp_path, base, "--tools", "calculator", "--data", "builtin:arithmetic")
+    assert json.loads((out / "best" / "tokenizer_config.json").read_text())["genloom_tools"] == ["calculator"]
+    assert "arithmetic" in printed
+    evaluated = cli_ok(capsys, "eval", "chat", out, "--n", 2, "--data", "builtin:arithmetic")
+    assert "chat template with the calculator" in evaluated
+    assert "plain prompt" in cli_ok(capsys, "eval", "chat", out, "--n", 2, "--data", "builtin:arithmetic", "--plain")
+    assert "unknown tool(s) browser" in cli_fails(capsys, "train", "chat", "--base", base, "--tools", "browser",
+                                                  "--out", tmp_path / "never")
+    assert not (tmp_path / "never").exists()

@@ -21,6 +21,7 @@ from genloom.data.builtin_chat import (
     split_of,
 )
 from genloom.errors import GenloomError
+from genloom.tokenizers.chat_tools import CALC_END, CALC_START, evaluate, visible_text
 
 # Recomputed here, independently of the module, from the question text alone.
 _UNIT_FACTORS = {
@@ -203,3 +204,19 @@ def test_mixtures_interleave_their_shares() -> None:
     assert [ex.family for ex in everything] == [ex.family for ex in builtin_chat("chat", "test", 20, seed=4)]
     with pytest.raises(GenloomError, match="unknown built-in chat set 'bogus'"):
         builtin_chat("arithmetic+bogus", "train", 3)
+
+
+def test_calculator_answers_call_it_on_the_same_questions() -> None:
+    plain = builtin_chat("chat", "train", 300, seed=3)
+    with_calls = builtin_chat("chat", "train", 300, seed=3, calculator=True)
+    calls = 0
+    for a, b in zip(plain, with_calls, strict=True):
+        assert [m for m in a.messages if m["role"] == "user"] == [m for m in b.messages if m["role"] == "user"]
+        assert visible_text(b.answer) == a.answer and b.answer == b.messages[-1]["content"]
+        for message in b.messages:
+            if CALC_START in message["content"]:
+                calls += 1
+                expression = message["content"].split(CALC_START)[1].split(CALC_END)[0]
+                assert evaluate(expression) == visible_text(message["content"])  # the call computes the answer
+        assert (CALC_START in b.answer) == (b.family in ("arithmetic", "units", "follow_up"))
+    assert calls > 150

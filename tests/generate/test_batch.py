@@ -125,3 +125,16 @@ def test_frequency_penalty_makes_output_more_varied(model):
     penalised = SamplingConfig(max_new_tokens=30, temperature=0, frequency_penalty=2.0)
     varied = generate_tokens(model, [[1, 2]], penalised)[0]
     assert len(set(varied)) > len(set(plain))
+
+
+def test_forced_tokens_go_through_the_model_as_if_it_had_written_them(model):
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0)
+    batch = DecodeBatch(model, capacity=2)
+    row, _ = batch.add([[1, 2, 3], [7, 8]], [cfg, cfg])
+    first = [o.token for o in batch.step()]
+    batch.force(row, [30, 31])
+    steps = [[o.token for o in batch.step()] for _ in range(3)]
+    assert [s[0] for s in steps[:2]] == [30, 31]
+    # After the forced tokens the row continues exactly as a prompt that held them would.
+    assert steps[2][0] == generate_tokens(model, [[1, 2, 3, first[0], 30, 31]], cfg)[0][0]
+    assert [first[1], *(s[1] for s in steps)] == generate_tokens(model, [[7, 8]], cfg)[0][:4]  # its neighbour unmoved

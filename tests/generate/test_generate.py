@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -179,3 +181,21 @@ def test_generation_never_samples_ids_the_tokenizer_lacks(model):
     for seed in range(5):
         (out,) = generate(model, tokenizer, ["abc"], SamplingConfig(max_new_tokens=20, temperature=2.0, seed=seed))
         assert all(t < tokenizer.vocab_size for t in out.tokens)
+
+
+class _ForceAfterFirst:
+    """A decoder tool that feeds in two tokens after each row's first one."""
+
+    def after_token(self, generated):
+        return [5, 6] if len(generated) == 1 else []
+
+
+def test_a_tools_tokens_are_part_of_each_rows_output():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, context_length=32, n_layers=1, d_model=16, n_heads=2)).eval()
+    cfg = SamplingConfig(max_new_tokens=6, temperature=0)
+    prompts = [[1, 2, 3], [9]]
+    rows = generate_tokens(model, prompts, cfg, tool=_ForceAfterFirst())
+    for prompt, tokens in zip(prompts, rows, strict=True):
+        assert tokens[1:3] == [5, 6] and len(tokens) == 6
+        assert tokens[3:] == generate_tokens(model, [prompt + tokens[:3]], replace(cfg, max_new_tokens=3))[0]

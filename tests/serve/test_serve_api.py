@@ -11,6 +11,7 @@ import numpy as np
 import openai
 import pytest
 import torch
+from chat_helpers import make_calculator_chat
 from cli_helpers import one_error_line, run_cli
 from PIL import Image
 from server_helpers import LiveServer, clip_of, http
@@ -25,6 +26,7 @@ from genloom.generate.rerank import imagine_best_of
 from genloom.generate.translate import translate
 from genloom.models.vqvae import VQVAE, VQConfig
 from genloom.registry import load_clip_model, load_text_to_image_model
+from genloom.tokenizers.chat_tools import CALC_END, OUTPUT_END, OUTPUT_START
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +232,16 @@ def test_a_reranker_on_another_image_tokenizer_is_refused(checkpoints, tmp_path,
     save_checkpoint(tmp_path / "image_tokenizer", vq, "vqvae", vq.config, None)
     code, _, err = run_cli(capsys, "serve", checkpoints["images"], "--clip", other)
     assert code == 1 and "different VQ image tokenizers" in one_error_line(err)
+
+
+def test_a_calculator_chat_model_calls_it_through_the_server(tmp_path):
+    checkpoint = make_calculator_chat(tmp_path / "calc")
+    with LiveServer({"calc": checkpoint}) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "What is 2 + 3?"}]
+        response = client.chat.completions.create(model="calc", messages=messages, max_tokens=12, temperature=0)
+        served = live.models["calc"]
+        session = ChatSession(served.model, served.tokenizer, SamplingConfig(max_new_tokens=12, temperature=0))
+        content = response.choices[0].message.content
+        assert content == session.reply("What is 2 + 3?").text  # the same decoding, calculator included
+        assert content.startswith(f"{CALC_END}{OUTPUT_START}error{OUTPUT_END}{CALC_END}")

@@ -3,15 +3,17 @@ to its base and saves the template with it, resumes, and fine-tunes a Hugging Fa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from chat_helpers import BASE_CONTEXT, make_base, printable_chars
+from chat_helpers import BASE_CONTEXT, make_base, make_calculator_chat, printable_chars
 
 from genloom.checkpoint import save_checkpoint
 from genloom.data.conversations import encode_conversations, load_conversations, pack
 from genloom.errors import GenloomError
+from genloom.eval.chat import chat_accuracy
 from genloom.generate import SamplingConfig
 from genloom.generate.chat import ChatSession
 from genloom.models.gpt import GPT, GPTConfig
@@ -19,6 +21,7 @@ from genloom.registry import load_language_model
 from genloom.run_record import read_data_record
 from genloom.tokenizers import BPETokenizer
 from genloom.tokenizers.chat_template import CHATML, add_chat_tokens
+from genloom.tokenizers.chat_tools import CALC_END, CALC_START, OUTPUT_END, OUTPUT_START
 from genloom.train.chat import ChatDataSpec, ChatTask, _padded, chat_base, train_chat
 from genloom.train.config import TrainConfig
 
@@ -92,3 +95,34 @@ def test_a_chat_base_keeps_its_template(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "chat-base", GPT(config), "gpt", config, chars)
     model, tokenizer = chat_base(tmp_path / "chat-base")
     assert model.config.vocab_size == chars.vocab_size and tokenizer.chat_format == CHATML
+
+
+def test_train_chat_with_the_calculator_learns_calls_not_results(tmp_path: Path) -> None:
+    base = make_base(tmp_path / "base")
+    base_vocab = load_language_model(base)[0].config.vocab_size
+    data = replace(DATA, data="builtin:arithmetic", tools=("calculator",))
+    train_chat(str(base), data, _train_config(tmp_path / "chat"), say=lambda _: None)
+    model, tokenizer = load_language_model(tmp_path / "chat")
+    assert tokenizer.chat_format == CHATML.with_tools(["calculator"])
+    assert model.config.vocab_size == base_vocab + 6  # ChatML's 2 tokens and the calculator's 4
+    assert read_data_record(tmp_path / "chat")["tools"] == ["calculator"]
+    conversations = load_conversations("builtin:arithmetic", "train", 20, calculator=True)
+    encoded, _ = encode_conversations(conversations, tokenizer, tokenizer.chat_format, CONTEXT)
+    for conversation in encoded:
+        learned = tokenizer.decode([t for t, m in zip(conversation.ids, conversation.mask, strict=True) if m])
+        assert learned.startswith(CALC_START) and OUTPUT_START not in learned  # the call, never its result
+    # A chat model that already calls the calculator keeps its vocabulary when fine-tuned again with it.
+    again, _ = chat_base(tmp_path / "chat", ("calculator",))
+    assert again.config.vocab_size == model.config.vocab_size
+
+
+def test_chat_and_evaluation_run_the_calculator(tmp_path: Path) -> None:
+    model, tokenizer = load_language_model(make_calculator_chat(tmp_path / "calc"))
+    session = ChatSession(model, tokenizer, SamplingConfig(max_new_tokens=12, temperature=0.0))
+    # The model only ever closes calls; each close is answered by the calculator's result span.
+    assert session.reply("What is 2 + 3?").text.startswith(f"{CALC_END}{OUTPUT_START}error{OUTPUT_END}{CALC_END}")
+    questions = load_conversations("builtin:arithmetic", "test", 2, calculator=True)
+    scores = chat_accuracy(model, tokenizer, questions)["arithmetic"]
+    assert scores.total == 2 and scores.correct == 0
+    _, expected, got = scores.examples[0]
+    assert expected.startswith(CALC_START) and f"{OUTPUT_START}error{OUTPUT_END}" in got

@@ -72,6 +72,8 @@ def _add_train_chat(train_sub: argparse._SubParsersAction) -> None:
                    help="pack several conversations per row with document masking (default) or pad one per row")
     d.add_argument("--report-questions", type=positive_int, default=50,
                    help="held-out questions per family in report.md / report.json")
+    d.add_argument("--tools", default="", help="tools the assistant learns to call: 'calculator' (the built-in "
+                   "sets' calculations are then written as calls; see README, \"Chat with a calculator\")")
     t = add_training_flags(p, out="runs/chat", lr_help="peak learning rate", warmup=50, weight_decay=0.0)
     p.set_defaults(steps=1000, lr=1e-3, eval_interval=200)
     t.add_argument("--batch-size", type=positive_int, default=16, help="rows per micro-batch per process")
@@ -81,6 +83,7 @@ def _add_train_chat(train_sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train_chat(args: argparse.Namespace) -> None:
+    from genloom.tokenizers.chat_tools import check_tools
     from genloom.train.chat import PACKING_DEFAULT, ChatDataSpec, train_chat
     from genloom.train.chat_report import build_report, report_markdown, write_report
     from genloom.train.distributed import shutdown_distributed
@@ -89,7 +92,8 @@ def _cmd_train_chat(args: argparse.Namespace) -> None:
     train = train_config(args, batch_size=args.batch_size, min_lr=min(args.min_lr, args.lr), dtype=args.dtype)
     data = ChatDataSpec(data=args.data, train_examples=args.train_examples, val_examples=args.val_examples,
                         val_fraction=args.val_fraction,
-                        packing=PACKING_DEFAULT if args.packing is None else args.packing)
+                        packing=PACKING_DEFAULT if args.packing is None else args.packing,
+                        tools=check_tools([t.strip() for t in args.tools.split(",") if t.strip()]))
     try:
         run = train_chat(args.base, data, train, resume=args.resume, say=print if main else lambda _: None)
     finally:
@@ -204,13 +208,17 @@ def _cmd_eval_chat(args: argparse.Namespace) -> None:
     from genloom.data.conversations import held_out_conversations
     from genloom.eval.chat import chat_accuracy, format_scores, overall
     from genloom.outputs import check_output_file, write_text_atomically
+    from genloom.tokenizers.chat_tools import CALCULATOR
 
     if args.json:
         check_output_file(Path(args.json), args.overwrite)
     model, tokenizer = _load(args.checkpoint, args.device)
-    conversations = held_out_conversations(args.data, args.n)
+    templated = tokenizer.chat_format is not None and not args.plain
+    # A model trained with the calculator is asked the same questions, its expected answers written as calls.
+    calculator = templated and tokenizer.chat_format is not None and CALCULATOR in tokenizer.chat_format.tools
+    conversations = held_out_conversations(args.data, args.n, calculator=calculator)
     scores = chat_accuracy(model, tokenizer, conversations, batch_size=args.batch_size, plain=args.plain or None)
-    how = "chat template" if tokenizer.chat_format is not None and not args.plain else "plain prompt"
+    how = ("chat template" + (" with the calculator" if calculator else "")) if templated else "plain prompt"
     print(format_scores(scores, f"{args.checkpoint} on {args.data} (held out, {how}):"))
     unanswerable = sum(s.unanswerable for s in scores.values())
     if unanswerable:

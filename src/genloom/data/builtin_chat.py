@@ -15,6 +15,9 @@ is short (well under 200 characters of content), plain ASCII, and ends with the 
 - `follow_up`: two turns that refer back: "What is 12 + 37?" / "49" / "Now add 5 to that." / "54"; operands of
   1-2 digits, then add, subtract or multiply by 1 to 9.
 - `chat`: all of the above, interleaved round-robin so even five examples hold one of each family.
+- With `calculator=True`, the answers of arithmetic, units and follow-up questions call the chat calculator
+  (`tokenizers.chat_tools`) before they state the result: "What is 12 + 37?" ->
+  "<|calc_start|>12+37<|calc_end|><|output_start|>49<|output_end|>49". The questions and splits are the same.
 - A mixture of your own: families joined by "+", interleaved the same way, a family named twice drawn twice as
   often: `arithmetic+arithmetic+instructions` is two arithmetic questions to every instruction (nanochat's
   task mixtures; `chat` is `arithmetic+units+instructions+pydoc+follow_up`).
@@ -45,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from genloom.errors import GenloomError
+from genloom.tokenizers.chat_tools import calculator_answer
 
 CHAT_FAMILIES = ("arithmetic", "units", "instructions", "pydoc", "follow_up")
 BUILTIN_CHAT_SETS = ("chat", *CHAT_FAMILIES)
@@ -394,14 +398,40 @@ def _keys(name: str, split: str, n: int, seed: int) -> list[str]:
     return [per_share[i % k][i // k] for i in range(n)]
 
 
-def _render(key: str) -> ChatExample:
-    """The conversation of a canonical key ("arithmetic:add:12:37"); the same key always gives the same text."""
+def _render(key: str, calculator: bool = False) -> ChatExample:
+    """The conversation of a canonical key ("arithmetic:add:12:37"); the same key always gives the same text.
+    With `calculator`, each answer that is a calculation calls the calculator first."""
     family = key.split(":", 1)[0]
     if family not in _FAMILIES:
         raise GenloomError(f"unknown chat key {key!r}; keys start with one of: {', '.join(CHAT_FAMILIES)}")
-    return _FAMILIES[family][1](key)
+    example = _FAMILIES[family][1](key)
+    expressions = iter(_calculations(key) if calculator else [])
+    messages = tuple({**m, "content": calculator_answer(expression, m["content"])}
+                     if m["role"] == "assistant" and (expression := next(expressions, None)) is not None else m
+                     for m in example.messages)
+    return ChatExample(example.family, messages, messages[-1]["content"])
 
 
-def builtin_chat(name: str, split: str, n: int, seed: int = 0) -> list[ChatExample]:
-    """n examples of built-in set `name` from `split`, drawn reproducibly from `seed`."""
-    return [_render(key) for key in _keys(name, split, n, seed)]
+def _calculations(key: str) -> list[str]:
+    """The calculator expression behind each assistant turn of `key` ([] for a family that calculates nothing)."""
+    family, *parts = key.split(":")
+    symbols = {op: symbol for op, (symbol, _) in _OPERATORS.items()}
+    if family == "arithmetic":
+        op, a, b = parts
+        return [f"{a}{symbols[op]}{b}"]
+    if family == "follow_up":
+        op, a, b, then, n = parts
+        first = _OPERATORS[op][1](int(a), int(b))
+        return [f"{a}{symbols[op]}{b}", f"{first}{symbols[then.removeprefix('then-')]}{n}"]
+    if family == "units":
+        pair, value = parts
+        if pair in _UNITS:
+            return [f"{value}*{_UNITS[pair][2]}"]
+        return [f"{value}/{_UNITS['-'.join(pair.split('-')[::-1])][2]}"]
+    return []
+
+
+def builtin_chat(name: str, split: str, n: int, seed: int = 0, calculator: bool = False) -> list[ChatExample]:
+    """n examples of built-in set `name` from `split`, drawn reproducibly from `seed`; with `calculator`, the
+    answers that calculate call the chat calculator (see the module docstring)."""
+    return [_render(key, calculator) for key in _keys(name, split, n, seed)]

@@ -66,15 +66,16 @@ def read_conversations(path: Path) -> list[Conversation]:
     return conversations
 
 
-def load_conversations(source: str, split: str, n: int, seed: int = 0, val_fraction: float = 0.1) -> list[
-        Conversation]:
+def load_conversations(source: str, split: str, n: int, seed: int = 0, val_fraction: float = 0.1,
+                       calculator: bool = False) -> list[Conversation]:
     """Conversations of `split` ("train", "val" or "test") from `builtin:NAME` (n generated, held-out questions
     never in train) or a JSONL file (the last `val_fraction` of it is "val"; "test" is the whole file, for
-    evaluating on a file of one's own). `n` caps a file's split too."""
+    evaluating on a file of one's own). `n` caps a file's split too. `calculator`: a built-in set's calculations
+    call the chat calculator (a file's answers are as written)."""
     from genloom.data.builtin_chat import builtin_chat
 
     if source.startswith("builtin:"):
-        examples = builtin_chat(source.removeprefix("builtin:"), split, n, seed)
+        examples = builtin_chat(source.removeprefix("builtin:"), split, n, seed, calculator)
         return [Conversation(tuple(e.messages), e.family) for e in examples]
     conversations = read_conversations(Path(source))
     if split == "test":
@@ -87,13 +88,13 @@ def load_conversations(source: str, split: str, n: int, seed: int = 0, val_fract
     return chosen[:n]
 
 
-def held_out_conversations(source: str, n: int, seed: int = 0) -> list[Conversation]:
+def held_out_conversations(source: str, n: int, seed: int = 0, calculator: bool = False) -> list[Conversation]:
     """The conversations to evaluate on: `n` test questions per share of a built-in set (`builtin:chat` mixes
     all five families; `builtin:arithmetic+units` two), or the first `n` conversations of a file."""
     from genloom.data.builtin_chat import mixture
 
     shares = len(mixture(source.removeprefix("builtin:"))) if source.startswith("builtin:") else 1
-    return load_conversations(source, "test", n * shares, seed)
+    return load_conversations(source, "test", n * shares, seed, calculator=calculator)
 
 
 def answer_of(conversation: Conversation) -> tuple[list[dict[str, str]], str]:

@@ -5,6 +5,8 @@
   per turn) and its answer is the first line it writes, so the two are compared on identical questions.
 - The last assistant turn of each conversation is the expected answer; the turns before it are the prompt.
   Answers are compared exactly, after stripping surrounding whitespace. Greedy decoding.
+- A model trained with the calculator calls it while it answers; what is compared is the answer a reader sees,
+  calls and results cut (`visible_text`), against the expected answer's visible text.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from genloom.errors import UnencodableTextError
 from genloom.generate import SamplingConfig, generate
 from genloom.models.gpt import GPT
 from genloom.tokenizers import Tokenizer
+from genloom.tokenizers.chat_tools import decoder_tool, visible_text
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -66,18 +69,19 @@ def chat_accuracy(
             continue
         prompts.append((conversation.family, prompt, expected, history[-1]["content"]))
     end_id = tokenizer.chat_format.end_id(tokenizer) if use_template and tokenizer.chat_format else None
+    tool = decoder_tool(tokenizer) if use_template else None
     if max_new_tokens is None:
         longest = max((_token_count(tokenizer, expected) for _, _, expected, _ in prompts), default=0)
-        max_new_tokens = longest + 4
+        max_new_tokens = longest + 4 + (8 if tool is not None else 0)  # a call's result may come out longer
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=[] if use_template else ["\n"])
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        completions = generate(model, tokenizer, [p for _, p, _, _ in chunk], cfg, eos_id=end_id)
+        completions = generate(model, tokenizer, [p for _, p, _, _ in chunk], cfg, eos_id=end_id, tool=tool)
         for (family, _, expected, question), completion in zip(chunk, completions, strict=True):
             got = completion.text.strip()
             score = scores[family]
             score.total += 1
-            score.correct += got == expected.strip()
+            score.correct += visible_text(got).strip() == visible_text(expected).strip()
             if len(score.examples) < 3:
                 score.examples.append((question, expected, got))
     return scores

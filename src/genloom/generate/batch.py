@@ -12,6 +12,8 @@ instead of holding its row until the longest request ends. `DecodeBatch` is that
   step runs on views of the cache, never on a gathered copy.
 - Every row samples with its own settings (`SamplingConfig`, including OpenAI's presence and frequency
   penalties), its own generator, and can ask for the log-probabilities of its tokens.
+- A row's next tokens can be given instead of sampled (`force`): a tool's output (generate's calculator) goes
+  through the model one token a step, with the other rows, as if the model had written it.
 
 The engine knows no text: `TokenStream` (generate/lm.py) runs a fixed batch through it, the HTTP server's
 scheduler (serve/) feeds it requests as they come.
@@ -110,6 +112,7 @@ class Row:
     eos_id: int | None  # the token that ends this row (with sampling.stop_at_eos)
     slot: int = -1
     generated: list[int] = field(default_factory=list)
+    forced: list[int] = field(default_factory=list)  # the next tokens, given instead of sampled (`force`)
     finish_reason: str | None = None  # "stop" (end token) or "length", once finished by the engine
 
     @property
@@ -229,6 +232,10 @@ class DecodeBatch:
             for slot_cache, cache in zip(self.caches, caches, strict=True):
                 slot_cache.store(row.slot, cache.k[i, :, start:], cache.v[i, :, start:])
 
+    def force(self, row: Row, tokens: list[int]) -> None:
+        """Make `tokens` the row's next tokens, one per step, instead of sampling them."""
+        row.forced.extend(tokens)
+
     def remove(self, row: Row) -> None:
         """End `row` now: its slot is free for the next `add`. Removing a row that has left is a no-op."""
         if row.slot < 0:
@@ -277,6 +284,11 @@ class DecodeBatch:
         groups: dict[tuple[float, int | None, float | None], list[int]] = {}
         outputs: list[StepOutput | None] = [None] * len(rows)
         for i, row in enumerate(rows):
+            if row.forced:
+                token = row.forced.pop(0)
+                logprobs = None if row.top_logprobs is None else token_logprobs(logits[i], token, row.top_logprobs)
+                outputs[i] = StepOutput(row, token, logprobs, False)
+                continue
             cfg = row.sampling
             plain = (row.generator is None and row.top_logprobs is None and cfg.repetition_penalty == 1.0
                      and cfg.presence_penalty == 0 and cfg.frequency_penalty == 0)

@@ -1,7 +1,8 @@
 """A conversation with a chat model: history, the context window, streaming replies, saving and loading.
 
 - Each reply renders the whole history through the model's own chat template (the one training used) with the
-  generation prompt, and decodes until the template's end-of-turn token.
+  generation prompt, and decodes until the template's end-of-turn token; a model trained with the calculator
+  calls it (`tokenizers.chat_tools`), and its calls stay in the history as training wrote them.
 - History is kept within the context: the oldest user/assistant turns are dropped (the system message stays)
   until the prompt leaves room for a reply, and the reply says how many were dropped.
 - A session saves as one line `{"messages": [...]}`: the format `train chat --data` reads, so a conversation
@@ -23,6 +24,7 @@ from genloom.models.gpt import GPT
 from genloom.outputs import write_text_atomically
 from genloom.tokenizers import Tokenizer
 from genloom.tokenizers.chat_template import ChatFormat, encode_prompt
+from genloom.tokenizers.chat_tools import decoder_tool
 
 
 def chat_format_of(tokenizer: Tokenizer, where: str) -> ChatFormat:
@@ -74,7 +76,7 @@ class ChatSession:
         prompt = self.chat_format.render(system + turns, add_generation_prompt=True)
         stream = (lambda _row, piece: on_text(piece)) if on_text is not None else None
         completion = generate(self.model, self.tokenizer, [prompt], self.cfg, on_text=stream,
-                              eos_id=self.chat_format.end_id(self.tokenizer))[0]
+                              eos_id=self.chat_format.end_id(self.tokenizer), tool=decoder_tool(self.tokenizer))[0]
         self.turns = [*turns, {"role": "assistant", "content": completion.text}]
         return Reply(completion.text, dropped, completion.context_limited)
 

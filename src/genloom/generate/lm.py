@@ -3,13 +3,15 @@
 Prompts of different lengths decode together (`genloom.generate.batch`: a key mask, positions of each row's
 own), so every row decodes exactly as it would alone. Decoding is an iterator (`TokenStream`: one step, one
 token per row) that knows nothing about text; `generate` turns its tokens into text as they come
-(`TextStream`), holding back what a stop string might still claim.
+(`TextStream`), holding back what a stop string might still claim. A `DecoderTool` (the chat calculator) may
+feed tokens in after any token a row writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from genloom.errors import GenloomError
 from genloom.generate.batch import DecodeBatch, Row
@@ -27,13 +29,22 @@ class Completion:
     context_limited: bool = False
 
 
+class DecoderTool(Protocol):
+    """Something a model calls by writing tokens (`genloom.tokenizers.chat_tools.Calculator`)."""
+
+    def after_token(self, generated: Sequence[int]) -> list[int]:
+        """The tokens to feed in next, given everything a row has generated so far ([] for none)."""
+        ...
+
+
 class TokenStream:
     """Decoding a fixed batch as an iterator: each step yields the new token of every row (None for a finished row).
 
     A row finishes at EOS (when `cfg.stop_at_eos`), when the caller calls `finish(row)` (a stop string, a
     client gone), or after `cfg.max_new_tokens` tokens, or fewer when the context fills up first
-    (`row_context_limited[row]`). The steps are `DecodeBatch`'s, the engine the HTTP server batches requests
-    with, so streaming, chat, evaluation and serving decode through one loop.
+    (`row_context_limited[row]`). A `tool`'s tokens are yielded as the row's, one per step. The steps are
+    `DecodeBatch`'s, the engine the HTTP server batches requests with, so streaming, chat, evaluation and
+    serving decode through one loop.
 
         stream = TokenStream(model, prompts, cfg, eos_id)
         for tokens in stream:          # one decoding step
@@ -42,7 +53,7 @@ class TokenStream:
 
     def __init__(
         self, model: GPT, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int | None = None,
-        vocab_limit: int | None = None,
+        vocab_limit: int | None = None, tool: DecoderTool | None = None,
     ) -> None:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise GenloomError("every prompt must have at least one token")
@@ -51,6 +62,7 @@ class TokenStream:
         if longest > context:
             raise GenloomError(f"prompt of {longest} tokens is longer than the model's context of {context}")
         self.model, self.prompts, self.cfg, self.eos_id, self.vocab_limit = model, prompts, cfg, eos_id, vocab_limit
+        self.tool = tool
         self.row_context_limited = [cfg.max_new_tokens > context - len(p) for p in prompts]
         self.done = [False] * len(prompts)
         self._batch: DecodeBatch | None = None
@@ -91,6 +103,8 @@ class TokenStream:
                 emitted[row] = out.token
                 if out.finished:
                     self.done[row] = True
+                elif self.tool is not None and (forced := self.tool.after_token(out.row.generated)):
+                    batch.force(out.row, forced)
             yield emitted
 
 
@@ -101,12 +115,13 @@ def generate_tokens(
     eos_id: int | None = None,
     should_stop: Callable[[int, int], bool] | None = None,
     vocab_limit: int | None = None,
+    tool: DecoderTool | None = None,
 ) -> list[list[int]]:
-    """Generate up to cfg.max_new_tokens after each prompt. Returns the new tokens of every row.
+    """Generate up to cfg.max_new_tokens after each prompt. Returns the new tokens of every row (a tool's too).
 
     should_stop(row, token) is called for each new token; returning True ends that row (the token is kept).
     """
-    return _collect(TokenStream(model, prompts, cfg, eos_id, vocab_limit), should_stop)
+    return _collect(TokenStream(model, prompts, cfg, eos_id, vocab_limit, tool), should_stop)
 
 
 def _collect(stream: TokenStream, should_stop: Callable[[int, int], bool] | None) -> list[list[int]]:
@@ -173,11 +188,13 @@ def generate(
     cfg: SamplingConfig,
     on_text: Callable[[int, str], None] | None = None,
     eos_id: int | None = None,
+    tool: DecoderTool | None = None,
 ) -> list[Completion]:
     """Complete each prompt; on_text(row, piece) receives text as soon as it is final (streaming).
 
     eos_id: the token that ends a completion (a chat model's end-of-turn token), instead of the tokenizer's
-    end-of-text; it never appears in the text."""
+    end-of-text; it never appears in the text. tool: feeds tokens in as the rows write (a chat calculator);
+    they are part of the text."""
     encoded = [tokenizer.encode(p) for p in prompts]
     streams = [TextStream(tokenizer, cfg.stop) for _ in prompts]
     end_id = eos_id if eos_id is not None else tokenizer.eos_id
@@ -190,7 +207,7 @@ def generate(
 
     # A Hugging Face model may pad its vocabulary past the tokenizer's: never sample those rows.
     vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
-    decoding = TokenStream(model, encoded, cfg, end_id, vocab_limit)
+    decoding = TokenStream(model, encoded, cfg, end_id, vocab_limit, tool)
     outputs = _collect(decoding, should_stop)
     completions = []
     for row, (tokens, text) in enumerate(zip(outputs, streams, strict=True)):

@@ -32,6 +32,7 @@ from genloom.data.translation import direction_prefix
 from genloom.diffusion.process import check_guidance
 from genloom.errors import GenloomError
 from genloom.generate.batch import TokenLogprobs, prompt_logprobs
+from genloom.generate.lm import DecoderTool
 from genloom.generate.sampling import SamplingConfig
 from genloom.generate.translate import check_sources
 from genloom.registry import LoadedLatentDiffusion
@@ -70,6 +71,7 @@ from genloom.serve.schemas import (
     TranslationRequest,
 )
 from genloom.tokenizers.chat_template import check_messages, encode_prompt
+from genloom.tokenizers.chat_tools import decoder_tool
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_BODY_BYTES = 1 << 20
@@ -173,7 +175,8 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         max_tokens = asked if asked is not None else max(1, context - len(prompt))
         _check_context(served, len(prompt), max_tokens)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        jobs = _jobs(body, [prompt], max_tokens, top, served.chat_format.end_id(served.tokenizer))
+        jobs = _jobs(body, [prompt], max_tokens, top, served.chat_format.end_id(served.tokenizer),
+                     decoder_tool(served.tokenizer))
         stream = ChatStream(served, body, len(prompt))
         if body.stream:
             return _sse(stream.chunks(_run(served, jobs)))
@@ -319,9 +322,9 @@ def _check_context(served: ServedModel, prompt_tokens: int, max_tokens: int) -> 
 
 
 def _jobs(body: CompletionRequest | ChatRequest, prompts: list[list[int]], max_tokens: int, top_logprobs: int | None,
-          eos_id: int | None) -> list[TextJob]:
+          eos_id: int | None, tool: DecoderTool | None = None) -> list[TextJob]:
     """n jobs per prompt, prompt-major; choice i samples with seed + i, so a request is reproducible whatever
-    else the server is running."""
+    else the server is running. `tool`: the chat calculator, for a model trained to call it."""
     stops = body.stop_strings()
     if len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}", param="stop")
@@ -334,7 +337,7 @@ def _jobs(body: CompletionRequest | ChatRequest, prompts: list[list[int]], max_t
                                       seed=None if body.seed is None else body.seed + index,
                                       presence_penalty=body.presence_penalty,
                                       frequency_penalty=body.frequency_penalty)
-            jobs.append(TextJob(prompt, sampling, eos_id, top_logprobs, deliver=lambda event: None))
+            jobs.append(TextJob(prompt, sampling, eos_id, top_logprobs, deliver=lambda event: None, tool=tool))
     return jobs
 
 

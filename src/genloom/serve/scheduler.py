@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genloom.generate.batch import DecodeBatch, Row, TokenLogprobs
-from genloom.generate.lm import TextStream
+from genloom.generate.lm import DecoderTool, TextStream
 from genloom.generate.sampling import SamplingConfig
 from genloom.models.gpt import GPT
 from genloom.serve.metrics import ServerMetrics
@@ -57,6 +57,7 @@ class TextJob:
     eos_id: int | None
     top_logprobs: int | None
     deliver: Callable[[TokenEvent], None]  # called on the scheduler's thread; must hand over thread-safely
+    tool: DecoderTool | None = None  # feeds tokens in as the row writes (a chat model's calculator)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     row: Row | None = None
@@ -189,6 +190,8 @@ class TextScheduler(_ModelThread):
             if finish is not None:
                 piece += job.text.flush()
                 del self.live[out.row.id]
+            elif job.tool is not None and (forced := job.tool.after_token(out.row.generated)):
+                self.batch.force(out.row, forced)
             job.deliver(TokenEvent(piece, None if ended else out.token, out.logprobs, finish))
         self._running.set(len(self.batch.rows))
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genloom.errors import GenloomError
+from genloom.tokenizers.chat_tools import TOOL_TOKENS, check_tools, tool_output_mask
 
 if TYPE_CHECKING:
     from genloom.tokenizers.base import Tokenizer
@@ -68,6 +69,13 @@ class ChatFormat:
     template: str  # Jinja, over `messages` and `add_generation_prompt` (the Hugging Face convention)
     end_token: str | None = IM_END  # ends an assistant turn: generation stops there (None: the tokenizer's eos)
     special_tokens: tuple[str, ...] = (IM_START, IM_END)  # tokens the tokenizer must have as single ids
+    tools: tuple[str, ...] = ()  # tools the assistant calls while it answers (`chat_tools`: "calculator")
+
+    def with_tools(self, tools: Sequence[str]) -> ChatFormat:
+        """This format, also calling `tools`, with their special tokens."""
+        tools = check_tools([*self.tools, *tools])
+        tokens = [t for tool in tools for t in TOOL_TOKENS[tool]]
+        return replace(self, special_tokens=tuple(dict.fromkeys([*self.special_tokens, *tokens])), tools=tools)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
         """The conversation as the model reads it; with `add_generation_prompt`, ending where the assistant's
@@ -100,6 +108,8 @@ class ChatFormat:
         record = {"chat_template": self.template, "additional_special_tokens": list(self.special_tokens)}
         if self.end_token is not None:
             record["eos_token"] = self.end_token
+        if self.tools:
+            record["genloom_tools"] = list(self.tools)
         (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
@@ -124,7 +134,11 @@ class ChatFormat:
             raise GenloomError(f"{path}: \"chat_template\" must be one template string")
         specials = tuple(_token_text(t) for t in record.get("additional_special_tokens", []) or [])
         end = record.get("eos_token")
-        return cls(template, _token_text(end) if end is not None else None, tuple(t for t in specials if t))
+        tools = record.get("genloom_tools", [])
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise GenloomError(f"{path}: \"genloom_tools\" must be a list of tool names")
+        chat_format = cls(template, _token_text(end) if end is not None else None, tuple(t for t in specials if t))
+        return chat_format.with_tools(tools) if tools else chat_format
 
 
 CHATML = ChatFormat(CHATML_TEMPLATE)
@@ -164,7 +178,8 @@ def add_chat_tokens(tokenizer: Tokenizer, chat_format: ChatFormat = CHATML) -> l
 
 def encode_chat(tokenizer: Tokenizer, chat_format: ChatFormat, messages: Sequence[Message]) -> tuple[
         list[int], list[bool]]:
-    """Token ids of the rendered conversation and, per token, whether it is the assistant's (the loss mask).
+    """Token ids of the rendered conversation and, per token, whether it is the assistant's (the loss mask; a
+    calculator result inside an answer is not: see `chat_tools`).
 
     A GenloomError when the template renders no assistant span for a conversation with assistant turns, or does
     not render conversations incrementally (each turn appended after the ones before), which the span search
@@ -196,7 +211,8 @@ def encode_chat(tokenizer: Tokenizer, chat_format: ChatFormat, messages: Sequenc
         if text:
             piece = tokenizer.encode(text)
             ids += piece
-            mask += [mine] * len(piece)
+            # A calculator's result is fed in by the decoder, never written by the model: no loss on it.
+            mask += [mine and not tool for tool in tool_output_mask(piece, tokenizer)]
     return ids, mask
 
 

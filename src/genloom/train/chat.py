@@ -9,6 +9,9 @@
   restart at 0) or pad one per row; validation is always padded, one conversation per row, so both layouts
   report the same validation loss. Packing is the default: 1.5x the tokens per second (benchmarks/chat_sft.py).
 - What fitting the context did (cut at a turn boundary, dropped) is reported before training starts.
+- `tools=("calculator",)` teaches the assistant to call the chat calculator (`tokenizers.chat_tools`): its
+  tokens join the template, the built-in sets' calculations are written as calls, and the results the
+  calculator feeds in are left out of the loss.
 - Every validation also measures exact-answer accuracy on held-out conversations (`val_answer_accuracy`, greedy),
   and that picks `best/`: the validation loss is a token average that long answers dominate (a `pydoc` sentence
   is 100 tokens, a sum 2), and on the built-in set it rises as the model memorises the training topics while the
@@ -43,7 +46,8 @@ from genloom.errors import GenloomError
 from genloom.eval.chat import chat_accuracy, overall
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.tokenizers import Tokenizer
-from genloom.tokenizers.chat_template import ChatFormat, add_chat_tokens
+from genloom.tokenizers.chat_template import CHATML, ChatFormat, add_chat_tokens
+from genloom.tokenizers.chat_tools import CALCULATOR
 from genloom.train.config import TrainConfig
 from genloom.train.run import new_model, saved_run
 from genloom.train.task import Batch, Goal, Task
@@ -64,6 +68,7 @@ class ChatDataSpec:
     val_fraction: float = 0.1  # of a file, for validation
     packing: bool = PACKING_DEFAULT
     seed: int = 0  # of the built-in conversations
+    tools: tuple[str, ...] = ()  # tools the assistant learns to call ("calculator")
 
 
 class ChatTask(Task):
@@ -143,19 +148,19 @@ class ChatRun:
     base: str  # the base checkpoint
 
 
-def chat_base(base: Path) -> tuple[GPT, Tokenizer]:
+def chat_base(base: Path, tools: tuple[str, ...] = ()) -> tuple[GPT, Tokenizer]:
     """The base model with a chat template: its own, or ChatML's tokens added and the vocabulary grown to hold
-    them. A one-line error for a checkpoint that is not a GPT."""
+    them; `tools` add their tokens the same way. A one-line error for a checkpoint that is not a GPT."""
     loaded = registry.load_pretrained(base)
     if loaded.family != "gpt":
         raise GenloomError(f"--base {base} holds a {loaded.family} model; chat fine-tuning needs a GPT language "
                            "model (a genloom `train lm` run or a Hugging Face GPT-2 directory)")
     model, tokenizer = loaded.model, loaded.tokenizer
     assert isinstance(model, GPT) and tokenizer is not None
-    if tokenizer.chat_format is None:
+    if tokenizer.chat_format is None or not set(tools) <= set(tokenizer.chat_format.tools):
         real = tokenizer.vocab_size  # the ids in use; a Hugging Face model may pad its vocabulary past them
-        add_chat_tokens(tokenizer)
-        model.resize_vocabulary(tokenizer.vocab_size, keep=real)
+        add_chat_tokens(tokenizer, (tokenizer.chat_format or CHATML).with_tools(tools))
+        model.resize_vocabulary(tokenizer.vocab_size, keep=min(real, model.config.vocab_size))
     elif tokenizer.vocab_size != model.config.vocab_size:
         model.resize_vocabulary(tokenizer.vocab_size, keep=min(tokenizer.vocab_size, model.config.vocab_size))
     return model, tokenizer
@@ -174,19 +179,21 @@ def train_chat(
         model = new_model("gpt", saved.config, train.seed)  # the trainer loads its weights
         assert isinstance(model, GPT)
     else:
-        model, tokenizer = chat_base(Path(base))
+        model, tokenizer = chat_base(Path(base), data.tools)
     chat_format = tokenizer.chat_format
     assert chat_format is not None
     context = model.config.context_length
     train_set, fit = _encoded(data, "train", data.train_examples, tokenizer, chat_format, context)
     say(f"training conversations: {fit.summary()}")
     val_set, val_fit = _encoded(data, "val", data.val_examples, tokenizer, chat_format, context)
-    questions = load_conversations(data.data, "val", VAL_QUESTIONS, data.seed + 1, data.val_fraction)
+    questions = load_conversations(data.data, "val", VAL_QUESTIONS, data.seed + 1, data.val_fraction,
+                                   calculator=CALCULATOR in chat_format.tools)
     task = ChatTask(model.config, tokenizer, train_set, val_set, train.batch_size, data.packing, train.seed,
                     questions)
     if train.best_metric == "val_loss":  # the default: a chat run is judged by its answers (see above)
         train = replace(train, best_metric=BEST_METRIC)
     record = {"data": data.data, "base": base, "packing": data.packing, "seed": data.seed,
+              "tools": list(chat_format.tools),
               "train_conversations": fit.summary(), "val_conversations": val_fit.summary()}
     result = Trainer(task, model, train, run_record=record).fit(resume=resume)
     return ChatRun(model, result, fit, base)
@@ -194,7 +201,8 @@ def train_chat(
 
 def _encoded(data: ChatDataSpec, split: str, n: int, tokenizer: Tokenizer, chat_format: ChatFormat,
              context: int) -> tuple[list[EncodedConversation], FitReport]:
-    conversations = load_conversations(data.data, split, n, data.seed, data.val_fraction)
+    conversations = load_conversations(data.data, split, n, data.seed, data.val_fraction,
+                                       calculator=CALCULATOR in chat_format.tools)
     encoded, report = encode_conversations(conversations, tokenizer, chat_format, context)
     check_learnable(encoded, report, f"the {split} conversations of {data.data}")
     return encoded, report

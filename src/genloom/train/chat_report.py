@@ -26,6 +26,7 @@ from genloom.models.gpt import GPT
 from genloom.outputs import write_text_atomically
 from genloom.registry import load_language_model
 from genloom.tokenizers import Tokenizer
+from genloom.tokenizers.chat_tools import CALCULATOR
 from genloom.train.trainer import TrainResult
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
@@ -69,11 +70,11 @@ def build_report(run_dir: Path, base: str, data: str, result: TrainResult, n_eva
     """Measure the chat model in `run_dir` (best/) and its base; the report as a JSON-ready dict."""
     model, tokenizer = load_language_model(run_dir)
     assert tokenizer.chat_format is not None, "a chat run's tokenizer has its template"
-    held_out = held_out_conversations(data, n_eval, seed)
-    after = chat_accuracy(model, tokenizer, held_out)
+    calculator = CALCULATOR in tokenizer.chat_format.tools  # its answers call it; the base's are plain
+    after = chat_accuracy(model, tokenizer, held_out_conversations(data, n_eval, seed, calculator))
     base_model, base_tokenizer = load_language_model(Path(base))
-    before = chat_accuracy(base_model, base_tokenizer, held_out, plain=True)
-    val = load_conversations(data, "val", 64, seed)
+    before = chat_accuracy(base_model, base_tokenizer, held_out_conversations(data, n_eval, seed), plain=True)
+    val = load_conversations(data, "val", 64, seed, calculator=calculator)
     encoded, _ = encode_conversations(val, tokenizer, tokenizer.chat_format, model.config.context_length)
     val_tokens = np.fromiter((t for e in encoded for t in e.ids), dtype=np.int64)
     probes = icl_probe_metrics(model, val_tokens, model.config.vocab_size, tokenizer) if len(val_tokens) > 2 * (
