@@ -10,9 +10,13 @@ The fine-tuning mix leaves out `pydoc` by default: its answers are docs sentence
 sum, so in a token-mean loss they were three quarters of every batch's supervised tokens, while its held-out
 topics stay unanswerable (0 % in every run). It is still scored.
 
+`--tools none,calculator` fine-tunes each seed's base twice for the same minutes, without tools and with the
+chat calculator (its calculations written as calls; `genloom train chat --tools calculator`), and scores both on
+the same questions: a side-by-side at equal wall time.
+
 Usage: python benchmarks/chat_sft.py [--base-minutes 2] [--sft-minutes 28] [--seeds 2] [--lr 3e-3]
            [--dtype bf16] [--batch-size 16] [--data builtin:arithmetic+units+instructions+follow_up]
-           [--compare-minutes 0 (skip; the README's table: 2.5)]
+           [--tools none | calculator | none,calculator] [--compare-minutes 0 (skip; the README's table: 2.5)]
 """
 
 from __future__ import annotations
@@ -46,20 +50,23 @@ def pretrain(out: Path, minutes: float, seed: int) -> None:
 
 
 def fine_tune(base: Path, out: Path, minutes: float, seed: int, packing: bool, data: str, lr: float,
-              dtype: DType = "fp32", eval_interval: int = 250, batch_size: int = 16) -> None:
+              dtype: DType = "fp32", eval_interval: int = 250, batch_size: int = 16,
+              tools: tuple[str, ...] = ()) -> None:
     config = TrainConfig(out_dir=str(out), max_steps=1_000_000, max_minutes=minutes, batch_size=batch_size, lr=lr,
                          min_lr=lr / 10, warmup_steps=50, weight_decay=0.0, eval_interval=eval_interval,
                          eval_batches=8, device="cpu", progress=False, seed=seed, dtype=dtype)
     # Enough conversations that a 28-minute run (~10,000 steps of ~5 packed conversations per row) sees most once.
-    spec = ChatDataSpec(data=data, train_examples=400_000, val_examples=256, packing=packing, seed=seed)
+    spec = ChatDataSpec(data=data, train_examples=400_000, val_examples=256, packing=packing, seed=seed,
+                        tools=tools)
     train_chat(str(base), spec, config, say=lambda line: print(f"  {line}", flush=True))
 
 
-def held_out() -> tuple[list[Conversation], list[Conversation]]:
+def held_out(calculator: bool = False) -> tuple[list[Conversation], list[Conversation]]:
     """The test questions (the same for every run), and the arithmetic ones with at most 2-digit operands; each
-    labelled with its task (`task_of`)."""
-    examples = builtin_chat("chat", "test", N_PER_FAMILY * len(CHAT_FAMILIES), seed=123)
-    small = [e for e in builtin_chat("arithmetic", "test", 4 * N_PER_FAMILY, seed=123) if arithmetic_digits(e) <= 2]
+    labelled with its task (`task_of`). `calculator`: the same questions, answers written as calculator calls."""
+    examples = builtin_chat("chat", "test", N_PER_FAMILY * len(CHAT_FAMILIES), seed=123, calculator=calculator)
+    small = [e for e in builtin_chat("arithmetic", "test", 4 * N_PER_FAMILY, seed=123, calculator=calculator)
+             if arithmetic_digits(e) <= 2]
     as_conversations = [Conversation(e.messages, task_of(e)) for e in examples]
     return as_conversations, [Conversation(e.messages, task_of(e, "arithmetic <= 2 digits"))
                               for e in small[:N_PER_FAMILY]]
@@ -97,19 +104,27 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def accuracy_table(runs: list[tuple[dict[str, FamilyScore], dict[str, FamilyScore]]]) -> None:
-    families = [(by_family(before), by_family(after)) for before, after in runs]
+Scores = dict[str, FamilyScore]
+
+
+def accuracy_table(runs: list[tuple[Scores, dict[str, Scores]]], variants: list[str]) -> None:
+    """runs: per seed, the base's scores and each variant's chat model's."""
+    def column(variant: str) -> str:
+        return "chat model (%)" if variants == ["none"] else f"chat model, tools {variant} (%)"
+
+    bases = [by_family(before) for before, _ in runs]
+    chats = [{v: by_family(after[v]) for v in variants} for _, after in runs]
     rows = []
-    for family in sorted(families[0][0]):
-        before = [100 * b[family].accuracy for b, _ in families]
-        after = [100 * a[family].accuracy for _, a in families]
-        rows.append([family, str(families[0][1][family].total), _cell(before), _cell(after)])
-    print_table(["family", "questions", "base, plain prompt (%)", "chat model (%)"], rows)
+    for family in sorted(bases[0]):
+        row = [family, str(bases[0][family].total), _cell([100 * b[family].accuracy for b in bases])]
+        rows.append(row + [_cell([100 * c[v][family].accuracy for c in chats]) for v in variants])
+    print_table(["family", "questions", "base, plain prompt (%)", *map(column, variants)], rows)
     print("\nThe chat model by task (the families that mix several kinds of question):\n")
-    tasks = sorted(label for label in runs[0][1] if "/" in label)
-    print_table(["task", "questions", "chat model (%)"],
-                [[task, str(runs[0][1][task].total), _cell([100 * after[task].accuracy for _, after in runs])]
-                 for task in tasks])
+    first = runs[0][1][variants[0]]
+    tasks = sorted(label for label in first if "/" in label)
+    print_table(["task", "questions", *map(column, variants)],
+                [[task, str(first[task].total), *(_cell([100 * after[v][task].accuracy for _, after in runs])
+                                                  for v in variants)] for task in tasks])
 
 
 def val_curve(run: Path) -> tuple[list[tuple[float, float]], float]:
@@ -138,27 +153,36 @@ def main() -> None:
     parser.add_argument("--data", default="builtin:arithmetic+units+instructions+follow_up", help="the SFT mix")
     parser.add_argument("--compare-minutes", type=float, default=0.0,
                         help="each of the packing / padding runs (0: skip them)")
+    parser.add_argument("--tools", default="none",
+                        help="comma-separated fine-tuning variants, each from the same base: none, calculator")
     args = parser.parse_args()
+    variants = args.tools.split(",")
     set_threads()
-    questions, small_arithmetic = held_out()
+    questions = {calculator: [q for part in held_out(calculator) for q in part] for calculator in (False, True)}
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for seed in range(args.seeds):
-            base, chat = root / f"base-{seed}", root / f"chat-{seed}"
+            base = root / f"base-{seed}"
             pretrain(base, args.base_minutes, seed)
-            fine_tune(base, chat, args.sft_minutes, seed, packing=True, data=args.data, lr=args.lr,
-                      dtype=args.dtype, batch_size=args.batch_size)
-            before = score(base, questions + small_arithmetic, plain=True)
-            after = score(chat, questions + small_arithmetic, plain=False)
+            before = score(base, questions[False], plain=True)
+            after = {}
+            for variant in variants:
+                tools = () if variant == "none" else (variant,)
+                chat = root / f"chat-{seed}-{variant}"
+                fine_tune(base, chat, args.sft_minutes, seed, packing=True, data=args.data, lr=args.lr,
+                          dtype=args.dtype, batch_size=args.batch_size, tools=tools)
+                after[variant] = score(chat, questions["calculator" in tools], plain=False)
+                steps = read_metrics(chat)[-1]["step"]
+                print(f"seed {seed}, tools {variant} ({steps} steps): chat accuracy "
+                      f"{', '.join(f'{f} {100 * s.accuracy:.0f}%' for f, s in by_family(after[variant]).items())}",
+                      flush=True)
             runs.append((before, after))
-            print(f"seed {seed}: chat accuracy "
-                  f"{', '.join(f'{f} {100 * s.accuracy:.0f}%' for f, s in by_family(after).items())}", flush=True)
         print(f"\nHeld-out exact-answer accuracy, % (mean and range over {args.seeds} seeds): {args.base_minutes:g} "
               f"min pretraining on builtin:pydoc + {args.sft_minutes:g} min fine-tuning ({args.dtype}, batch "
               f"{args.batch_size}) on "
               f"{args.data}, tiny preset (4 layers, d 128), context {CONTEXT}, 2 CPU threads\n")
-        accuracy_table(runs)
+        accuracy_table(runs, variants)
         if args.compare_minutes <= 0:
             return
 
