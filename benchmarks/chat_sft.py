@@ -12,7 +12,9 @@ topics stay unanswerable (0 % in every run). It is still scored.
 
 `--tools none,calculator` fine-tunes each seed's base twice for the same minutes, without tools and with the
 chat calculator (its calculations written as calls; `genloom train chat --tools calculator`), and scores both on
-the same questions: a side-by-side at equal wall time.
+the same questions: a side-by-side at equal wall time. With the calculator the arithmetic families are learned
+early, so the README's 30-minute calculator recipe gives the instructions four shares of seven
+(`--data builtin:arithmetic+units+follow_up+instructions+instructions+instructions+instructions`).
 
 Usage: python benchmarks/chat_sft.py [--base-minutes 2] [--sft-minutes 28] [--seeds 2] [--lr 3e-3]
            [--dtype bf16] [--batch-size 16] [--data builtin:arithmetic+units+instructions+follow_up]

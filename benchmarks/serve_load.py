@@ -4,13 +4,15 @@ The server runs as its own process (`genloom serve`, as a user starts it) on a s
 d_model 128, context 256: the size of the `tiny` preset) and a small random-weight text-to-image model; clients
 are threads in this process, each sending its next request as soon as the last one ends. Per level: requests/s,
 output tokens/s, time to first token and inter-token latency (p50 / p99), errors, and the server's resident
-memory at the start and end of the level (VmRSS from /proc). Reference row: 16 clients against a server started
-with --max-batch 1, i.e. the same engine without batching.
+memory at the start and end of the level (VmRSS from /proc). Reference rows: 16 clients against a server started
+with --max-batch 1, i.e. the same engine without batching, and with each of --capped-batches (default 8): fewer
+rows per decoding step, so the running streams' tokens come faster while the others wait in the queue (vLLM's
+max_num_seqs trade-off: inter-token latency against time to first token).
 
 Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 at 16 clients <= 2x one client's;
 zero errors; memory flat.
 
-Usage: python benchmarks/serve_load.py [--seconds 60] [--image-seconds 60] [--threads N]
+Usage: python benchmarks/serve_load.py [--seconds 60] [--image-seconds 60] [--threads N] [--capped-batches 8]
 """
 
 from __future__ import annotations
@@ -207,12 +209,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--image-seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, help="the server's --threads (default: its own default)")
+    parser.add_argument("--capped-batches", default="8",
+                        help="comma-separated --max-batch values, each a reference row of 16 clients ('' for none)")
     args = parser.parse_args()
+    capped = [int(b) for b in args.capped_batches.split(",") if b]
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
     gpt_path, t2i_path = make_models(root)
 
     rows, per_client_tokens = [], {}
-    for max_batch, levels in ((16, (1, 4, 16)), (1, (16,))):
+    for max_batch, levels in ((16, (1, 4, 16)), *((b, (16,)) for b in (*capped, 1))):
         server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads)
         try:
             for clients in levels:
@@ -221,13 +226,13 @@ def main() -> None:
                 server_itl = histogram_median(histogram_before, server.inter_token_buckets())
                 tokens_per_s = tally.tokens / elapsed
                 per_client_tokens[(max_batch, clients)] = (tokens_per_s, pct(tally.inter_token, 0.5), server_itl)
-                rows.append([f"{clients}" + ("" if max_batch > 1 else " (--max-batch 1)"),
+                rows.append([f"{clients}" + ("" if max_batch == 16 else f" (--max-batch {max_batch})"),
                              f"{tally.requests / elapsed:.2f}", f"{tokens_per_s:.0f}",
                              f"{1000 * pct(tally.first_token, 0.5):.0f} / {1000 * pct(tally.first_token, 0.99):.0f}",
                              f"{1000 * pct(tally.inter_token, 0.5):.1f} / {1000 * pct(tally.inter_token, 0.99):.1f}",
                              f"{1000 * server_itl:.1f}",
                              str(tally.errors), f"{rss0:.0f} -> {rss1:.0f}"])
-            if max_batch > 1:
+            if max_batch == 16:
                 image_rows = []
                 for clients in (1, 8):
                     tally, elapsed, rss0, rss1 = load(server, clients, args.image_seconds, draw_image, CAPTIONS)
@@ -247,6 +252,10 @@ def main() -> None:
           f"inter-token p50 16 / 1: {sixteen[1] / one[1]:.2f}x at the clients, {sixteen[2] / one[2]:.2f}x at the "
           "server (target <= 2x); "
           f"batched / unbatched at 16 clients: {sixteen[0] / serial[0]:.2f}x")
+    for batch in capped:
+        rows_cap = per_client_tokens[(batch, 16)]
+        print(f"16 clients, --max-batch {batch}: tokens/s {rows_cap[0] / one[0]:.2f}x one client's, inter-token p50 "
+              f"{rows_cap[1] / one[1]:.2f}x at the clients, {rows_cap[2] / one[2]:.2f}x at the server")
     print(f"\nimages ({args.image_seconds:.0f} s per row)")
     print_table(["clients", "images/s", "latency p50 / p99 (ms)", "errors", "server RSS MiB"], image_rows)
     ratio = float(image_rows[1][1]) / float(image_rows[0][1])
