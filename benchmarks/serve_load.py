@@ -213,6 +213,8 @@ def main() -> None:
                         help="comma-separated --max-batch values, each a reference row of 16 clients ('' for none)")
     args = parser.parse_args()
     capped = [int(b) for b in args.capped_batches.split(",") if b]
+    if any(not 1 < b < 16 for b in capped):  # 16 and 1 are the main and unbatched servers' rows already
+        parser.error(f"--capped-batches must lie between 2 and 15, got {args.capped_batches}")
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
     gpt_path, t2i_path = make_models(root)
 
