@@ -4,15 +4,23 @@ The server runs as its own process (`genloom serve`, as a user starts it) on a s
 d_model 128, context 256: the size of the `tiny` preset) and a small random-weight text-to-image model; clients
 are threads in this process, each sending its next request as soon as the last one ends. Per level: requests/s,
 output tokens/s, time to first token and inter-token latency (p50 / p99), errors, and the server's resident
-memory at the start and end of the level (VmRSS from /proc). Reference rows: 16 clients against a server started
-with --max-batch 1, i.e. the same engine without batching, and with each of --capped-batches (default 8): fewer
-rows per decoding step while the others wait in the queue (vLLM's max_num_seqs trade-off, meant to buy
-inter-token latency with time to first token; the README's run shows it does not here).
+memory at the start and end of the level (VmRSS from /proc).
+
+The levels run in `--rounds` interleaved rounds (1, 4, 16 clients, then again), and the ratios are taken within
+each round: these shared machines drift by up to 2x between minutes, which would otherwise land on one level.
+
+Reference rows: 16 clients against a server started with --max-batch 1, i.e. the same engine without batching,
+and with each of --capped-batches (default 8): fewer rows per decoding step while the others wait in the queue
+(vLLM's max_num_seqs trade-off, meant to buy inter-token latency with time to first token; the README's run shows
+it does not here). Last, after the server has stopped, "no HTTP": the server's own scheduler (`TextScheduler`,
+loaded as `genloom serve` loads it, same torch threads) driven directly by 1 and 16 client threads, interleaved
+the same way: what the engine allows on this machine with no HTTP, event loop or client parsing around it.
 
 Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 at 16 clients <= 2x one client's;
 zero errors; memory flat.
 
-Usage: python benchmarks/serve_load.py [--seconds 60] [--image-seconds 60] [--threads N] [--capped-batches 8]
+Usage: python benchmarks/serve_load.py [--seconds 60] [--rounds 2] [--image-seconds 60] [--engine-seconds 20]
+       [--threads N] [--capped-batches 8]   (about 12 minutes)
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import argparse
 import http.client
 import itertools
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +42,15 @@ import torch
 from common import print_table
 
 from genloom.checkpoint import save_checkpoint
+from genloom.cli.serve import default_threads
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
+from genloom.generate.sampling import SamplingConfig
 from genloom.models.dalle import Dalle, DalleConfig
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.vqvae import VQVAE, VQConfig
+from genloom.serve.metrics import ServerMetrics
+from genloom.serve.models import ServeSettings, load_served_models
+from genloom.serve.scheduler import TextJob, TextScheduler, TokenEvent
 from genloom.tokenizers import CharTokenizer
 
 FULL_BATCH = 16  # the main server's --max-batch (the CLI's default): one row per client at 16 clients
@@ -182,6 +196,52 @@ def load(server: Server, clients: int, seconds: float, send, prompts: list[str])
     return tally, time.perf_counter() - started, rss_start, server.rss_mib()
 
 
+def scheduler_alone(gpt_path: Path, clients: int, seconds: float) -> tuple[float, float]:
+    """(tokens/s, inter-token p50) of the server's own text scheduler driven by `clients` threads, with no HTTP:
+    the gaps between a request's tokens as the scheduler hands them over, as the server's histogram times them."""
+    torch.set_num_threads(default_threads())  # as `genloom serve` sets them
+    served = load_served_models({"gpt": gpt_path}, ServeSettings(FULL_BATCH, 256, "cpu"), ServerMetrics())["gpt"]
+    scheduler, tokenizer = served.worker, served.tokenizer
+    assert isinstance(scheduler, TextScheduler) and tokenizer is not None
+    gaps: list[float] = []
+    tokens, lock, stop_at = [0], threading.Lock(), time.perf_counter() + seconds
+
+    def one_request(prompt: str) -> list[float]:
+        """Times at which the scheduler hands over each of the request's tokens."""
+        done, arrivals = threading.Event(), []
+
+        def deliver(event: TokenEvent) -> None:  # on the scheduler's thread
+            arrivals.append(time.perf_counter())
+            if event.finish_reason is not None:
+                done.set()
+
+        sampling = SamplingConfig(max_new_tokens=MAX_TOKENS, temperature=1.0)  # what the HTTP clients ask for
+        scheduler.submit([TextJob(tokenizer.encode(prompt), sampling, tokenizer.eos_id, None, deliver)])
+        done.wait()
+        return arrivals
+
+    def client(i: int) -> None:
+        for k in itertools.count(i, clients):
+            if time.perf_counter() >= stop_at:
+                return
+            arrivals = one_request(PROMPTS[k % len(PROMPTS)])
+            with lock:
+                tokens[0] += len(arrivals)
+                gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
+
+    scheduler.start()
+    started = time.perf_counter()
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        scheduler.stop()
+    return tokens[0] / (time.perf_counter() - started), pct(gaps, 0.5)
+
+
 def histogram_median(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
     """The median of the observations made between two scrapes of a cumulative histogram, interpolated linearly
     inside its bucket."""
@@ -216,10 +276,18 @@ def capped_batches(text: str) -> list[int]:
     return batches
 
 
+def spread(values: list[float]) -> str:
+    """'2.31x (2.20-2.42)': the mean over rounds and their range."""
+    return f"{statistics.mean(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds per level and round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the 1, 4 and 16 client levels")
     parser.add_argument("--image-seconds", type=float, default=60.0)
+    parser.add_argument("--engine-seconds", type=float, default=20.0,
+                        help="seconds per level and round of the no-HTTP scheduler rows (0: leave them out)")
     parser.add_argument("--threads", type=int, help="the server's --threads (default: its own default)")
     parser.add_argument("--capped-batches", type=capped_batches, default="8",
                         help="comma-separated --max-batch values, each a reference row of 16 clients ('' for none)")
@@ -228,17 +296,18 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
     gpt_path, t2i_path = make_models(root)
 
-    rows, per_client_tokens = [], {}
-    for max_batch, levels in ((FULL_BATCH, (1, 4, 16)), *((b, (16,)) for b in (*capped, 1))):
+    rows, measured = [], {}  # measured[(max_batch, clients, round)] = (tokens/s, client p50, server p50)
+    for max_batch, levels, rounds in ((FULL_BATCH, (1, 4, 16), args.rounds), *((b, (16,), 1) for b in (*capped, 1))):
         server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads)
         try:
-            for clients in levels:
+            for round_, clients in itertools.product(range(rounds), levels):
                 histogram_before = server.inter_token_buckets()
                 tally, elapsed, rss0, rss1 = load(server, clients, args.seconds, stream_completion, PROMPTS)
                 server_itl = histogram_median(histogram_before, server.inter_token_buckets())
                 tokens_per_s = tally.tokens / elapsed
-                per_client_tokens[(max_batch, clients)] = (tokens_per_s, pct(tally.inter_token, 0.5), server_itl)
-                rows.append([f"{clients}" + ("" if max_batch == FULL_BATCH else f" (--max-batch {max_batch})"),
+                measured[(max_batch, clients, round_)] = (tokens_per_s, pct(tally.inter_token, 0.5), server_itl)
+                label = f"{clients}" + ("" if max_batch == FULL_BATCH else f" (--max-batch {max_batch})")
+                rows.append([label + (f", round {round_ + 1}" if rounds > 1 else ""),
                              f"{tally.requests / elapsed:.2f}", f"{tokens_per_s:.0f}",
                              f"{1000 * pct(tally.first_token, 0.5):.0f} / {1000 * pct(tally.first_token, 0.99):.0f}",
                              f"{1000 * pct(tally.inter_token, 0.5):.1f} / {1000 * pct(tally.inter_token, 0.99):.1f}",
@@ -254,20 +323,36 @@ def main() -> None:
                                        str(tally.errors), f"{rss0:.0f} -> {rss1:.0f}"])
         finally:
             server.close()
+    engine: dict[tuple[int, int], tuple[float, float]] = {}  # (clients, round) -> (tokens/s, inter-token p50)
+    if args.engine_seconds > 0:  # after the server has gone: nothing else on the cores
+        for round_, clients in itertools.product(range(args.rounds), (1, 16)):
+            engine[(clients, round_)] = scheduler_alone(gpt_path, clients, args.engine_seconds)
 
     print(f"\nstreaming completions, {MAX_TOKENS} tokens each, {args.seconds:.0f} s per row")
     print_table(["clients", "requests/s", "tokens/s", "TTFT p50 / p99 (ms)", "inter-token p50 / p99 (ms)",
                  "server-side inter-token p50 (ms)", "errors", "server RSS MiB"], rows)
-    one, sixteen = per_client_tokens[(FULL_BATCH, 1)], per_client_tokens[(FULL_BATCH, 16)]
-    serial = per_client_tokens[(1, 16)]
-    print(f"tokens/s 16 clients / 1 client: {sixteen[0] / one[0]:.2f}x (target >= 4x); "
-          f"inter-token p50 16 / 1: {sixteen[1] / one[1]:.2f}x at the clients, {sixteen[2] / one[2]:.2f}x at the "
-          "server (target <= 2x); "
-          f"batched / unbatched at 16 clients: {sixteen[0] / serial[0]:.2f}x")
+    rounds = range(args.rounds)
+    one = [measured[(FULL_BATCH, 1, r)] for r in rounds]
+    sixteen = [measured[(FULL_BATCH, 16, r)] for r in rounds]
+    print(f"16 clients / 1 client, mean over {args.rounds} rounds (range): tokens/s "
+          f"{spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); inter-token p50 "
+          f"{spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
+          f"{spread([b[2] / a[2] for a, b in zip(one, sixteen, strict=True)])} at the server (target <= 2x)")
+    one_mean = [statistics.mean(level[i] for level in one) for i in range(3)]
+    serial = measured[(1, 16, 0)]
+    print(f"batched / unbatched at 16 clients: {statistics.mean(b[0] for b in sixteen) / serial[0]:.2f}x tokens/s")
     for batch in capped:
-        rows_cap = per_client_tokens[(batch, 16)]
-        print(f"16 clients, --max-batch {batch}: tokens/s {rows_cap[0] / one[0]:.2f}x one client's, inter-token p50 "
-              f"{rows_cap[1] / one[1]:.2f}x at the clients, {rows_cap[2] / one[2]:.2f}x at the server")
+        row = measured[(batch, 16, 0)]
+        print(f"16 clients, --max-batch {batch}: tokens/s {row[0] / one_mean[0]:.2f}x one client's (mean of the "
+              f"rounds), inter-token p50 {row[1] / one_mean[1]:.2f}x at the clients, {row[2] / one_mean[2]:.2f}x at "
+              "the server")
+    if engine:
+        print(f"\nno HTTP: the server's scheduler driven directly, {args.engine_seconds:.0f} s per row")
+        print_table(["clients", "round", "tokens/s", "inter-token p50 (ms)"],
+                    [[str(c), str(r + 1), f"{engine[(c, r)][0]:.0f}", f"{1000 * engine[(c, r)][1]:.2f}"]
+                     for r, c in itertools.product(rounds, (1, 16))])
+        print(f"no HTTP, 16 / 1: tokens/s {spread([engine[(16, r)][0] / engine[(1, r)][0] for r in rounds])}, "
+              f"inter-token p50 {spread([engine[(16, r)][1] / engine[(1, r)][1] for r in rounds])}")
     print(f"\nimages ({args.image_seconds:.0f} s per row)")
     print_table(["clients", "images/s", "latency p50 / p99 (ms)", "errors", "server RSS MiB"], image_rows)
     ratio = float(image_rows[1][1]) / float(image_rows[0][1])
