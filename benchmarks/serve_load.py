@@ -4,12 +4,14 @@ The server runs as its own process (`genloom serve`, as a user starts it) on a s
 d_model 128, context 256: the size of the `tiny` preset) and a small random-weight text-to-image model; clients
 are threads in this process, each sending its next request as soon as the last one ends. Per level: requests/s,
 output tokens/s, time to first token and inter-token latency (p50 / p99), errors, and the server's resident
-memory at the start and end of the level (VmRSS from /proc).
+memory at the start and end of the level (VmRSS from /proc, its engine process included).
 
 The levels run in `--rounds` interleaved rounds (1, 4, 16 clients, then again), and the ratios are taken within
 each round: these shared machines drift by up to 2x between minutes, which would otherwise land on one level.
 
-Reference rows: 16 clients against a server started with --max-batch 1, i.e. the same engine without batching,
+The server decodes in its own engine process (`--engine process`, the default). Reference rows: 1 and 16 clients
+against `--engine thread` (the engine on a thread of the HTTP process, sharing its interpreter lock); 16 clients
+against a server started with --max-batch 1, i.e. the same engine without batching,
 and with each of --capped-batches (default 8): fewer rows per decoding step while the others wait in the queue
 (vLLM's max_num_seqs trade-off, meant to buy inter-token latency with time to first token; the README's run shows
 it does not here). Last, after the server has stopped, "no HTTP": the server's own scheduler (`TextScheduler`,
@@ -20,7 +22,7 @@ Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 a
 zero errors; memory flat.
 
 Usage: python benchmarks/serve_load.py [--seconds 60] [--rounds 2] [--image-seconds 60] [--engine-seconds 20]
-       [--threads N] [--capped-batches 8]   (about 12 minutes)
+       [--threads N] [--capped-batches 8]   (about 14 minutes)
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ def make_models(root: Path) -> tuple[Path, Path]:
 
 
 class Server:
-    def __init__(self, models: list[str], max_batch: int, threads: int | None) -> None:
+    def __init__(self, models: list[str], max_batch: int, threads: int | None, engine: str = "thread") -> None:
         command = [sys.executable, "-m", "genloom.cli", "serve", *models, "--port", "0", "--max-batch",
-                   str(max_batch), "--max-queue", "256", "--device", "cpu"]
+                   str(max_batch), "--max-queue", "256", "--device", "cpu", "--engine", engine]
         if threads is not None:
             command += ["--threads", str(threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -102,10 +104,15 @@ class Server:
         return buckets
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """The server's resident memory, its engine processes' included (VmRSS from /proc)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total = 0
+        for process in (pid, *children):
+            for line in Path(f"/proc/{process}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
 
     def close(self) -> None:
         self.process.terminate()
@@ -297,23 +304,27 @@ def main() -> None:
     gpt_path, t2i_path = make_models(root)
 
     rows, measured = [], {}  # measured[(max_batch, clients, round)] = (tokens/s, client p50, server p50)
-    for max_batch, levels, rounds in ((FULL_BATCH, (1, 4, 16), args.rounds), *((b, (16,), 1) for b in (*capped, 1))):
-        server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads)
+    configurations = [(FULL_BATCH, "process", (1, 4, 16), args.rounds), *((b, "process", (16,), 1) for b in capped),
+                      (1, "process", (16,), 1), (FULL_BATCH, "thread", (1, 16), 1)]
+    for max_batch, engine, levels, rounds in configurations:
+        server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads, engine)
         try:
             for round_, clients in itertools.product(range(rounds), levels):
                 histogram_before = server.inter_token_buckets()
                 tally, elapsed, rss0, rss1 = load(server, clients, args.seconds, stream_completion, PROMPTS)
                 server_itl = histogram_median(histogram_before, server.inter_token_buckets())
                 tokens_per_s = tally.tokens / elapsed
-                measured[(max_batch, clients, round_)] = (tokens_per_s, pct(tally.inter_token, 0.5), server_itl)
-                label = f"{clients}" + ("" if max_batch == FULL_BATCH else f" (--max-batch {max_batch})")
+                measured[(max_batch, engine, clients, round_)] = (tokens_per_s, pct(tally.inter_token, 0.5),
+                                                                  server_itl)
+                label = f"{clients}" + ("" if max_batch == FULL_BATCH else f" (--max-batch {max_batch})") + (
+                    "" if engine == "process" else f" (--engine {engine})")
                 rows.append([label + (f", round {round_ + 1}" if rounds > 1 else ""),
                              f"{tally.requests / elapsed:.2f}", f"{tokens_per_s:.0f}",
                              f"{1000 * pct(tally.first_token, 0.5):.0f} / {1000 * pct(tally.first_token, 0.99):.0f}",
                              f"{1000 * pct(tally.inter_token, 0.5):.1f} / {1000 * pct(tally.inter_token, 0.99):.1f}",
                              f"{1000 * server_itl:.1f}",
                              str(tally.errors), f"{rss0:.0f} -> {rss1:.0f}"])
-            if max_batch == FULL_BATCH:
+            if max_batch == FULL_BATCH and engine == "process":
                 image_rows = []
                 for clients in (1, 8):
                     tally, elapsed, rss0, rss1 = load(server, clients, args.image_seconds, draw_image, CAPTIONS)
@@ -323,36 +334,42 @@ def main() -> None:
                                        str(tally.errors), f"{rss0:.0f} -> {rss1:.0f}"])
         finally:
             server.close()
-    engine: dict[tuple[int, int], tuple[float, float]] = {}  # (clients, round) -> (tokens/s, inter-token p50)
+    engine_rows: dict[tuple[int, int], tuple[float, float]] = {}  # (clients, round) -> (tokens/s, inter-token p50)
     if args.engine_seconds > 0:  # after the server has gone: nothing else on the cores
         for round_, clients in itertools.product(range(args.rounds), (1, 16)):
-            engine[(clients, round_)] = scheduler_alone(gpt_path, clients, args.engine_seconds)
+            engine_rows[(clients, round_)] = scheduler_alone(gpt_path, clients, args.engine_seconds)
 
     print(f"\nstreaming completions, {MAX_TOKENS} tokens each, {args.seconds:.0f} s per row")
     print_table(["clients", "requests/s", "tokens/s", "TTFT p50 / p99 (ms)", "inter-token p50 / p99 (ms)",
                  "server-side inter-token p50 (ms)", "errors", "server RSS MiB"], rows)
     rounds = range(args.rounds)
-    one = [measured[(FULL_BATCH, 1, r)] for r in rounds]
-    sixteen = [measured[(FULL_BATCH, 16, r)] for r in rounds]
+    one = [measured[(FULL_BATCH, "process", 1, r)] for r in rounds]
+    sixteen = [measured[(FULL_BATCH, "process", 16, r)] for r in rounds]
     print(f"16 clients / 1 client, mean over {args.rounds} rounds (range): tokens/s "
           f"{spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); inter-token p50 "
           f"{spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
           f"{spread([b[2] / a[2] for a, b in zip(one, sixteen, strict=True)])} at the server (target <= 2x)")
     one_mean = [statistics.mean(level[i] for level in one) for i in range(3)]
-    serial = measured[(1, 16, 0)]
+    serial = measured[(1, "process", 16, 0)]
     print(f"batched / unbatched at 16 clients: {statistics.mean(b[0] for b in sixteen) / serial[0]:.2f}x tokens/s")
     for batch in capped:
-        row = measured[(batch, 16, 0)]
+        row = measured[(batch, "process", 16, 0)]
         print(f"16 clients, --max-batch {batch}: tokens/s {row[0] / one_mean[0]:.2f}x one client's (mean of the "
               f"rounds), inter-token p50 {row[1] / one_mean[1]:.2f}x at the clients, {row[2] / one_mean[2]:.2f}x at "
               "the server")
-    if engine:
+    thread_one, thread_sixteen = measured[(FULL_BATCH, "thread", 1, 0)], measured[(FULL_BATCH, "thread", 16, 0)]
+    print(f"--engine thread (one round): tokens/s 16 / 1 {thread_sixteen[0] / thread_one[0]:.2f}x, inter-token p50 "
+          f"{thread_sixteen[1] / thread_one[1]:.2f}x; against the process engine's mean: tokens/s at 16 clients "
+          f"{thread_sixteen[0] / statistics.mean(b[0] for b in sixteen):.2f}x, inter-token p50 at 1 client "
+          f"{thread_one[1] / one_mean[1]:.2f}x")
+    if engine_rows:
         print(f"\nno HTTP: the server's scheduler driven directly, {args.engine_seconds:.0f} s per row")
         print_table(["clients", "round", "tokens/s", "inter-token p50 (ms)"],
-                    [[str(c), str(r + 1), f"{engine[(c, r)][0]:.0f}", f"{1000 * engine[(c, r)][1]:.2f}"]
+                    [[str(c), str(r + 1), f"{engine_rows[(c, r)][0]:.0f}", f"{1000 * engine_rows[(c, r)][1]:.2f}"]
                      for r, c in itertools.product(rounds, (1, 16))])
-        print(f"no HTTP, 16 / 1: tokens/s {spread([engine[(16, r)][0] / engine[(1, r)][0] for r in rounds])}, "
-              f"inter-token p50 {spread([engine[(16, r)][1] / engine[(1, r)][1] for r in rounds])}")
+        alone = [(engine_rows[(1, r)], engine_rows[(16, r)]) for r in rounds]
+        print(f"no HTTP, 16 / 1: tokens/s {spread([b[0] / a[0] for a, b in alone])}, "
+              f"inter-token p50 {spread([b[1] / a[1] for a, b in alone])}")
     print(f"\nimages ({args.image_seconds:.0f} s per row)")
     print_table(["clients", "images/s", "latency p50 / p99 (ms)", "errors", "server RSS MiB"], image_rows)
     ratio = float(image_rows[1][1]) / float(image_rows[0][1])

@@ -105,9 +105,10 @@ class LiveServer:
     """create_app over `specs`, served by uvicorn in a thread of this process on 127.0.0.1:<free port>."""
 
     def __init__(self, specs: dict[str, Path], api_key: str | None = None, max_batch: int = 4, max_queue: int = 8,
-                 max_body_bytes: int = 1 << 20, clip: Path | None = None) -> None:
+                 max_body_bytes: int = 1 << 20, clip: Path | None = None, engine: str = "thread") -> None:
         self.metrics = ServerMetrics()
-        self.models = load_served_models(specs, ServeSettings(max_batch, max_queue, "cpu", clip), self.metrics)
+        self.models = load_served_models(specs, ServeSettings(max_batch, max_queue, "cpu", clip, engine),
+                                         self.metrics)
         app = create_app(self.models, self.metrics, ServerConfig(api_key=api_key, max_body_bytes=max_body_bytes))
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))

@@ -36,6 +36,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=default_threads(),
                    help="torch threads for the models on the CPU (default: every core but one, which is left to "
                    "the HTTP event loop; see the serve_load benchmark)")
+    p.add_argument("--engine", choices=("process", "thread"), default="process",
+                   help="decode each language model in a process of its own (default: no interpreter lock shared "
+                   "with the HTTP side; its weights are held in both processes), or on a thread of the server")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -70,7 +73,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     # single-stream latency halves with one thread (README, Serving benchmark).
     torch.set_num_threads(args.threads)
     metrics = ServerMetrics()
-    settings = ServeSettings(args.max_batch, args.max_queue, args.device, Path(args.clip) if args.clip else None)
+    settings = ServeSettings(args.max_batch, args.max_queue, args.device, Path(args.clip) if args.clip else None,
+                             args.engine, args.threads)
     models = load_served_models(specs, settings, metrics)
     app = create_app(models, metrics, ServerConfig(api_key=args.api_key))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

@@ -36,6 +36,7 @@ from genloom.generate.lm import DecoderTool
 from genloom.generate.sampling import SamplingConfig
 from genloom.generate.translate import check_sources
 from genloom.registry import LoadedLatentDiffusion
+from genloom.serve.engine_process import EngineProcess
 from genloom.serve.errors import (
     ApiError,
     api_error_handler,
@@ -362,7 +363,7 @@ async def _run(served: ServedModel, jobs: list[TextJob]) -> AsyncIterator[Burst]
     for index, job in enumerate(jobs):
         job.deliver = deliverer(index)
     scheduler = served.worker
-    assert isinstance(scheduler, TextScheduler)
+    assert isinstance(scheduler, TextScheduler | EngineProcess)
     try:
         scheduler.submit(jobs)
     except QueueFull as full:

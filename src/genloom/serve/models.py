@@ -38,6 +38,7 @@ from genloom.registry import (
     load_translation_model,
 )
 from genloom.run_record import attribution, read_data_record
+from genloom.serve.engine_process import EngineProcess
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import BatchWorker, TextScheduler
 from genloom.tokenizers import Tokenizer
@@ -53,6 +54,8 @@ class ServeSettings:
     max_queue: int = 64  # requests waiting per model before 429
     device: str = "auto"
     clip: Path | None = None  # a CLIP reranker for the image models' best-of-N (`rerank`)
+    engine: str = "thread"  # language models decode on a thread of this process, or in a "process" of their own
+    threads: int = 1  # torch threads of an engine process
 
 
 @dataclass
@@ -62,7 +65,7 @@ class ServedModel:
     family: str
     path: Path
     context_length: int | None
-    worker: TextScheduler | BatchWorker
+    worker: TextScheduler | EngineProcess | BatchWorker
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -146,7 +149,13 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         model, tokenizer = loaded.model, loaded.tokenizer
         assert isinstance(model, GPT) and tokenizer is not None
         model.to(device).eval()
-        scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics)
+        scheduler: TextScheduler | EngineProcess
+        if settings.engine == "process":
+            scheduler = EngineProcess(name, path, settings.max_batch, settings.max_queue, settings.device,
+                                      settings.threads, metrics)
+            scheduler.launch()
+        else:
+            scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics)
         return TextModel(name, TEXT, family, loaded.path, model.config.context_length, scheduler,
                          {"chat": tokenizer.chat_format is not None}, model, tokenizer, tokenizer.chat_format)
     if family in TEXT_TO_IMAGE_FAMILIES:

@@ -63,6 +63,7 @@ class TextJob:
     row: Row | None = None
     text: TextStream | None = None
     last_token_at: float | None = None
+    engine_id: int | None = None  # its id in an engine process (serve.engine_process), once sent there
 
 
 class _ModelThread:
@@ -86,22 +87,41 @@ class _ModelThread:
         self.thread.join(timeout=10)
 
 
+class TokenLatency:
+    """A model's token counter and latency histograms: time to first token from a job's submission, then the time
+    between its tokens."""
+
+    def __init__(self, metrics: ServerMetrics, name: str) -> None:
+        # This model's series, looked up once: a label lookup per token would cost a 16-row step ~0.1 ms.
+        self._generated = metrics.generated_tokens.labels(name)
+        self._first_token = metrics.time_to_first_token.labels(name)
+        self._inter_token = metrics.inter_token_latency.labels(name)
+
+    def record(self, job: TextJob, now: float) -> None:
+        self._generated.inc()
+        if job.last_token_at is None:
+            self._first_token.observe(now - job.submitted)
+        else:
+            self._inter_token.observe(now - job.last_token_at)
+        job.last_token_at = now
+
+
 class TextScheduler(_ModelThread):
-    """Iteration-level batching of text requests for one language model."""
+    """Iteration-level batching of text requests for one language model.
+
+    after_step: called on the scheduler's thread after each decoding step, once its events are delivered (the
+    engine process sends them to the HTTP side in one message there)."""
 
     def __init__(self, name: str, model: GPT, tokenizer: Tokenizer, max_batch: int, max_queue: int,
-                 metrics: ServerMetrics) -> None:
+                 metrics: ServerMetrics, after_step: Callable[[], None] | None = None) -> None:
         self.name, self.model, self.tokenizer, self.metrics = name, model, tokenizer, metrics
-        self.max_queue = max_queue
+        self.max_queue, self.after_step = max_queue, after_step
         vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
         self.batch = DecodeBatch(model, max_batch, vocab_limit=vocab_limit)
         self.waiting: deque[TextJob] = deque()
         self.live: dict[int, TextJob] = {}  # row id -> job
         super().__init__(name)
-        # This model's series, looked up once: a label lookup per token would cost a 16-row step ~0.1 ms.
-        self._generated = metrics.generated_tokens.labels(name)
-        self._first_token = metrics.time_to_first_token.labels(name)
-        self._inter_token = metrics.inter_token_latency.labels(name)
+        self._latency = TokenLatency(metrics, name)
         self._running = metrics.running.labels(name)
 
     def submit(self, jobs: list[TextJob]) -> None:
@@ -148,6 +168,8 @@ class TextScheduler(_ModelThread):
                     if job.row is not None:
                         self.batch.remove(job.row)
                 self.live.clear()
+            if self.after_step is not None:
+                self.after_step()
 
     def _drop_cancelled(self) -> None:
         for row_id, job in list(self.live.items()):
@@ -178,7 +200,7 @@ class TextScheduler(_ModelThread):
         for out in outputs:
             job = self.live[out.row.id]
             assert job.text is not None
-            self._record_latency(job, now)
+            self._latency.record(job, now)
             ended = out.row.finish_reason == "stop"  # the end token: no text of its own
             piece = "" if ended else job.text.push(out.token)
             finish = None
@@ -194,14 +216,6 @@ class TextScheduler(_ModelThread):
                 self.batch.force(out.row, forced)
             job.deliver(TokenEvent(piece, None if ended else out.token, out.logprobs, finish))
         self._running.set(len(self.batch.rows))
-
-    def _record_latency(self, job: TextJob, now: float) -> None:
-        self._generated.inc()
-        if job.last_token_at is None:
-            self._first_token.observe(now - job.submitted)
-        else:
-            self._inter_token.observe(now - job.last_token_at)
-        job.last_token_at = now
 
 
 @dataclass

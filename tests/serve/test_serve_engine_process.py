@@ -1,0 +1,123 @@
+"""`--engine process`: a language model decoded in a child process answers exactly as the in-process scheduler
+does, batches, cancels a gone client's row, keeps its queue limit, and fails cleanly when the child dies."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+from server_helpers import LONG_CONTEXT, LiveServer
+
+from genloom.errors import GenloomError
+from genloom.generate.sampling import SamplingConfig
+from genloom.serve.engine_process import EngineProcess
+from genloom.serve.errors import ApiError
+from genloom.serve.metrics import ServerMetrics
+from genloom.serve.scheduler import QueueFull, TextJob, TokenEvent
+
+
+@pytest.fixture(scope="module")
+def process_server(checkpoints) -> Iterator[LiveServer]:
+    specs = {name: checkpoints[name] for name in ("lm", "chat", "long")}
+    with LiveServer(specs, engine="process") as live:
+        yield live
+
+
+def clients(*servers: LiveServer) -> list[openai.OpenAI]:
+    return [openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0) for s in servers]
+
+
+def test_answers_equal_the_in_process_schedulers(server, process_server):
+    here, there = clients(server, process_server)
+    assert isinstance(process_server.models["lm"].worker, EngineProcess)
+    for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 7, "top_p": 0.9},
+               {"temperature": 0, "logprobs": 2, "echo": True}):
+        a = here.completions.create(model="lm", prompt=["The cat", "A"], max_tokens=12, **kw)
+        b = there.completions.create(model="lm", prompt=["The cat", "A"], max_tokens=12, **kw)
+        assert [c.model_dump() for c in a.choices] == [c.model_dump() for c in b.choices]
+        assert a.usage == b.usage
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    streamed = [
+        "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="chat", messages=messages, max_tokens=20, temperature=0, stream=True) if c.choices)
+        for client in (here, there)]
+    assert streamed[0] == streamed[1] != ""
+
+
+def test_batched_output_equals_solo_output(process_server):
+    (client,) = clients(process_server)
+    prompts = ["The", "a b c d e f", "x", "Hello there"]
+    kw = {"model": "long", "max_tokens": 30, "temperature": 1.0}
+    solo = [client.completions.create(prompt=p, seed=100 + i, **kw).choices[0].text for i, p in enumerate(prompts)]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda ip: client.completions.create(prompt=ip[1], seed=100 + ip[0], **kw)
+                                 .choices[0].text, enumerate(prompts)))
+    assert together == solo
+
+
+def test_a_client_that_disconnects_frees_its_row(process_server):
+    engine = process_server.models["long"].worker
+    assert isinstance(engine, EngineProcess)
+    generated = process_server.metrics.generated_tokens.labels("long")
+    tokens_before = generated._value.get()
+    connection = http.client.HTTPConnection("127.0.0.1", process_server.port, timeout=30)
+    body = {"model": "long", "prompt": "a", "max_tokens": LONG_CONTEXT - 8, "temperature": 0, "stream": True}
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")  # streaming has begun
+    assert engine.running == 1
+    connection.sock.close()  # the client goes away mid-stream
+    connection.close()
+    deadline = time.monotonic() + 10
+    while (engine.jobs or engine.running) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not engine.jobs and engine.running == 0  # the child dropped the row and said so
+    assert generated._value.get() - tokens_before < LONG_CONTEXT - 8  # it stopped early, it did not run out
+
+
+def job(prompt: list[int], max_tokens: int, events: list[TokenEvent], done: threading.Event) -> TextJob:
+    def deliver(event: TokenEvent) -> None:
+        events.append(event)
+        if event.finish_reason is not None:
+            done.set()
+    return TextJob(prompt, SamplingConfig(max_new_tokens=max_tokens, temperature=0), None, None, deliver)
+
+
+def test_the_queue_limit_holds_and_a_dead_engine_fails_its_requests(checkpoints):
+    engine = EngineProcess("long", checkpoints["long"], max_batch=1, max_queue=1, device="cpu", threads=1,
+                           metrics=ServerMetrics())
+    engine.start()
+    try:
+        events: list[TokenEvent] = []
+        done = threading.Event()
+        engine.submit([job([1, 2], LONG_CONTEXT - 8, events, done)])  # runs
+        engine.submit([job([3], 4, [], threading.Event())])  # waits
+        with pytest.raises(QueueFull):
+            engine.submit([job([4], 4, [], threading.Event())])
+        deadline = time.monotonic() + 10
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert events and events[0].error is None  # the long job is decoding
+        assert engine._process is not None
+        engine._process.kill()  # the engine dies mid-generation
+        assert done.wait(10)
+        assert events[-1].finish_reason == "error" and "exited" in (events[-1].error or "")
+        with pytest.raises(ApiError) as refused:
+            engine.submit([job([5], 4, [], threading.Event())])
+        assert refused.value.status == 503 and "cannot generate" in refused.value.message
+    finally:
+        engine.stop()
+
+
+def test_a_checkpoint_the_child_cannot_load_is_a_one_line_error_at_start(tmp_path):
+    engine = EngineProcess("broken", tmp_path / "missing", max_batch=1, max_queue=1, device="cpu", threads=1,
+                           metrics=ServerMetrics())
+    with pytest.raises(GenloomError, match="could not load") as failed:
+        engine.launch()
+    assert "\n" not in str(failed.value)
