@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import uvicorn
@@ -152,3 +153,36 @@ def http(method: str, url: str, body: object = None, headers: dict[str, str] | N
         return status, head, json.loads(text)
     except ValueError:
         return status, head, text
+
+
+def batched_and_solo_texts(client: Any, prompts: list[str], **kw: Any) -> tuple[list[str], list[str]]:
+    """Each prompt's completion sent alone, one after another, then all at once (prompt i with seed 100 + i): the
+    texts of both, which batching must leave equal."""
+    import concurrent.futures
+
+    def complete(i: int) -> str:
+        return str(client.completions.create(prompt=prompts[i], seed=100 + i, **kw).choices[0].text)
+
+    solo = [complete(i) for i in range(len(prompts))]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(complete, range(len(prompts))))
+    return together, solo
+
+
+def open_long_stream(server: LiveServer) -> Any:
+    """An http.client connection streaming a long greedy completion from the "long" model, its first event read."""
+    import http.client
+    import json
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    body = {"model": "long", "prompt": "a", "max_tokens": LONG_CONTEXT - 8, "temperature": 0, "stream": True}
+    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")  # streaming has begun
+    return connection
+
+
+def hang_up(connection: Any) -> None:
+    """The client goes away mid-stream."""
+    connection.sock.close()
+    connection.close()

@@ -3,14 +3,11 @@ disconnects frees its row."""
 
 from __future__ import annotations
 
-import concurrent.futures
-import http.client
-import json
 import time
 
 import openai
 import pytest
-from server_helpers import LONG_CONTEXT
+from server_helpers import LONG_CONTEXT, batched_and_solo_texts, hang_up, open_long_stream
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +32,8 @@ def test_two_streams_interleave(client):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_batched_output_equals_solo_output(client, temperature):
     prompts = ["The", "a b c d e f", "x", "Hello there", "1 2", "zz", "q", "long prompt here"]
-    kw = {"model": "long", "max_tokens": 40, "temperature": temperature, "top_p": 0.9}
-    solo = [client.completions.create(prompt=p, seed=100 + i, **kw).choices[0].text for i, p in enumerate(prompts)]
-    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(lambda ip: client.completions.create(prompt=ip[1], seed=100 + ip[0], **kw)
-                                 .choices[0].text, enumerate(prompts)))
+    together, solo = batched_and_solo_texts(client, prompts, model="long", max_tokens=40, temperature=temperature,
+                                            top_p=0.9)
     assert together == solo
 
 
@@ -47,14 +41,9 @@ def test_a_client_that_disconnects_frees_its_row(server):
     scheduler = server.models["long"].worker
     generated = server.metrics.generated_tokens.labels("long")
     tokens_before = generated._value.get()
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    body = {"model": "long", "prompt": "a", "max_tokens": LONG_CONTEXT - 8, "temperature": 0, "stream": True}
-    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    assert response.status == 200 and response.readline().startswith(b"data: ")  # streaming has begun
+    connection = open_long_stream(server)
     before = len(scheduler.batch.rows)
-    connection.sock.close()  # the client goes away mid-stream
-    connection.close()
+    hang_up(connection)
     deadline = time.monotonic() + 10
     while scheduler.batch.rows and time.monotonic() < deadline:
         time.sleep(0.005)

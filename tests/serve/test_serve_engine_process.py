@@ -3,16 +3,13 @@ does, batches, cancels a gone client's row, keeps its queue limit, and fails cle
 
 from __future__ import annotations
 
-import concurrent.futures
-import http.client
-import json
 import threading
 import time
 from collections.abc import Iterator
 
 import openai
 import pytest
-from server_helpers import LONG_CONTEXT, LiveServer
+from server_helpers import LONG_CONTEXT, LiveServer, batched_and_solo_texts, hang_up, open_long_stream
 
 from genloom.errors import GenloomError
 from genloom.generate.sampling import SamplingConfig
@@ -52,12 +49,8 @@ def test_answers_equal_the_in_process_schedulers(server, process_server):
 
 def test_batched_output_equals_solo_output(process_server):
     (client,) = clients(process_server)
-    prompts = ["The", "a b c d e f", "x", "Hello there"]
-    kw = {"model": "long", "max_tokens": 30, "temperature": 1.0}
-    solo = [client.completions.create(prompt=p, seed=100 + i, **kw).choices[0].text for i, p in enumerate(prompts)]
-    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(lambda ip: client.completions.create(prompt=ip[1], seed=100 + ip[0], **kw)
-                                 .choices[0].text, enumerate(prompts)))
+    together, solo = batched_and_solo_texts(client, ["The", "a b c d e f", "x", "Hello there"], model="long",
+                                            max_tokens=30, temperature=1.0)
     assert together == solo
 
 
@@ -66,14 +59,9 @@ def test_a_client_that_disconnects_frees_its_row(process_server):
     assert isinstance(engine, EngineProcess)
     generated = process_server.metrics.generated_tokens.labels("long")
     tokens_before = generated._value.get()
-    connection = http.client.HTTPConnection("127.0.0.1", process_server.port, timeout=30)
-    body = {"model": "long", "prompt": "a", "max_tokens": LONG_CONTEXT - 8, "temperature": 0, "stream": True}
-    connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    assert response.status == 200 and response.readline().startswith(b"data: ")  # streaming has begun
+    connection = open_long_stream(process_server)
     assert engine.running == 1
-    connection.sock.close()  # the client goes away mid-stream
-    connection.close()
+    hang_up(connection)
     deadline = time.monotonic() + 10
     while (engine.jobs or engine.running) and time.monotonic() < deadline:
         time.sleep(0.005)
