@@ -57,7 +57,7 @@ class EngineProcess:
         self.running = 0  # rows in the child's batch, as it last reported
         self.dead: str | None = None  # why the child is gone, once it is
         self._ids = itertools.count()
-        self._lock = threading.Lock()  # jobs, and sends on the pipe (handlers and the reader both send)
+        self._lock = threading.Lock()  # jobs, and sends on the pipe (from every handler's submit and cancel)
         self._latency = TokenLatency(metrics, name)
         self._conn: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -167,7 +167,10 @@ class EngineProcess:
             self.dead = self.dead or reason
             jobs, self.jobs = list(self.jobs.values()), {}
         for job in jobs:
-            job.deliver(TokenEvent("", None, None, finish_reason="error", error=reason))
+            try:
+                job.deliver(TokenEvent("", None, None, finish_reason="error", error=reason))
+            except Exception:
+                log.exception("delivering an event failed")
 
 
 def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threads: int) -> None:
