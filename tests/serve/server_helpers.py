@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import uvicorn
@@ -106,7 +106,8 @@ class LiveServer:
     """create_app over `specs`, served by uvicorn in a thread of this process on 127.0.0.1:<free port>."""
 
     def __init__(self, specs: dict[str, Path], api_key: str | None = None, max_batch: int = 4, max_queue: int = 8,
-                 max_body_bytes: int = 1 << 20, clip: Path | None = None, engine: str = "thread") -> None:
+                 max_body_bytes: int = 1 << 20, clip: Path | None = None,
+                 engine: Literal["thread", "process"] = "thread") -> None:
         self.metrics = ServerMetrics()
         self.models = load_served_models(specs, ServeSettings(max_batch, max_queue, "cpu", clip, engine),
                                          self.metrics)

@@ -11,7 +11,7 @@ import functools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class ServeSettings:
     max_queue: int = 64  # requests waiting per model before 429
     device: str = "auto"
     clip: Path | None = None  # a CLIP reranker for the image models' best-of-N (`rerank`)
-    engine: str = "thread"  # language models decode on a thread of this process, or in a "process" of their own
+    engine: Literal["thread", "process"] = "thread"  # language models decode on a thread here, or in a process each
     threads: int = 1  # torch threads of an engine process
 
 
