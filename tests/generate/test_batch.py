@@ -138,3 +138,26 @@ def test_forced_tokens_go_through_the_model_as_if_it_had_written_them(model):
     # After the forced tokens the row continues exactly as a prompt that held them would.
     assert steps[2][0] == generate_tokens(model, [[1, 2, 3, first[0], 30, 31]], cfg)[0][0]
     assert [first[1], *(s[1] for s in steps)] == generate_tokens(model, [[7, 8]], cfg)[0][:4]  # its neighbour unmoved
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_cache_keeps_rows_independent_and_close_to_the_models_own_numbers(model, kv_dtype):
+    batch = DecodeBatch(model, capacity=3, kv_dtype=kv_dtype)
+    assert all(cache.k.dtype == kv_dtype and cache.v.dtype == kv_dtype for cache in batch.caches)
+    prompts = {0: [1, 2, 3], 2: [4, 5, 6, 7, 8, 9, 10], 3: [11]}
+    cfgs = {s: SamplingConfig(max_new_tokens=8, temperature=1.0, seed=7 + s) for s in prompts}
+    together = _run(batch, {s: (prompts[s], cfgs[s]) for s in prompts})
+    for s, prompt in prompts.items():  # alone in a batch with the same cache: the same tokens
+        assert together[s] == _run(DecodeBatch(model, capacity=1, kv_dtype=kv_dtype), {0: (prompt, cfgs[s])})[0]
+    # Log-probabilities of the row's tokens stay within 16-bit rounding of the fp32 model's.
+    prompt = [3, 1, 4, 1, 5]
+    row = DecodeBatch(model, capacity=1, kv_dtype=kv_dtype)
+    added = row.add([prompt], [SamplingConfig(max_new_tokens=10, temperature=0)], top_logprobs=[0])[0]
+    logged = []
+    while added.slot >= 0:
+        logged += [o.logprobs.logprob for o in row.step() if o.logprobs is not None]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompt + added.generated]))[0], dim=-1)
+    expected = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(added.generated)]
+    assert logged == pytest.approx(expected, abs=0.05)
+    assert logged != pytest.approx(expected, abs=1e-6)  # the cache did hold 16-bit numbers

@@ -21,6 +21,7 @@ from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from genloom.models.vae import VAE, VAEConfig
 from genloom.models.vqvae import VQVAE, VQConfig
+from genloom.serve import KVCacheDtype
 from genloom.serve.app import ServerConfig, create_app
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.models import ServeSettings, load_served_models
@@ -107,10 +108,10 @@ class LiveServer:
 
     def __init__(self, specs: dict[str, Path], api_key: str | None = None, max_batch: int = 4, max_queue: int = 8,
                  max_body_bytes: int = 1 << 20, clip: Path | None = None,
-                 engine: Literal["thread", "process"] = "thread") -> None:
+                 engine: Literal["thread", "process"] = "thread", kv_cache_dtype: KVCacheDtype = "auto") -> None:
         self.metrics = ServerMetrics()
-        self.models = load_served_models(specs, ServeSettings(max_batch, max_queue, "cpu", clip, engine),
-                                         self.metrics)
+        settings = ServeSettings(max_batch, max_queue, "cpu", clip, engine, kv_cache_dtype=kv_cache_dtype)
+        self.models = load_served_models(specs, settings, self.metrics)
         app = create_app(self.models, self.metrics, ServerConfig(api_key=api_key, max_body_bytes=max_body_bytes))
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))

@@ -1,5 +1,6 @@
 """`--engine process`: a language model decoded in a child process answers exactly as the in-process scheduler
-does, batches, cancels a gone client's row, keeps its queue limit, and fails cleanly when the child dies."""
+does, batches, cancels a gone client's row, keeps its queue limit, and fails cleanly when the child dies; a 16-bit
+KV cache (`--kv-cache-dtype`) reaches the child and batches as exactly."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+import torch
 from server_helpers import LONG_CONTEXT, LiveServer, batched_and_solo_texts, hang_up, open_long_stream
 
 from genloom.errors import GenloomError
@@ -16,7 +18,8 @@ from genloom.generate.sampling import SamplingConfig
 from genloom.serve.engine_process import EngineProcess
 from genloom.serve.errors import ApiError
 from genloom.serve.metrics import ServerMetrics
-from genloom.serve.scheduler import QueueFull, TextJob, TokenEvent
+from genloom.serve.models import ServeSettings, load_served_models
+from genloom.serve.scheduler import QueueFull, TextJob, TextScheduler, TokenEvent
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +112,25 @@ def test_a_checkpoint_the_child_cannot_load_is_a_one_line_error_at_start(tmp_pat
     with pytest.raises(GenloomError, match="could not load") as failed:
         engine.launch()
     assert "\n" not in str(failed.value)
+
+
+def test_a_16_bit_kv_cache_serves_alike_in_both_engines_and_batches_exactly(checkpoints):
+    specs = {"long": checkpoints["long"]}
+    with LiveServer(specs, kv_cache_dtype="bfloat16") as here, \
+            LiveServer(specs, engine="process", kv_cache_dtype="bfloat16") as there:
+        scheduler = here.models["long"].worker
+        assert isinstance(scheduler, TextScheduler)
+        assert {cache.k.dtype for cache in scheduler.batch.caches} == {torch.bfloat16}
+        a, b = clients(here, there)
+        kw = {"model": "long", "prompt": ["The cat", "A"], "max_tokens": 12, "temperature": 1.0, "seed": 3}
+        assert [c.text for c in a.completions.create(**kw).choices] == [
+            c.text for c in b.completions.create(**kw).choices]
+        together, solo = batched_and_solo_texts(b, ["The", "a b c d e f", "x"], model="long", max_tokens=20,
+                                                temperature=1.0)
+        assert together == solo
+
+
+def test_an_unknown_kv_cache_dtype_is_refused_before_loading(checkpoints):
+    with pytest.raises(GenloomError, match="unknown KV cache dtype 'int4'"):
+        load_served_models({"long": checkpoints["long"]}, ServeSettings(kv_cache_dtype="int4"),  # type: ignore[arg-type]
+                           ServerMetrics())

@@ -12,6 +12,9 @@ instead of holding its row until the longest request ends. `DecodeBatch` is that
   step runs on views of the cache, never on a gathered copy.
 - Every row samples with its own settings (`SamplingConfig`, including OpenAI's presence and frequency
   penalties), its own generator, and can ask for the log-probabilities of its tokens.
+- The cache may hold keys and values in a narrower dtype than the model's (`kv_dtype`, llama.cpp's 16-bit KV cache):
+  a step of many rows reads every row's cache from memory, and on a CPU that read is most of what a 16-row step
+  costs beyond a 1-row one (serve_load benchmark, README). Attention then runs in that dtype.
 - A row's next tokens can be given instead of sampled (`force`): a tool's output (generate's calculator) goes
   through the model one token a step, with the other rows, as if the model had written it.
 
@@ -54,9 +57,10 @@ def decoding_head(model: GPT) -> Tensor:
 class SlotKVCache:
     """One layer's keys and values for `capacity` rows, each row filling its slot from column 0.
 
-    k, v: (capacity, H, max_len, head_dim). Before each decoding step the engine sets `rows` (live rows are
-    slots 0..rows-1) and `fill` (rows,), the columns each row has written; `append` writes the step's key of
-    row i at column fill[i] and returns the first max(fill) + 1 columns of the live rows (views).
+    k, v: (capacity, H, max_len, head_dim), in `dtype` (keys and values given in another are converted). Before
+    each decoding step the engine sets `rows` (live rows are slots 0..rows-1) and `fill` (rows,), the columns each
+    row has written; `append` writes the step's key of row i at column fill[i] and returns the first
+    max(fill) + 1 columns of the live rows (views).
     """
 
     def __init__(self, capacity: int, n_heads: int, max_len: int, head_dim: int, device: torch.device,
@@ -76,13 +80,13 @@ class SlotKVCache:
         """k, v: (rows, H, 1, hd) of this step. Returns keys and values (rows, H, width, hd)."""
         assert k.shape[2] == 1, "a slot cache decodes one token per row and step"
         live = torch.arange(self.rows, device=k.device)
-        self.k[live, :, self.fill] = k[:, :, 0]  # advanced indices first: (rows, H, hd)
-        self.v[live, :, self.fill] = v[:, :, 0]
+        self.k[live, :, self.fill] = k[:, :, 0].to(self.k.dtype)  # advanced indices first: (rows, H, hd)
+        self.v[live, :, self.fill] = v[:, :, 0].to(self.v.dtype)
         return self.k[: self.rows, :, : self.width], self.v[: self.rows, :, : self.width]
 
     def store(self, slot: int, k: Tensor, v: Tensor) -> None:
         """Put a prefilled row's keys and values (H, T, hd) at the start of `slot`."""
-        self.k[slot, :, : k.shape[1]] = k
+        self.k[slot, :, : k.shape[1]] = k  # (copying converts to the cache's dtype)
         self.v[slot, :, : v.shape[1]] = v
 
     def move(self, source: int, target: int, columns: int) -> None:
@@ -143,10 +147,12 @@ class DecodeBatch:
         while batch.rows:
             for out in batch.step():  # one token per live row
                 ...                   # batch.remove(out.row) to end it early (a stop string, a client gone)
+
+    kv_dtype: the cache's dtype (default: the model's), e.g. torch.bfloat16 for an fp32 model.
     """
 
     def __init__(self, model: GPT, capacity: int, max_len: int | None = None, eos_id: int | None = None,
-                 vocab_limit: int | None = None) -> None:
+                 vocab_limit: int | None = None, kv_dtype: torch.dtype | None = None) -> None:
         if capacity < 1:
             raise GenloomError(f"batch capacity ({capacity}) must be at least 1")
         self.model, self.capacity, self.eos_id = model, capacity, eos_id
@@ -157,7 +163,7 @@ class DecodeBatch:
         self.device = weight.device
         cfg = model.config
         self.caches = [SlotKVCache(capacity, cfg.n_heads, self.max_len, cfg.d_model // cfg.n_heads, self.device,
-                                   weight.dtype) for _ in range(cfg.n_layers)]
+                                   kv_dtype or weight.dtype) for _ in range(cfg.n_layers)]
         self.head = decoding_head(model)
         vocab = cfg.vocab_size
         self.seen = torch.zeros(capacity, vocab, dtype=torch.bool, device=self.device)  # prompt + output

@@ -201,6 +201,9 @@ class MultiHeadAttention(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                    dropout_p=dropout_p, is_causal=causal_flag)
+        elif k.dtype != q.dtype:  # a cache that stores keys and values narrower than the model (16-bit KV cache)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=causal_flag).to(q.dtype)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal_flag)
         # y: (B, H, T, hd)

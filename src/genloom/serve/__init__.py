@@ -1,1 +1,8 @@
 """An OpenAI-compatible HTTP server over every genloom model family, with iteration-level batching and a web page."""
+
+from typing import Literal
+
+# The KV cache dtypes `genloom serve --kv-cache-dtype` takes ("auto": the weights' own); here, so the CLI can name
+# them without importing torch.
+KVCacheDtype = Literal["auto", "bfloat16", "float16"]
+KV_CACHE_DTYPES: tuple[KVCacheDtype, ...] = ("auto", "bfloat16", "float16")

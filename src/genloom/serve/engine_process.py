@@ -50,9 +50,9 @@ class EngineProcess:
     (submitted, not finished) than the batch has rows."""
 
     def __init__(self, name: str, path: Path, max_batch: int, max_queue: int, device: str, threads: int,
-                 metrics: ServerMetrics) -> None:
+                 metrics: ServerMetrics, kv_cache_dtype: str = "auto") -> None:
         self.name, self.path, self.max_batch, self.max_queue = name, path, max_batch, max_queue
-        self.device, self.threads, self.metrics = device, threads, metrics
+        self.device, self.threads, self.metrics, self.kv_cache_dtype = device, threads, metrics, kv_cache_dtype
         self.jobs: dict[int, TextJob] = {}  # outstanding, by id
         self.running = 0  # rows in the child's batch, as it last reported
         self.dead: str | None = None  # why the child is gone, once it is
@@ -69,7 +69,8 @@ class EngineProcess:
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads and torch state
         parent_end, child_end = context.Pipe()
         self._process = context.Process(target=_engine_main, name=f"genloom-engine-{self.name}", daemon=True,
-                                        args=(child_end, str(self.path), self.max_batch, self.device, self.threads))
+                                        args=(child_end, str(self.path), self.max_batch, self.device, self.threads,
+                                              self.kv_cache_dtype))
         self._process.start()
         child_end.close()
         self._conn = parent_end
@@ -173,7 +174,7 @@ class EngineProcess:
                 log.exception("delivering an event failed")
 
 
-def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threads: int) -> None:
+def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threads: int, kv_cache_dtype: str) -> None:
     """The child: load the model, run its `TextScheduler`, and relay jobs in and events out until told to stop
     or the parent is gone (the pipe closes)."""
     import signal
@@ -186,11 +187,13 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
 
     from genloom.models.gpt import GPT
     from genloom.registry import load_pretrained
+    from genloom.serve.models import kv_cache_dtype as to_dtype
     from genloom.tokenizers.chat_tools import decoder_tool
     from genloom.train.distributed import pick_device
 
     torch.set_num_threads(threads)
     try:
+        kv_dtype = to_dtype(kv_cache_dtype)
         loaded = load_pretrained(Path(path))
         model, tokenizer = loaded.model, loaded.tokenizer
         assert isinstance(model, GPT) and tokenizer is not None
@@ -216,7 +219,8 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
             outbox.clear()
             reported = state
 
-    scheduler = TextScheduler("engine", model, tokenizer, max_batch, sys.maxsize, ServerMetrics(), after_step=flush)
+    scheduler = TextScheduler("engine", model, tokenizer, max_batch, sys.maxsize, ServerMetrics(), after_step=flush,
+                              kv_dtype=kv_dtype)
     tool = decoder_tool(tokenizer)  # one calculator serves every row: it reads only the row's tokens
     scheduler.start()
     conn.send(("ready",))

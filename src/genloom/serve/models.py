@@ -38,6 +38,7 @@ from genloom.registry import (
     load_translation_model,
 )
 from genloom.run_record import attribution, read_data_record
+from genloom.serve import KV_CACHE_DTYPES, KVCacheDtype
 from genloom.serve.engine_process import EngineProcess
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import BatchWorker, TextScheduler
@@ -56,6 +57,14 @@ class ServeSettings:
     clip: Path | None = None  # a CLIP reranker for the image models' best-of-N (`rerank`)
     engine: Literal["thread", "process"] = "thread"  # language models decode on a thread here, or in a process each
     threads: int = 1  # torch threads of an engine process
+    kv_cache_dtype: KVCacheDtype = "auto"  # the language models' KV caches: "auto" is the weights' dtype
+
+
+def kv_cache_dtype(name: str) -> torch.dtype | None:
+    """The torch dtype of a `kv_cache_dtype` setting; None for "auto" (the model's own)."""
+    if name not in KV_CACHE_DTYPES:
+        raise GenloomError(f"unknown KV cache dtype {name!r}; choose one of {', '.join(KV_CACHE_DTYPES)}")
+    return None if name == "auto" else getattr(torch, name)
 
 
 @dataclass
@@ -145,6 +154,7 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
                            "pickled .bin can run code when loaded)")
     family = "gpt" if is_hf_directory(path) else read_checkpoint_config(resolve_checkpoint(path))["family"]
     if family == "gpt":
+        kv_dtype = kv_cache_dtype(settings.kv_cache_dtype)  # refused before any model is loaded
         loaded = load_pretrained(path)
         model, tokenizer = loaded.model, loaded.tokenizer
         assert isinstance(model, GPT) and tokenizer is not None
@@ -152,10 +162,11 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         scheduler: TextScheduler | EngineProcess
         if settings.engine == "process":
             scheduler = EngineProcess(name, path, settings.max_batch, settings.max_queue, settings.device,
-                                      settings.threads, metrics)
+                                      settings.threads, metrics, settings.kv_cache_dtype)
             scheduler.launch()
         else:
-            scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics)
+            scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics,
+                                      kv_dtype=kv_dtype)
         return TextModel(name, TEXT, family, loaded.path, model.config.context_length, scheduler,
                          {"chat": tokenizer.chat_format is not None}, model, tokenizer, tokenizer.chat_format)
     if family in TEXT_TO_IMAGE_FAMILIES:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from genloom.generate.batch import DecodeBatch, Row, TokenLogprobs
 from genloom.generate.lm import DecoderTool, TextStream
 from genloom.generate.sampling import SamplingConfig
@@ -110,14 +112,16 @@ class TextScheduler(_ModelThread):
     """Iteration-level batching of text requests for one language model.
 
     after_step: called on the scheduler's thread after each decoding step, once its events are delivered (the
-    engine process sends them to the HTTP side in one message there)."""
+    engine process sends them to the HTTP side in one message there). kv_dtype: the KV cache's dtype (default: the
+    model's; see `DecodeBatch`)."""
 
     def __init__(self, name: str, model: GPT, tokenizer: Tokenizer, max_batch: int, max_queue: int,
-                 metrics: ServerMetrics, after_step: Callable[[], None] | None = None) -> None:
+                 metrics: ServerMetrics, after_step: Callable[[], None] | None = None,
+                 kv_dtype: torch.dtype | None = None) -> None:
         self.name, self.model, self.tokenizer, self.metrics = name, model, tokenizer, metrics
         self.max_queue, self.after_step = max_queue, after_step
         vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
-        self.batch = DecodeBatch(model, max_batch, vocab_limit=vocab_limit)
+        self.batch = DecodeBatch(model, max_batch, vocab_limit=vocab_limit, kv_dtype=kv_dtype)
         self.waiting: deque[TextJob] = deque()
         self.live: dict[int, TextJob] = {}  # row id -> job
         super().__init__(name)
