@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -121,6 +122,47 @@ def test_text_stream_holds_back_incomplete_utf8():
     emitted = [stream.push(i) for i in ids]
     assert "\ufffd" not in "".join(emitted)
     assert "".join(emitted) + stream.flush() == "é✓"
+
+
+def _stream_text(tokenizer, ids: list[int], stop: list[str]) -> str:
+    stream = TextStream(tokenizer, stop)
+    pieces = []
+    for token in ids:
+        pieces.append(stream.push(token))
+        if stream.stopped:
+            break
+    assert all(not any(s in piece for s in stop) for piece in pieces)
+    return "".join(pieces) + stream.flush()
+
+
+def _metaspace_tokenizer() -> BPETokenizer:
+    """A SentencePiece-style tokenizer (words start with "▁", which decodes to a space except at the start of a
+    text): decoding a token alone differs from decoding it in context."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(["the cat sat on the mat", "a dog and a cat"], trainers.BpeTrainer(vocab_size=60))
+    return BPETokenizer(tok)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CharTokenizer.train("abc de\nfgh"),
+    lambda: BPETokenizer.train(["plain ascii text, é and ✓ too"], vocab_size=270),
+    _metaspace_tokenizer,
+])
+def test_text_stream_emits_the_whole_decoded_text_cut_at_the_first_stop_string(make):
+    tokenizer = make()
+    rng = random.Random(0)
+    for trial in range(200):
+        ids = [rng.randrange(tokenizer.vocab_size) for _ in range(rng.randrange(1, 40))]
+        full = tokenizer.decode(ids)
+        start = rng.randrange(max(1, len(full)))
+        stop = [full[start : start + rng.randrange(1, 4)], "zz"] if trial % 2 and full else []  # "zz": never met
+        cuts = [full.find(s) for s in stop if s and s in full]
+        expected = full[: min(cuts)] if cuts else full
+        assert _stream_text(tokenizer, ids, stop) == expected, (ids, stop)
 
 
 def test_sampling_config_rejects_bad_values():
