@@ -4,25 +4,27 @@ The server runs as its own process (`genloom serve`, as a user starts it) on a s
 d_model 128, context 256: the size of the `tiny` preset) and a small random-weight text-to-image model; clients
 are threads in this process, each sending its next request as soon as the last one ends. Per level: requests/s,
 output tokens/s, time to first token and inter-token latency (p50 / p99), errors, and the server's resident
-memory at the start and end of the level (VmRSS from /proc, its engine process included).
+memory at the start of the level's first slice and the end of its last (VmRSS from /proc, its engine process included).
 
-The levels run in `--rounds` interleaved rounds (1, 4, 16 clients, then again), and the ratios are taken within
-each round: these shared machines drift by up to 2x between minutes, which would otherwise land on one level.
+The levels run in `--rounds` rounds, and the ratios are taken within each round; inside a round the levels take
+turns in `--slices` slices (1, 4, 16 clients for 10 s each, six times over, by default): these shared machines drift
+by up to 2x between minutes, which would otherwise land on whichever level ran in a slow one.
 
 The server decodes in its own engine process (`--engine process`, the default). Reference rows: 1 and 16 clients
-against `--engine thread` (the engine on a thread of the HTTP process, sharing its interpreter lock); 16 clients
-against a server started with --max-batch 1, i.e. the same engine without batching,
-and with each of --capped-batches (default 8): fewer rows per decoding step while the others wait in the queue
-(vLLM's max_num_seqs trade-off, meant to buy inter-token latency with time to first token; the README's run shows
-it does not here). Last, after the server has stopped, "no HTTP": the server's own scheduler (`TextScheduler`,
-loaded as `genloom serve` loads it, same torch threads) driven directly by 1 and 16 client threads, interleaved
-the same way: what the engine allows on this machine with no HTTP, event loop or client parsing around it.
+against a server with `--kv-cache-dtype bfloat16` (in rounds as the main levels); 1 and 16 clients against
+`--engine thread` (the engine on a thread of the HTTP process, sharing its interpreter lock); 16 clients against a
+server started with --max-batch 1, i.e. the same engine without batching, and with each of --capped-batches
+(default 8): fewer rows per decoding step while the others wait in the queue (vLLM's max_num_seqs trade-off:
+inter-token latency bought with time to first token). Last, after the server has stopped, "no HTTP": the server's
+own scheduler (`TextScheduler`, loaded as `genloom serve` loads it, same torch threads) driven directly by 1 and 16
+client threads, in rounds the same way: what the engine allows on this machine with no HTTP, event loop or client
+parsing around it.
 
 Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 at 16 clients <= 2x one client's;
 zero errors; memory flat.
 
-Usage: python benchmarks/serve_load.py [--seconds 60] [--rounds 2] [--image-seconds 60] [--engine-seconds 20]
-       [--threads N] [--capped-batches 8]   (about 14 minutes)
+Usage: python benchmarks/serve_load.py [--seconds 60] [--rounds 2] [--slices 6] [--image-seconds 60]
+       [--engine-seconds 20] [--threads N] [--capped-batches 8]   (about 18 minutes)
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ def make_models(root: Path) -> tuple[Path, Path]:
 
 
 class Server:
-    def __init__(self, models: list[str], max_batch: int, threads: int | None, engine: str = "thread") -> None:
+    def __init__(self, models: list[str], max_batch: int, threads: int | None, engine: str = "thread",
+                 kv_cache_dtype: str = "auto") -> None:
         command = [sys.executable, "-m", "genloom.cli", "serve", *models, "--port", "0", "--max-batch",
-                   str(max_batch), "--max-queue", "256", "--device", "cpu", "--engine", engine]
+                   str(max_batch), "--max-queue", "256", "--device", "cpu", "--engine", engine, "--kv-cache-dtype",
+                   kv_cache_dtype]
         if threads is not None:
             command += ["--threads", str(threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -127,6 +131,42 @@ class Tally:
     first_token: list[float] = field(default_factory=list)
     inter_token: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.tokens += other.tokens
+        self.errors += other.errors
+        self.first_token += other.first_token
+        self.inter_token += other.inter_token
+
+
+@dataclass
+class Level:
+    """One client count's measurements, pooled over its slices."""
+
+    tally: Tally = field(default_factory=Tally)
+    seconds: float = 0.0
+    server_histogram: list[tuple[float, float]] = field(default_factory=list)  # cumulative, observed in the slices
+    rss: list[float] = field(default_factory=list)  # at the start and end of each slice
+
+
+def measure_levels(server: Server, levels: tuple[int, ...], seconds: float, slices: int) -> dict[int, Level]:
+    """Each client count streams for `seconds` in all, as `slices` slices taken in turn (1, 4, 16, 1, 4, 16, ...):
+    the machine's drift between minutes then lands on every level alike instead of on whichever ran in a slow one."""
+    measured = {clients: Level() for clients in levels}
+    for _, clients in itertools.product(range(slices), levels):
+        level = measured[clients]
+        before = server.inter_token_buckets()
+        tally, elapsed, rss0, rss1 = load(server, clients, seconds / slices, stream_completion, PROMPTS)
+        after = server.inter_token_buckets()
+        observed = [(bound, b - a) for (bound, b), (_, a) in zip(after, before or [(x, 0.0) for x, _ in after],
+                                                                 strict=True)]
+        level.server_histogram = [(bound, n + (level.server_histogram[i][1] if level.server_histogram else 0.0))
+                                  for i, (bound, n) in enumerate(observed)]
+        level.tally.add(tally)
+        level.seconds += elapsed
+        level.rss += [rss0, rss1]
+    return measured
 
 
 def stream_completion(port: int, prompt: str, tally: Tally) -> None:
@@ -249,10 +289,11 @@ def scheduler_alone(gpt_path: Path, clients: int, seconds: float) -> tuple[float
     return tokens[0] / (time.perf_counter() - started), pct(gaps, 0.5)
 
 
-def histogram_median(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
-    """The median of the observations made between two scrapes of a cumulative histogram, interpolated linearly
+def histogram_median(counts: list[tuple[float, float]]) -> float:
+    """The median of a cumulative histogram's observations ((upper bound, count) pairs), interpolated linearly
     inside its bucket."""
-    counts = [(bound, b - a) for (bound, b), (_, a) in zip(after, before or [(x, 0.0) for x, _ in after], strict=True)]
+    if not counts:
+        return float("nan")
     total = counts[-1][1]
     if total == 0:
         return float("nan")
@@ -291,7 +332,9 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds per level and round")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the 1, 4 and 16 client levels")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the 1, 4 and 16 client levels")
+    parser.add_argument("--slices", type=int, default=6,
+                        help="each round runs its levels in this many interleaved slices of seconds / slices")
     parser.add_argument("--image-seconds", type=float, default=60.0)
     parser.add_argument("--engine-seconds", type=float, default=20.0,
                         help="seconds per level and round of the no-HTTP scheduler rows (0: leave them out)")
@@ -303,27 +346,34 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
     gpt_path, t2i_path = make_models(root)
 
-    rows, measured = [], {}  # measured[(max_batch, clients, round)] = (tokens/s, client p50, server p50)
-    configurations = [(FULL_BATCH, "process", (1, 4, 16), args.rounds), *((b, "process", (16,), 1) for b in capped),
-                      (1, "process", (16,), 1), (FULL_BATCH, "thread", (1, 16), 1)]
-    for max_batch, engine, levels, rounds in configurations:
-        server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads, engine)
+    rows = []
+    measured = {}  # [(max_batch, engine, kv dtype, clients, round)] = (tokens/s, client p50, server p50)
+    configurations = [(FULL_BATCH, "process", "auto", (1, 4, 16), args.rounds),
+                      (FULL_BATCH, "process", "bfloat16", (1, 16), args.rounds),
+                      *((b, "process", "auto", (16,), 1) for b in capped), (1, "process", "auto", (16,), 1),
+                      (FULL_BATCH, "thread", "auto", (1, 16), 1)]
+    for max_batch, engine, kv_dtype, levels, rounds in configurations:
+        server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads, engine,
+                        kv_dtype)
         try:
-            for round_, clients in itertools.product(range(rounds), levels):
-                histogram_before = server.inter_token_buckets()
-                tally, elapsed, rss0, rss1 = load(server, clients, args.seconds, stream_completion, PROMPTS)
-                server_itl = histogram_median(histogram_before, server.inter_token_buckets())
-                tokens_per_s = tally.tokens / elapsed
-                measured[(max_batch, engine, clients, round_)] = (tokens_per_s, pct(tally.inter_token, 0.5),
-                                                                  server_itl)
-                label = f"{clients}" + ("" if max_batch == FULL_BATCH else f" (--max-batch {max_batch})") + (
-                    "" if engine == "process" else f" (--engine {engine})")
-                rows.append([label + (f", round {round_ + 1}" if rounds > 1 else ""),
-                             f"{tally.requests / elapsed:.2f}", f"{tokens_per_s:.0f}",
-                             f"{1000 * pct(tally.first_token, 0.5):.0f} / {1000 * pct(tally.first_token, 0.99):.0f}",
-                             f"{1000 * pct(tally.inter_token, 0.5):.1f} / {1000 * pct(tally.inter_token, 0.99):.1f}",
-                             f"{1000 * server_itl:.1f}",
-                             str(tally.errors), f"{rss0:.0f} -> {rss1:.0f}"])
+            for round_ in range(rounds):
+                slices = args.slices if len(levels) > 1 else 1
+                for clients, level in measure_levels(server, levels, args.seconds, slices).items():
+                    tally, elapsed = level.tally, level.seconds
+                    tokens_per_s, server_itl = tally.tokens / elapsed, histogram_median(level.server_histogram)
+                    measured[(max_batch, engine, kv_dtype, clients, round_)] = (
+                        tokens_per_s, pct(tally.inter_token, 0.5), server_itl)
+                    label = f"{clients}" + ("" if max_batch == FULL_BATCH else f" (--max-batch {max_batch})") + (
+                        "" if engine == "process" else f" (--engine {engine})") + (
+                        "" if kv_dtype == "auto" else f" (--kv-cache-dtype {kv_dtype})")
+                    rows.append([label + (f", round {round_ + 1}" if rounds > 1 else ""),
+                                 f"{tally.requests / elapsed:.2f}", f"{tokens_per_s:.0f}",
+                                 f"{1000 * pct(tally.first_token, 0.5):.0f} / "
+                                 f"{1000 * pct(tally.first_token, 0.99):.0f}",
+                                 f"{1000 * pct(tally.inter_token, 0.5):.1f} / "
+                                 f"{1000 * pct(tally.inter_token, 0.99):.1f}",
+                                 f"{1000 * server_itl:.1f}", str(tally.errors),
+                                 f"{level.rss[0]:.0f} -> {level.rss[-1]:.0f}"])
             if max_batch == FULL_BATCH and engine == "process":
                 image_rows = []
                 for clients in (1, 8):
@@ -339,25 +389,35 @@ def main() -> None:
         for round_, clients in itertools.product(range(args.rounds), (1, 16)):
             engine_rows[(clients, round_)] = scheduler_alone(gpt_path, clients, args.engine_seconds)
 
-    print(f"\nstreaming completions, {MAX_TOKENS} tokens each, {args.seconds:.0f} s per row")
+    print(f"\nstreaming completions, {MAX_TOKENS} tokens each, {args.seconds:.0f} s per row (levels of a round "
+          f"interleaved in {args.slices} slices)")
     print_table(["clients", "requests/s", "tokens/s", "TTFT p50 / p99 (ms)", "inter-token p50 / p99 (ms)",
                  "server-side inter-token p50 (ms)", "errors", "server RSS MiB"], rows)
     rounds = range(args.rounds)
-    one = [measured[(FULL_BATCH, "process", 1, r)] for r in rounds]
-    sixteen = [measured[(FULL_BATCH, "process", 16, r)] for r in rounds]
-    print(f"16 clients / 1 client, mean over {args.rounds} rounds (range): tokens/s "
-          f"{spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); inter-token p50 "
-          f"{spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
-          f"{spread([b[2] / a[2] for a, b in zip(one, sixteen, strict=True)])} at the server (target <= 2x)")
+    for kv_dtype in ("auto", "bfloat16"):
+        one = [measured[(FULL_BATCH, "process", kv_dtype, 1, r)] for r in rounds]
+        sixteen = [measured[(FULL_BATCH, "process", kv_dtype, 16, r)] for r in rounds]
+        print(f"--kv-cache-dtype {kv_dtype}: 16 clients / 1 client, mean over {args.rounds} rounds (range): tokens/s "
+              f"{spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); inter-token p50 "
+              f"{spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
+              f"{spread([b[2] / a[2] for a, b in zip(one, sixteen, strict=True)])} at the server (target <= 2x)")
+    one = [measured[(FULL_BATCH, "process", "auto", 1, r)] for r in rounds]
+    sixteen = [measured[(FULL_BATCH, "process", "auto", 16, r)] for r in rounds]
+    bf16_one = [measured[(FULL_BATCH, "process", "bfloat16", 1, r)] for r in rounds]
+    bf16_sixteen = [measured[(FULL_BATCH, "process", "bfloat16", 16, r)] for r in rounds]
+    print(f"--kv-cache-dtype bfloat16 against auto, same round: inter-token p50 at 1 client "
+          f"{spread([b[1] / a[1] for a, b in zip(one, bf16_one, strict=True)])}, at 16 clients "
+          f"{spread([b[1] / a[1] for a, b in zip(sixteen, bf16_sixteen, strict=True)])}")
     one_mean = [statistics.mean(level[i] for level in one) for i in range(3)]
-    serial = measured[(1, "process", 16, 0)]
+    serial = measured[(1, "process", "auto", 16, 0)]
     print(f"batched / unbatched at 16 clients: {statistics.mean(b[0] for b in sixteen) / serial[0]:.2f}x tokens/s")
     for batch in capped:
-        row = measured[(batch, "process", 16, 0)]
+        row = measured[(batch, "process", "auto", 16, 0)]
         print(f"16 clients, --max-batch {batch}: tokens/s {row[0] / one_mean[0]:.2f}x one client's (mean of the "
               f"rounds), inter-token p50 {row[1] / one_mean[1]:.2f}x at the clients, {row[2] / one_mean[2]:.2f}x at "
               "the server")
-    thread_one, thread_sixteen = measured[(FULL_BATCH, "thread", 1, 0)], measured[(FULL_BATCH, "thread", 16, 0)]
+    thread_one = measured[(FULL_BATCH, "thread", "auto", 1, 0)]
+    thread_sixteen = measured[(FULL_BATCH, "thread", "auto", 16, 0)]
     print(f"--engine thread (one round): tokens/s 16 / 1 {thread_sixteen[0] / thread_one[0]:.2f}x, inter-token p50 "
           f"{thread_sixteen[1] / thread_one[1]:.2f}x; against the process engine's mean: tokens/s at 16 clients "
           f"{thread_sixteen[0] / statistics.mean(b[0] for b in sixteen):.2f}x, inter-token p50 at 1 client "

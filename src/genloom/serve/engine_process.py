@@ -10,7 +10,7 @@ scheduler driven alone (serve_load benchmark, README). Here the child runs the s
     parent (HTTP)                                  child (engine)
     EngineProcess.submit ---("submit", jobs)--->   TextScheduler.submit
     EngineProcess.cancel ---("cancel", ids)---->   TextScheduler.cancel
-    reader thread <---("events", [(id, event)], running, waiting)--- after each step
+    reader thread <---("events", [(id, *event)], running, waiting)--- after each step
 
 The parent keeps the model too (for `echo` scoring and the model's metadata), so a text model's weights are held
 twice. Latency metrics are timed on the parent as events arrive, the time a client can see them.
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from genloom.errors import GenloomError
+from genloom.generate.batch import TokenLogprobs
 from genloom.generate.sampling import SamplingConfig
 from genloom.serve.errors import ApiError
 from genloom.serve.metrics import ServerMetrics
@@ -41,6 +42,9 @@ START_TIMEOUT_S = 300.0  # loading a large checkpoint in the child can take a wh
 
 # What crosses the pipe for one job: (job id, prompt, sampling, eos id, top logprobs, calls the model's tool).
 JobMessage = tuple[int, list[int], SamplingConfig, int | None, int | None, bool]
+# And for one event: (job id, then TokenEvent's fields in order). A tuple pickles ten times as fast as the dataclass
+# (16 events: 2 against 24 us), on both sides of every step.
+EventMessage = tuple[int, str, int | None, TokenLogprobs | None, str | None, str | None]
 
 
 class EngineProcess:
@@ -146,7 +150,8 @@ class EngineProcess:
             running.set(self.running)
             waiting.set(queued)
             now = time.perf_counter()
-            for job_id, event in events:
+            for job_id, *fields in events:
+                event = TokenEvent(*fields)
                 job = self.jobs.get(job_id)
                 if job is None:
                     continue  # cancelled here while the child was decoding it
@@ -201,11 +206,11 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
     except Exception as e:  # the parent names it in its one-line error
         conn.send(("failed", str(e)))
         return
-    outbox: list[tuple[int, TokenEvent]] = []
+    outbox: list[EventMessage] = []
     jobs: dict[int, TextJob] = {}
 
     def post(job_id: int, event: TokenEvent) -> None:  # on the scheduler's thread
-        outbox.append((job_id, event))
+        outbox.append((job_id, event.text, event.token, event.logprobs, event.finish_reason, event.error))
         if event.finish_reason is not None:
             jobs.pop(job_id, None)
 
@@ -219,7 +224,7 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
             outbox.clear()
             reported = state
 
-    scheduler = TextScheduler("engine", model, tokenizer, max_batch, sys.maxsize, ServerMetrics(), after_step=flush,
+    scheduler = TextScheduler("engine", model, tokenizer, max_batch, sys.maxsize, None, after_step=flush,
                               kv_dtype=kv_dtype)
     tool = decoder_tool(tokenizer)  # one calculator serves every row: it reads only the row's tokens
     scheduler.start()
