@@ -42,8 +42,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "with the HTTP side; its weights are held in both processes), or on a thread of the server")
     p.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                    help="the language models' KV caches: auto (the weights' dtype), or 16 bits, as llama.cpp keeps "
-                   "them: less memory per row, and on a CPU faster steps of many rows (serve_load benchmark), at a "
-                   "small change to the numbers")
+                   "them: half the memory per row, at a small change to the numbers (on a 2-core CPU no faster: "
+                   "serve_load benchmark)")
     p.set_defaults(func=_cmd_serve)
 
 

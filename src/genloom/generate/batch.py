@@ -12,9 +12,8 @@ instead of holding its row until the longest request ends. `DecodeBatch` is that
   step runs on views of the cache, never on a gathered copy.
 - Every row samples with its own settings (`SamplingConfig`, including OpenAI's presence and frequency
   penalties), its own generator, and can ask for the log-probabilities of its tokens.
-- The cache may hold keys and values in a narrower dtype than the model's (`kv_dtype`, llama.cpp's 16-bit KV cache):
-  a step of many rows reads every row's cache from memory, and on a CPU that read is most of what a 16-row step
-  costs beyond a 1-row one (serve_load benchmark, README). Attention then runs in that dtype.
+- The cache may hold keys and values in a narrower dtype than the model's (`kv_dtype`; llama.cpp keeps a 16-bit
+  cache by default): half the memory per row and column. Attention then runs in that dtype.
 - A row's next tokens can be given instead of sampled (`force`): a tool's output (generate's calculator) goes
   through the model one token a step, with the other rows, as if the model had written it.
 
