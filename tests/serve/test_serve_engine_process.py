@@ -114,6 +114,16 @@ def test_a_checkpoint_the_child_cannot_load_is_a_one_line_error_at_start(tmp_pat
     assert "\n" not in str(failed.value)
 
 
+def test_engines_started_before_a_model_that_fails_to_load_are_ended(checkpoints, tmp_path):
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(GenloomError):
+        load_served_models({"lm": checkpoints["lm"], "missing": tmp_path / "missing"},
+                           ServeSettings(engine="process", device="cpu"), ServerMetrics())
+    assert set(multiprocessing.active_children()) <= before  # the lm's engine process is gone
+
+
 def test_a_16_bit_kv_cache_serves_alike_in_both_engines_and_batches_exactly(checkpoints):
     specs = {"long": checkpoints["long"]}
     with LiveServer(specs, kv_cache_dtype="bfloat16") as here, \

@@ -125,9 +125,17 @@ def parse_model_specs(checkpoints: list[str], named: list[str]) -> dict[str, Pat
 def load_served_models(specs: dict[str, Path], settings: ServeSettings,
                        metrics: ServerMetrics) -> dict[str, ServedModel]:
     device = pick_device(settings.device)
-    models = {name: _load(name, path, settings, metrics, device) for name, path in specs.items()}
-    if settings.clip is not None:
-        _attach_reranker(settings.clip, [m for m in models.values() if isinstance(m, ImageModel)], device)
+    models: dict[str, ServedModel] = {}
+    try:
+        for name, path in specs.items():
+            models[name] = _load(name, path, settings, metrics, device)
+        if settings.clip is not None:
+            _attach_reranker(settings.clip, [m for m in models.values() if isinstance(m, ImageModel)], device)
+    except BaseException:  # the server will not start: end the engine processes of the models loaded so far
+        for served in models.values():
+            if isinstance(served.worker, EngineProcess):
+                served.worker.stop()
+        raise
     return models
 
 
