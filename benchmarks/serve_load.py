@@ -394,20 +394,19 @@ def main() -> None:
     print_table(["clients", "requests/s", "tokens/s", "TTFT p50 / p99 (ms)", "inter-token p50 / p99 (ms)",
                  "server-side inter-token p50 (ms)", "errors", "server RSS MiB"], rows)
     rounds = range(args.rounds)
-    for kv_dtype in ("auto", "bfloat16"):
-        one = [measured[(FULL_BATCH, "process", kv_dtype, 1, r)] for r in rounds]
-        sixteen = [measured[(FULL_BATCH, "process", kv_dtype, 16, r)] for r in rounds]
+    # levels[kv dtype][clients]: the full-batch process server's rounds
+    levels = {kv: {c: [measured[(FULL_BATCH, "process", kv, c, r)] for r in rounds] for c in (1, 16)}
+              for kv in ("auto", "bfloat16")}
+    for kv_dtype, (one, sixteen) in ((kv, (by[1], by[16])) for kv, by in levels.items()):
         print(f"--kv-cache-dtype {kv_dtype}: 16 clients / 1 client, mean over {args.rounds} rounds (range): tokens/s "
               f"{spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); inter-token p50 "
               f"{spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
               f"{spread([b[2] / a[2] for a, b in zip(one, sixteen, strict=True)])} at the server (target <= 2x)")
-    one = [measured[(FULL_BATCH, "process", "auto", 1, r)] for r in rounds]
-    sixteen = [measured[(FULL_BATCH, "process", "auto", 16, r)] for r in rounds]
-    bf16_one = [measured[(FULL_BATCH, "process", "bfloat16", 1, r)] for r in rounds]
-    bf16_sixteen = [measured[(FULL_BATCH, "process", "bfloat16", 16, r)] for r in rounds]
-    print(f"--kv-cache-dtype bfloat16 against auto, same round: inter-token p50 at 1 client "
-          f"{spread([b[1] / a[1] for a, b in zip(one, bf16_one, strict=True)])}, at 16 clients "
-          f"{spread([b[1] / a[1] for a, b in zip(sixteen, bf16_sixteen, strict=True)])}")
+    print("--kv-cache-dtype bfloat16 against auto, same round: inter-token p50 " + ", ".join(
+        f"at {c} client{'s' if c > 1 else ''} "
+        f"{spread([b[1] / a[1] for a, b in zip(levels['auto'][c], levels['bfloat16'][c], strict=True)])}"
+        for c in (1, 16)))
+    one, sixteen = levels["auto"][1], levels["auto"][16]
     one_mean = [statistics.mean(level[i] for level in one) for i in range(3)]
     serial = measured[(1, "process", "auto", 16, 0)]
     print(f"batched / unbatched at 16 clients: {statistics.mean(b[0] for b in sixteen) / serial[0]:.2f}x tokens/s")
