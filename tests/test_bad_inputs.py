@@ -319,3 +319,41 @@ def test_bad_input_is_one_line_and_touches_nothing(
     line = one_error_line(err)
     assert case.message in line, line
     assert _fingerprint(env.foreign, env.a_file, env.lm, env.t2i) == before, "a bad input changed files"
+
+
+def test_device_out_of_memory_is_one_line_and_keeps_the_checkpoints(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU that runs out of memory mid-training (here a step that raises CUDA's error) ends the command with one
+    line naming the allocation and what to change, and the run's checkpoints are as they were."""
+    from genloom.train.lm import LanguageModelTask
+
+    monkeypatch.setenv("GENLOOM_CACHE", str(env.root / "cache"))
+    run = _lm_copy(env, tmp_path)
+    before = _fingerprint(run)
+
+    def allocation_fails(*args: object) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "79.19 GiB of which 1.06 GiB is free.\nOf the allocated memory ...")
+
+    monkeypatch.setattr(LanguageModelTask, "loss", allocation_fails)
+    rc, _, err = run_cli(capsys, "train", "lm", "--data", env.corpus, *LM_FLAGS, "--steps", "6", "--out", run,
+                         "--resume")
+    assert rc == 1, err
+    line = one_error_line(err)
+    assert "ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in line, line
+    assert "--batch-size" in line and "--grad-accum" in line, line
+    assert _fingerprint(run) == before, "a failed step changed the run's checkpoints"
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an allocation failure becomes the one-line message: any other RuntimeError is a bug and keeps its
+    traceback."""
+    import genloom.cli.lm as lm_commands
+
+    def broken(args: object) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(lm_commands, "_cmd_generate", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["generate", "some-run", "a prompt"])

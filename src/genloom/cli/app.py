@@ -91,6 +91,23 @@ def build_parser() -> Parser:
     return parser
 
 
+def is_out_of_memory(e: RuntimeError) -> bool:
+    """A device allocation failed (CUDA's OutOfMemoryError, or MPS's RuntimeError). torch is looked up, not
+    imported: a command that never imported it cannot have run out of device memory."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return True
+    return str(e).startswith("MPS backend out of memory")
+
+
+def out_of_memory_message(e: RuntimeError) -> str:
+    """torch's first two sentences (what failed to allocate), and what to change."""
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+    what = ". ".join(first_line.split(". ")[:2]).rstrip(".")
+    return (f"the device ran out of memory ({what}); use a smaller --batch-size (when training, --grad-accum keeps "
+            f"the global batch) or --dtype bf16 where the command has it; complete checkpoints are kept")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread only
@@ -108,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except OSError as e:  # disk full, permission denied, ...: the user's environment, not a bug
         print(f"genloom: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"genloom: error: {out_of_memory_message(e)}", file=sys.stderr)
         return 1
     finally:
         if in_main_thread:

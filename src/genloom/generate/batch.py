@@ -324,8 +324,10 @@ class DecodeBatch:
         """Read every live row's last token (its prompt's last, or the token chosen last step) into its slot: the
         next-token logits of the live rows."""
         rows, n = self.rows, len(self.rows)
-        fill = torch.tensor([r.columns for r in rows], device=self.device)  # (n,) columns before this token
-        width = int(fill.max()) + 1
+        columns_before = [r.columns for r in rows]
+        # The width comes from the Python list: max() of the device tensor would wait for the GPU every token.
+        width = max(columns_before) + 1
+        fill = torch.tensor(columns_before, device=self.device)  # (n,) columns before this token
         for cache in self.caches:
             cache.rows, cache.fill, cache.width = n, fill, width
         tokens = torch.tensor([[r.generated[-1] if r.generated else r.prompt[-1]] for r in rows],
