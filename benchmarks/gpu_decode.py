@@ -2,13 +2,14 @@
 
 GPT-2 small (random weights), 16-token prompts, 128 greedy tokens, batch 1 and 8, through `generate_tokens` (the
 one decoding loop: `DecodeBatch`). An earlier H200 run of gpu_check.py gave 237 / 2,752 tok/s in fp32 and 21 / 199
-in bf16. Four parts, each a table:
+in bf16, before `decoding_head` stopped copying the head to a (d, vocab) layout on GPUs. Four parts, each a table:
 
 1. tokens/s for each dtype and batch, for genloom as it is and with each suspect changed in this script only:
-   - `out-in`: every genloom `Linear` weight laid out in memory as nn.Linear's (out, in), and the output head read
-     from the tied embedding's own (vocab, d) layout instead of `decoding_head`'s contiguous (d, vocab) copy.
-     genloom keeps (in, out) because CPU BLAS multiplies a few rows by it faster; which layout cuBLAS's small-row
-     bf16 kernels prefer is what this row tells;
+   - `out-in`: every genloom `Linear` weight laid out in memory as nn.Linear's (out, in) (and, on a CPU, the
+     output head read from the tied embedding's own (vocab, d) memory, as `decoding_head` now does on a GPU: a
+     contiguous (d, vocab) copy has GPT-2's odd vocabulary, 50,257, as its leading dimension, which cuBLAS is known
+     to multiply slowly in bf16). genloom keeps (in, out) because CPU BLAS multiplies a few rows by it faster;
+     which layout cuBLAS's small-row bf16 kernels prefer is what this row tells;
    - `sdpa math` / `sdpa efficient`: SDPA restricted to one backend (decoding passes a key mask, which rules
      out flash attention);
    - `bf16 kv=fp32`: the bf16 model with an fp32 KV cache (the cache's dtype on its own);

@@ -174,14 +174,28 @@ def test_sampling_config_rejects_bad_values():
         SamplingConfig(max_new_tokens=0)
 
 
-def testdecoding_head_copy_follows_weight_updates(model):
+def test_decoding_head_copy_follows_weight_updates(model):
     from genloom.generate.batch import decoding_head
 
     first = decoding_head(model)
+    assert first.is_contiguous()  # on the CPU, the (d_model, vocab) copy BLAS multiplies a few rows by fastest
     assert decoding_head(model) is first  # reused between calls
     with torch.no_grad():
         model.lm_head.weight.mul_(2.0)
     torch.testing.assert_close(decoding_head(model), model.lm_head.weight.t())
+
+
+def test_decoding_head_off_the_cpu_is_a_view_with_d_model_as_leading_dimension():
+    """On a GPU a (d_model, vocab) copy would have the vocabulary as its leading dimension (odd for GPT-2: 50,257),
+    which cuBLAS multiplies slowly in bf16; there the head is the embedding's own (vocab, d_model) memory."""
+    from genloom.generate.batch import decoding_head
+
+    config = GPTConfig(vocab_size=97, context_length=16, n_layers=1, d_model=32, n_heads=2)
+    with torch.device("meta"):  # a device other than the CPU, without one
+        gpt = GPT(config)
+    head = decoding_head(gpt)
+    assert head.shape == (32, 97) and head.stride() == (1, 32)
+    assert head._is_view()  # of the embedding's memory: no second copy of the weights
 
 
 def test_token_stream_yields_one_token_per_row_per_step(model):

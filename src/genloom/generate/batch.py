@@ -38,13 +38,22 @@ _HEADS: weakref.WeakKeyDictionary[GPT, tuple[tuple[int, int], Tensor]] = weakref
 
 
 def decoding_head(model: GPT) -> Tensor:
-    """The output head as a contiguous (d_model, vocab) matrix, kept between calls.
+    """The output head as a (d_model, vocab) matrix for `hidden @ head`, in the layout the model's device
+    multiplies a few rows by fastest.
 
-    BLAS multiplies a few rows by this layout much faster than by the (vocab, d_model) embedding the head
-    is tied to (8 rows x GPT-2's head: 11 ms instead of 18 ms; see genloom.nn.layers.Linear). Making it
-    costs a slow strided transpose (~0.2 s for GPT-2), so it is redone only when the weight changes.
+    - CPU: a contiguous copy, kept between calls. CPU BLAS multiplies a few rows by this layout much faster than
+      by the (vocab, d_model) embedding the head is tied to (8 rows x GPT-2's head: 11 ms instead of 18 ms; see
+      genloom.nn.layers.Linear). Making it costs a slow strided transpose (~0.2 s for GPT-2), so it is redone only
+      when the weight changes.
+    - Other devices (GPU): a transposed view of the embedding itself, nn.Linear's layout, and no second copy of
+      the weights. A contiguous copy's leading dimension would be the vocabulary, 50,257 for GPT-2: odd, so its
+      rows are not 16-byte aligned in bf16, and cuBLAS is known to run bf16 products with such operands tens of
+      times slower (pytorch/pytorch#106469, #146817). That is the likeliest cause of GPT-2 decoding in bf16 on
+      an H200 at a tenth of fp32's speed (README, GPU section); benchmarks/gpu_decode.py is to measure it.
     """
     weight = model.lm_head.weight
+    if weight.device.type != "cpu":
+        return weight.detach().t()
     key = (weight.data_ptr(), weight._version)
     cached = _HEADS.get(model)
     if cached is None or cached[0] != key:
