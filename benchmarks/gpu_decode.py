@@ -13,6 +13,8 @@ in bf16, before `decoding_head` stopped copying the head to a (d, vocab) layout 
    - `sdpa math` / `sdpa efficient`: SDPA restricted to one backend (decoding passes a key mask, which rules
      out flash attention);
    - `bf16 kv=fp32`: the bf16 model with an fp32 KV cache (the cache's dtype on its own);
+   - `--compile`: the torch.compile'd decoding step (genloom.generate.compiled; inductor's default mode, dynamic
+     shapes, no CUDA graphs), compiled before it is timed;
    and transformers' `generate` on the same weights (its dynamic cache; with `--hf-compile`, also its static cache
    with a `torch.compile`d forward, the path it recommends for speed, at batch 1).
 2. The kernels of 8 decoding steps at batch 1 (torch.profiler): per dtype, the top kernels by device time, with
@@ -22,8 +24,8 @@ in bf16, before `decoding_head` stopped copying the head to a (d, vocab) layout 
    agrees with fp32 on, per prompt (issue 16's target: at least the first 20).
 
 Usage: python benchmarks/gpu_decode.py [--device cuda] [--model gpt2] [--new-tokens 128] [--trained RUN]
-       [--hf-compile]      (about 3 minutes on an H200 with --hf-compile, estimated; the script's own check on a CPU:
-       --device cpu --layers 2 --new-tokens 8 --hf-compile, about a minute)
+       [--hf-compile] [--no-transformers]   (about 5 minutes on an H200 with --hf-compile, estimated, 3 of them
+       compiling; the script's own check on a CPU: --device cpu --layers 2 --new-tokens 8 --hf-compile, 3 minutes)
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from common import print_table
 from torch import Tensor
 
 import genloom.generate.batch as batch_module
+import genloom.generate.compiled as compiled_module
 from genloom.generate import SamplingConfig, generate_tokens
 from genloom.generate.batch import DecodeBatch
+from genloom.generate.compiled import compile_decoding
 from genloom.interop.hf_gpt2 import export_hf_gpt2
 from genloom.models.gpt import GPT, preset
 from genloom.nn.layers import Linear
@@ -124,6 +128,16 @@ def fp32_kv_cache() -> Iterator[None]:
         DecodeBatch.__init__ = original  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def compiled_step(model: GPT) -> Iterator[None]:
+    """The `--compile` decoding step (compiled here, outside the timing), for this measurement only."""
+    compile_decoding(model)
+    try:
+        yield
+    finally:
+        compiled_module._COMPILED.pop(model, None)
+
+
 def measured(run: Callable[[], float]) -> str:
     """A measurement's tokens/s, or why it could not run (a backend that refuses the shape, say)."""
     try:
@@ -138,6 +152,7 @@ def speed_table(model: GPT, new_tokens: int, hf_dir: Path | None, hf_compile: bo
         ("as is", lambda m: contextlib.nullcontext(), ("fp32", "bf16")),
         ("out-in", out_in_layout, ("fp32", "bf16")),
         ("bf16 kv=fp32", lambda m: fp32_kv_cache(), ("bf16",)),
+        ("--compile", compiled_step, ("fp32", "bf16")),
     ]
     if device.type == "cuda":  # fp32 decoding is fast already: only bf16 is timed with one backend forced
         variants += [(f"sdpa {b}", lambda m, b=b: sdpa_backend(b), ("bf16",)) for b in ("math", "efficient")]
@@ -147,12 +162,14 @@ def speed_table(model: GPT, new_tokens: int, hf_dir: Path | None, hf_compile: bo
         for name, make, dtypes in variants:
             if dtype_name not in dtypes:
                 continue
-            cells = []
-            for batch in (1, 8):
-                def run(batch: int = batch, make: Callable = make) -> float:
-                    with make(model):
-                        return tokens_per_second(model, batch, new_tokens)
-                cells.append(measured(run))
+            def run_both(make: Callable = make) -> list[str]:  # one context for both batches: one compile
+                with make(model):
+                    return [measured(functools.partial(tokens_per_second, model, batch, new_tokens))
+                            for batch in (1, 8)]
+            try:
+                cells = run_both()
+            except Exception as e:  # the variant's set-up failed (a compiler that cannot run, say)
+                cells = [f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"] * 2
             rows.append([f"genloom {name}", dtype_name, *cells])
         if hf_dir is not None:
             for static in (False, True) if hf_compile else (False,):

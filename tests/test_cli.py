@@ -152,6 +152,14 @@ def test_generate_greedy(char_run: tuple[Path, str], capsys: pytest.CaptureFixtu
     assert len(first) == len(PROMPT) + 8 + 1
 
 
+def test_generate_compiled_prints_what_eager_decoding_prints(char_run: tuple[Path, str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = char_run
+    flags = ["--max-new-tokens", 12, "--seed", 3]
+    assert cli_ok(capsys, "generate", run, PROMPT, *flags, "--compile") == cli_ok(capsys, "generate", run, PROMPT,
+                                                                                 *flags)
+
+
 def test_generate_reads_prompts_on_stdin_one_output_per_line(
     char_run: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

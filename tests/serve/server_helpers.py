@@ -108,9 +108,11 @@ class LiveServer:
 
     def __init__(self, specs: dict[str, Path], api_key: str | None = None, max_batch: int = 4, max_queue: int = 8,
                  max_body_bytes: int = 1 << 20, clip: Path | None = None,
-                 engine: Literal["thread", "process"] = "thread", kv_cache_dtype: KVCacheDtype = "auto") -> None:
+                 engine: Literal["thread", "process"] = "thread", kv_cache_dtype: KVCacheDtype = "auto",
+                 compile: bool = False) -> None:
         self.metrics = ServerMetrics()
-        settings = ServeSettings(max_batch, max_queue, "cpu", clip, engine, kv_cache_dtype=kv_cache_dtype)
+        settings = ServeSettings(max_batch, max_queue, "cpu", clip, engine, kv_cache_dtype=kv_cache_dtype,
+                                 compile=compile)
         self.models = load_served_models(specs, settings, self.metrics)
         app = create_app(self.models, self.metrics, ServerConfig(api_key=api_key, max_body_bytes=max_body_bytes))
         self.socket = socket.socket()

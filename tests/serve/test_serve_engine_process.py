@@ -1,6 +1,6 @@
 """`--engine process`: a language model decoded in a child process answers exactly as the in-process scheduler
 does, batches, cancels a gone client's row, keeps its queue limit, and fails cleanly when the child dies; a 16-bit
-KV cache (`--kv-cache-dtype`) reaches the child and batches as exactly."""
+KV cache (`--kv-cache-dtype`) and a compiled step (`--compile`) reach the child and batch as exactly."""
 
 from __future__ import annotations
 
@@ -144,3 +144,15 @@ def test_an_unknown_kv_cache_dtype_is_refused_before_loading(checkpoints):
     with pytest.raises(GenloomError, match="unknown KV cache dtype 'int4'"):
         load_served_models({"long": checkpoints["long"]}, ServeSettings(kv_cache_dtype="int4"),  # type: ignore[arg-type]
                            ServerMetrics())
+
+
+def test_a_compiled_engine_answers_as_the_eager_one_and_batches_exactly(server, checkpoints):
+    with LiveServer({"lm": checkpoints["lm"]}, engine="process", compile=True) as there:
+        assert there.models["lm"].worker.compiled
+        here, compiled = clients(server, there)
+        kw = {"model": "lm", "prompt": ["The cat", "A"], "max_tokens": 12, "temperature": 1.0, "seed": 3}
+        assert [c.text for c in here.completions.create(**kw).choices] == [
+            c.text for c in compiled.completions.create(**kw).choices]
+        together, solo = batched_and_solo_texts(compiled, ["The", "a b c d e f", "x"], model="lm", max_tokens=20,
+                                                temperature=1.0)
+        assert together == solo

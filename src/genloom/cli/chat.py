@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genloom.cli.common import add_dtype_flag, add_training_flags, positive_int, report_done, train_config
+from genloom.cli.common import (
+    add_compile_flag,
+    add_dtype_flag,
+    add_training_flags,
+    compile_if_asked,
+    positive_int,
+    report_done,
+    train_config,
+)
 from genloom.cli.lm import add_sampling_flags, sampling_config
 from genloom.errors import GenloomError, UnencodableTextError
 
@@ -32,6 +40,7 @@ def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParser
     add_sampling_flags(chat)
     chat.set_defaults(max_new_tokens=128, temperature=0.0)  # a chat answers; greedy is its best guess
     chat.add_argument("--device", default="auto")
+    add_compile_flag(chat)
     chat.set_defaults(func=_cmd_chat)
 
     ev = eval_sub.add_parser("chat", help="exact-answer accuracy on held-out conversations, by family")
@@ -127,6 +136,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
     from genloom.generate.chat import ChatSession
 
     model, tokenizer = _load(args.checkpoint, args.device)
+    compile_if_asked(args, model)
     session = ChatSession(model, tokenizer, sampling_config(args), where=args.checkpoint, system=args.system)
     if args.load:
         session.load(Path(args.load))

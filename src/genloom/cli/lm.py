@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 from genloom.cli.common import (
     Parser,
+    add_compile_flag,
     add_dtype_flag,
     add_training_flags,
+    compile_if_asked,
     non_negative_float,
     positive_int,
     report_done,
@@ -31,6 +33,7 @@ def add_commands(sub: argparse._SubParsersAction, train_sub: argparse._SubParser
     add_sampling_flags(gen)
     gen.add_argument("--batch-size", type=positive_int, default=8, help="prompts decoded together")
     gen.add_argument("--device", default="auto")
+    add_compile_flag(gen)
     gen.set_defaults(func=_cmd_generate)
 
     info = sub.add_parser("info", help="architecture, parameter count and memory of a preset or checkpoint")
@@ -134,6 +137,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         prompts = [_unescape(args.prompt)]
     model, tokenizer = load_language_model(Path(args.checkpoint))
     model = model.to(pick_device(args.device))
+    compile_if_asked(args, model)
     context = model.config.context_length
     if len(prompts) == 1:
         # One prompt: stream its tokens to the terminal as they are produced. The prompt is echoed with

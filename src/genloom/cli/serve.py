@@ -9,7 +9,7 @@ import os
 import socket
 from pathlib import Path
 
-from genloom.cli.common import positive_int
+from genloom.cli.common import add_compile_flag, positive_int
 from genloom.errors import GenloomError
 from genloom.serve import KV_CACHE_DTYPES
 
@@ -44,6 +44,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="the language models' KV caches: auto (the weights' dtype), or 16 bits, as llama.cpp keeps "
                    "them: half the memory per row, at a small change to the numbers (on a 2-core CPU no faster: "
                    "serve_load benchmark)")
+    add_compile_flag(p)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -79,7 +80,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     metrics = ServerMetrics()
     settings = ServeSettings(args.max_batch, args.max_queue, args.device, Path(args.clip) if args.clip else None,
-                             args.engine, args.threads, args.kv_cache_dtype)
+                             args.engine, args.threads, args.kv_cache_dtype, args.compile)
     models = load_served_models(specs, settings, metrics)
     app = create_app(models, metrics, ServerConfig(api_key=args.api_key))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

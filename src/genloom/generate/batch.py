@@ -16,6 +16,7 @@ instead of holding its row until the longest request ends. `DecodeBatch` is that
   cache by default): half the memory per row and column. Attention then runs in that dtype.
 - A row's next tokens can be given instead of sampled (`force`): a tool's output (generate's calculator) goes
   through the model one token a step, with the other rows, as if the model had written it.
+- The step's forward can be a `torch.compile`d one (`genloom.generate.compiled.compile_decoding(model)`).
 
 The engine knows no text: `TokenStream` (generate/lm.py) runs a fixed batch through it, the HTTP server's
 scheduler (serve/) feeds it requests as they come.
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from genloom.errors import GenloomError
+from genloom.generate.compiled import step_function
 from genloom.generate.sampling import SamplingConfig, apply_output_penalties, apply_repetition_penalty, choose_tokens
 from genloom.models.gpt import GPT
 
@@ -173,6 +175,7 @@ class DecodeBatch:
         self.caches = [SlotKVCache(capacity, cfg.n_heads, self.max_len, cfg.d_model // cfg.n_heads, self.device,
                                    kv_dtype or weight.dtype) for _ in range(cfg.n_layers)]
         self.head = decoding_head(model)
+        self._step = step_function(model)  # eager, or compiled after compile_decoding(model)
         vocab = cfg.vocab_size
         self.seen = torch.zeros(capacity, vocab, dtype=torch.bool, device=self.device)  # prompt + output
         self.counts = torch.zeros(capacity, vocab, device=self.device)  # output tokens, for OpenAI's penalties
@@ -344,9 +347,7 @@ class DecodeBatch:
         columns = torch.arange(width, device=self.device)[None, :]  # (1, width)
         key_valid = columns <= fill[:, None]  # (n, width): each row's own columns, its new token included
         # A row's position is its column: slots hold no padding.
-        hidden = self.model.hidden_states(tokens, positions=fill[:, None], attention_mask=key_valid,
-                                          kv_caches=list(self.caches), last_only=True)  # type: ignore[arg-type]
-        return hidden[:, -1] @ self.head  # (n, vocab)
+        return self._step(self.model, tokens, fill[:, None], key_valid, self.caches, self.head)  # (n, vocab)
 
 
 def token_logprobs(logits: Tensor, token: int, top: int) -> TokenLogprobs:

@@ -54,9 +54,10 @@ class EngineProcess:
     (submitted, not finished) than the batch has rows."""
 
     def __init__(self, name: str, path: Path, max_batch: int, max_queue: int, device: str, threads: int,
-                 metrics: ServerMetrics, kv_cache_dtype: str = "auto") -> None:
+                 metrics: ServerMetrics, kv_cache_dtype: str = "auto", compiled: bool = False) -> None:
         self.name, self.path, self.max_batch, self.max_queue = name, path, max_batch, max_queue
         self.device, self.threads, self.metrics, self.kv_cache_dtype = device, threads, metrics, kv_cache_dtype
+        self.compiled = compiled  # the child decodes with a torch.compile'd step, compiled before it is ready
         self.jobs: dict[int, TextJob] = {}  # outstanding, by id
         self.running = 0  # rows in the child's batch, as it last reported
         self.dead: str | None = None  # why the child is gone, once it is
@@ -74,7 +75,7 @@ class EngineProcess:
         parent_end, child_end = context.Pipe()
         self._process = context.Process(target=_engine_main, name=f"genloom-engine-{self.name}", daemon=True,
                                         args=(child_end, str(self.path), self.max_batch, self.device, self.threads,
-                                              self.kv_cache_dtype))
+                                              self.kv_cache_dtype, self.compiled))
         self._process.start()
         child_end.close()
         self._conn = parent_end
@@ -179,7 +180,8 @@ class EngineProcess:
                 log.exception("delivering an event failed")
 
 
-def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threads: int, kv_cache_dtype: str) -> None:
+def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threads: int, kv_cache_dtype: str,
+                 compiled: bool = False) -> None:
     """The child: load the model, run its `TextScheduler`, and relay jobs in and events out until told to stop
     or the parent is gone (the pipe closes)."""
     import signal
@@ -190,6 +192,7 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
     # ends this process; a KeyboardInterrupt here would only print a second traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    from genloom.generate.compiled import compile_decoding
     from genloom.models.gpt import GPT
     from genloom.registry import load_pretrained
     from genloom.serve.models import kv_cache_dtype as to_dtype
@@ -203,6 +206,8 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
         model, tokenizer = loaded.model, loaded.tokenizer
         assert isinstance(model, GPT) and tokenizer is not None
         model.to(pick_device(device)).eval()
+        if compiled:
+            compile_decoding(model, kv_dtype=kv_dtype)  # now, so no request waits for the compiler
     except Exception as e:  # the parent names it in its one-line error
         conn.send(("failed", str(e)))
         return

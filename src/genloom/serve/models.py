@@ -19,6 +19,7 @@ import torch
 from genloom.checkpoint import read_checkpoint_config, resolve_checkpoint
 from genloom.diffusion.process import check_sampler
 from genloom.errors import GenloomError
+from genloom.generate.compiled import compile_decoding
 from genloom.generate.diffuse import DiffusionSampling
 from genloom.generate.image_io import image_record, png_bytes
 from genloom.generate.rerank import check_same_image_tokenizer, imagine_best_of
@@ -58,6 +59,7 @@ class ServeSettings:
     engine: Literal["thread", "process"] = "thread"  # language models decode on a thread here, or in a process each
     threads: int = 1  # torch threads of an engine process
     kv_cache_dtype: KVCacheDtype = "auto"  # the language models' KV caches: "auto" is the weights' dtype
+    compile: bool = False  # the language models decode with a torch.compile'd step (genloom.generate.compiled)
 
 
 def kv_cache_dtype(name: str) -> torch.dtype | None:
@@ -170,9 +172,11 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         scheduler: TextScheduler | EngineProcess
         if settings.engine == "process":
             scheduler = EngineProcess(name, path, settings.max_batch, settings.max_queue, settings.device,
-                                      settings.threads, metrics, settings.kv_cache_dtype)
+                                      settings.threads, metrics, settings.kv_cache_dtype, settings.compile)
             scheduler.launch()
         else:
+            if settings.compile:
+                compile_decoding(model, kv_dtype=kv_dtype)
             scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics,
                                       kv_dtype=kv_dtype)
         return TextModel(name, TEXT, family, loaded.path, model.config.context_length, scheduler,
