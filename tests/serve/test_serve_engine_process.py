@@ -33,6 +33,16 @@ def clients(*servers: LiveServer) -> list[openai.OpenAI]:
     return [openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0) for s in servers]
 
 
+def assert_answers_alike_and_batches_exactly(reference: LiveServer, other: LiveServer, model: str) -> None:
+    """`other` samples what `reference` samples (seeded), and its batched answers equal its answers alone."""
+    a, b = clients(reference, other)
+    kw = {"model": model, "prompt": ["The cat", "A"], "max_tokens": 12, "temperature": 1.0, "seed": 3}
+    assert [c.text for c in a.completions.create(**kw).choices] == [c.text for c in b.completions.create(**kw).choices]
+    together, solo = batched_and_solo_texts(b, ["The", "a b c d e f", "x"], model=model, max_tokens=20,
+                                            temperature=1.0)
+    assert together == solo
+
+
 def test_answers_equal_the_in_process_schedulers(server, process_server):
     here, there = clients(server, process_server)
     assert isinstance(process_server.models["lm"].worker, EngineProcess)
@@ -131,13 +141,7 @@ def test_a_16_bit_kv_cache_serves_alike_in_both_engines_and_batches_exactly(chec
         scheduler = here.models["long"].worker
         assert isinstance(scheduler, TextScheduler)
         assert {cache.k.dtype for cache in scheduler.batch.caches} == {torch.bfloat16}
-        a, b = clients(here, there)
-        kw = {"model": "long", "prompt": ["The cat", "A"], "max_tokens": 12, "temperature": 1.0, "seed": 3}
-        assert [c.text for c in a.completions.create(**kw).choices] == [
-            c.text for c in b.completions.create(**kw).choices]
-        together, solo = batched_and_solo_texts(b, ["The", "a b c d e f", "x"], model="long", max_tokens=20,
-                                                temperature=1.0)
-        assert together == solo
+        assert_answers_alike_and_batches_exactly(here, there, "long")
 
 
 def test_an_unknown_kv_cache_dtype_is_refused_before_loading(checkpoints):
@@ -149,10 +153,4 @@ def test_an_unknown_kv_cache_dtype_is_refused_before_loading(checkpoints):
 def test_a_compiled_engine_answers_as_the_eager_one_and_batches_exactly(server, checkpoints):
     with LiveServer({"lm": checkpoints["lm"]}, engine="process", compile=True) as there:
         assert there.models["lm"].worker.compiled
-        here, compiled = clients(server, there)
-        kw = {"model": "lm", "prompt": ["The cat", "A"], "max_tokens": 12, "temperature": 1.0, "seed": 3}
-        assert [c.text for c in here.completions.create(**kw).choices] == [
-            c.text for c in compiled.completions.create(**kw).choices]
-        together, solo = batched_and_solo_texts(compiled, ["The", "a b c d e f", "x"], model="lm", max_tokens=20,
-                                                temperature=1.0)
-        assert together == solo
+        assert_answers_alike_and_batches_exactly(server, there, "lm")

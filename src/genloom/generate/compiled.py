@@ -8,9 +8,10 @@ there (not measured yet); CUDA graphs, which need fixed shapes, are not used yet
 
     compile_decoding(model)   # every DecodeBatch over `model` from now on steps through the compiled forward
 
-Shapes are dynamic (rows and cache width change every step), so one compile serves every batch; sizes 0 and 1
-are specialised by torch, so the warm-up steps through one and two rows and a width of one and more, and no
-request later waits for a compile. Only the step is compiled; prefill and sampling stay eager.
+Shapes are dynamic (rows and cache width change every step), so a few graphs compiled when the model is loaded
+serve every batch: torch specialises sizes 0 and 1, so the warm-up steps through one and two rows, a cache width
+of one and more, and a capacity of one and more (six graphs), and no request later waits for a compile. Only the
+step is compiled; prefill and sampling stay eager.
 """
 
 from __future__ import annotations
