@@ -11,7 +11,8 @@ turns in `--slices` slices (1, 4, 16 clients for 10 s each, six times over, by d
 by up to 2x between minutes, which would otherwise land on whichever level ran in a slow one.
 
 The server decodes in its own engine process (`--engine process`, the default). Reference rows: 1 and 16 clients
-against a server with `--kv-cache-dtype bfloat16` (in rounds as the main levels); 1 and 16 clients against
+against a server with `--kv-cache-dtype bfloat16`, and against one with `--compile` (each in rounds as the main
+levels; the compiled server's start-up compile is not timed); 1 and 16 clients against
 `--engine thread` (the engine on a thread of the HTTP process, sharing its interpreter lock); 16 clients against a
 server started with --max-batch 1, i.e. the same engine without batching, and with each of --capped-batches
 (default 8): fewer rows per decoding step while the others wait in the queue (vLLM's max_num_seqs trade-off:
@@ -24,7 +25,7 @@ Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 a
 zero errors; memory flat.
 
 Usage: python benchmarks/serve_load.py [--seconds 60] [--rounds 2] [--slices 6] [--image-seconds 60]
-       [--engine-seconds 20] [--threads N] [--capped-batches 8]   (about 18 minutes)
+       [--engine-seconds 20] [--threads N] [--capped-batches 8]   (about 23 minutes)
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ FULL_BATCH = 16  # the main server's --max-batch (the CLI's default): one row pe
 PROMPTS = ["The quick brown fox", "Once upon a time", "In the beginning", "def main():", "Dear reader,",
            "It was a dark and stormy night", "import torch", "Q: what is"]
 MAX_TOKENS = 64
+# Reference servers run in rounds beside the defaults: a 16-bit KV cache, and the compiled decoding step.
+VARIANTS: tuple[tuple[str, ...], ...] = (("--kv-cache-dtype", "bfloat16"), ("--compile",))
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square"]
 
 
@@ -83,10 +86,9 @@ def make_models(root: Path) -> tuple[Path, Path]:
 
 class Server:
     def __init__(self, models: list[str], max_batch: int, threads: int | None, engine: str = "thread",
-                 kv_cache_dtype: str = "auto") -> None:
+                 flags: tuple[str, ...] = ()) -> None:
         command = [sys.executable, "-m", "genloom.cli", "serve", *models, "--port", "0", "--max-batch",
-                   str(max_batch), "--max-queue", "256", "--device", "cpu", "--engine", engine, "--kv-cache-dtype",
-                   kv_cache_dtype]
+                   str(max_batch), "--max-queue", "256", "--device", "cpu", "--engine", engine, *flags]
         if threads is not None:
             command += ["--threads", str(threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -347,25 +349,25 @@ def main() -> None:
     gpt_path, t2i_path = make_models(root)
 
     rows = []
-    measured = {}  # [(max_batch, engine, kv dtype, clients, round)] = (tokens/s, client p50, server p50)
-    configurations = [(FULL_BATCH, "process", "auto", (1, 4, 16), args.rounds),
-                      (FULL_BATCH, "process", "bfloat16", (1, 16), args.rounds),
-                      *((b, "process", "auto", (16,), 1) for b in capped), (1, "process", "auto", (16,), 1),
-                      (FULL_BATCH, "thread", "auto", (1, 16), 1)]
-    for max_batch, engine, kv_dtype, levels, rounds in configurations:
+    measured = {}  # [(max_batch, engine, flags, clients, round)] = (tokens/s, client p50, server p50)
+    configurations = [(FULL_BATCH, "process", (), (1, 4, 16), args.rounds),
+                      *((FULL_BATCH, "process", flags, (1, 16), args.rounds) for flags in VARIANTS),
+                      *((b, "process", (), (16,), 1) for b in capped), (1, "process", (), (16,), 1),
+                      (FULL_BATCH, "thread", (), (1, 16), 1)]
+    for max_batch, engine, flags, levels, rounds in configurations:
         server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads, engine,
-                        kv_dtype)
+                        flags)
         try:
             for round_ in range(rounds):
                 slices = args.slices if len(levels) > 1 else 1
                 for clients, level in measure_levels(server, levels, args.seconds, slices).items():
                     tally, elapsed = level.tally, level.seconds
                     tokens_per_s, server_itl = tally.tokens / elapsed, histogram_median(level.server_histogram)
-                    measured[(max_batch, engine, kv_dtype, clients, round_)] = (
+                    measured[(max_batch, engine, flags, clients, round_)] = (
                         tokens_per_s, pct(tally.inter_token, 0.5), server_itl)
                     label = f"{clients}" + ("" if max_batch == FULL_BATCH else f" (--max-batch {max_batch})") + (
                         "" if engine == "process" else f" (--engine {engine})") + (
-                        "" if kv_dtype == "auto" else f" (--kv-cache-dtype {kv_dtype})")
+                        f" ({' '.join(flags)})" if flags else "")
                     rows.append([label + (f", round {round_ + 1}" if rounds > 1 else ""),
                                  f"{tally.requests / elapsed:.2f}", f"{tokens_per_s:.0f}",
                                  f"{1000 * pct(tally.first_token, 0.5):.0f} / "
@@ -374,7 +376,7 @@ def main() -> None:
                                  f"{1000 * pct(tally.inter_token, 0.99):.1f}",
                                  f"{1000 * server_itl:.1f}", str(tally.errors),
                                  f"{level.rss[0]:.0f} -> {level.rss[-1]:.0f}"])
-            if max_batch == FULL_BATCH and engine == "process":
+            if max_batch == FULL_BATCH and engine == "process" and not flags:
                 image_rows = []
                 for clients in (1, 8):
                     tally, elapsed, rss0, rss1 = load(server, clients, args.image_seconds, draw_image, CAPTIONS)
@@ -394,29 +396,30 @@ def main() -> None:
     print_table(["clients", "requests/s", "tokens/s", "TTFT p50 / p99 (ms)", "inter-token p50 / p99 (ms)",
                  "server-side inter-token p50 (ms)", "errors", "server RSS MiB"], rows)
     rounds = range(args.rounds)
-    # levels[kv dtype][clients]: the full-batch process server's rounds
-    levels = {kv: {c: [measured[(FULL_BATCH, "process", kv, c, r)] for r in rounds] for c in (1, 16)}
-              for kv in ("auto", "bfloat16")}
-    for kv_dtype, (one, sixteen) in ((kv, (by[1], by[16])) for kv, by in levels.items()):
-        print(f"--kv-cache-dtype {kv_dtype}: 16 clients / 1 client, mean over {args.rounds} rounds (range): tokens/s "
-              f"{spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); inter-token p50 "
-              f"{spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
+    # levels[flags][clients]: the full-batch process server's rounds
+    levels = {flags: {c: [measured[(FULL_BATCH, "process", flags, c, r)] for r in rounds] for c in (1, 16)}
+              for flags in ((), *VARIANTS)}
+    for flags, (one, sixteen) in ((f, (by[1], by[16])) for f, by in levels.items()):
+        print(f"{' '.join(flags) or 'defaults'}: 16 clients / 1 client, mean over {args.rounds} rounds (range): "
+              f"tokens/s {spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); "
+              f"inter-token p50 {spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
               f"{spread([b[2] / a[2] for a, b in zip(one, sixteen, strict=True)])} at the server (target <= 2x)")
-    print("--kv-cache-dtype bfloat16 against auto, same round: inter-token p50 " + ", ".join(
-        f"at {c} client{'s' if c > 1 else ''} "
-        f"{spread([b[1] / a[1] for a, b in zip(levels['auto'][c], levels['bfloat16'][c], strict=True)])}"
-        for c in (1, 16)))
-    one, sixteen = levels["auto"][1], levels["auto"][16]
+    for flags in VARIANTS:
+        print(f"{' '.join(flags)} against the defaults, same round: inter-token p50 " + ", ".join(
+            f"at {c} client{'s' if c > 1 else ''} "
+            f"{spread([b[1] / a[1] for a, b in zip(levels[()][c], levels[flags][c], strict=True)])}"
+            for c in (1, 16)))
+    one, sixteen = levels[()][1], levels[()][16]
     one_mean = [statistics.mean(level[i] for level in one) for i in range(3)]
-    serial = measured[(1, "process", "auto", 16, 0)]
+    serial = measured[(1, "process", (), 16, 0)]
     print(f"batched / unbatched at 16 clients: {statistics.mean(b[0] for b in sixteen) / serial[0]:.2f}x tokens/s")
     for batch in capped:
-        row = measured[(batch, "process", "auto", 16, 0)]
+        row = measured[(batch, "process", (), 16, 0)]
         print(f"16 clients, --max-batch {batch}: tokens/s {row[0] / one_mean[0]:.2f}x one client's (mean of the "
               f"rounds), inter-token p50 {row[1] / one_mean[1]:.2f}x at the clients, {row[2] / one_mean[2]:.2f}x at "
               "the server")
-    thread_one = measured[(FULL_BATCH, "thread", "auto", 1, 0)]
-    thread_sixteen = measured[(FULL_BATCH, "thread", "auto", 16, 0)]
+    thread_one = measured[(FULL_BATCH, "thread", (), 1, 0)]
+    thread_sixteen = measured[(FULL_BATCH, "thread", (), 16, 0)]
     print(f"--engine thread (one round): tokens/s 16 / 1 {thread_sixteen[0] / thread_one[0]:.2f}x, inter-token p50 "
           f"{thread_sixteen[1] / thread_one[1]:.2f}x; against the process engine's mean: tokens/s at 16 clients "
           f"{thread_sixteen[0] / statistics.mean(b[0] for b in sixteen):.2f}x, inter-token p50 at 1 client "
