@@ -119,7 +119,6 @@ def report_done(result: TrainResult,
         print(f"best (step {int(result.best['step'])}, in {result.run_dir / 'best'}): {shown}")
 
 
-
 COMPILE_HELP = ("decode with a torch.compile'd step: 1.4-1.6x the tokens/s of a tiny-preset model on a 2-core CPU, "
                 "after compiling for about a minute at start (less when torch's cache has it; inductor needs a C++ "
                 "compiler on a CPU). See benchmarks/decode_compile.py")
