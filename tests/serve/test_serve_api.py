@@ -25,7 +25,7 @@ from genloom.generate.imagine import imagine
 from genloom.generate.rerank import imagine_best_of
 from genloom.generate.translate import translate
 from genloom.models.vqvae import VQVAE, VQConfig
-from genloom.registry import load_clip_model, load_text_to_image_model
+from genloom.registry import load_clip_model, load_image_generator, load_text_to_image_model
 from genloom.tokenizers.chat_tools import CALC_END, OUTPUT_END, OUTPUT_START
 
 
@@ -222,6 +222,22 @@ def test_rerank_keeps_the_clip_models_best_of_n(checkpoints):
         assert (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == image).all()
         parameters = read_png_metadata(io.BytesIO(png))["parameters"]
         assert parameters["image_seed"] == seed and parameters["rerank"] == 6 and "clip_score" in parameters
+
+
+def test_a_diffusion_models_rerank_keeps_the_clip_models_best_of_n(checkpoints):
+    """The scheduler's reranked request (its candidates sampled as one group) keeps what `imagine_best_of` keeps."""
+    with LiveServer({"diffusion": checkpoints["diffusion"]}, clip=clip_of(checkpoints)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0)
+        response = client.images.generate(model="diffusion", prompt="a cyan triangle", n=2,
+                                          extra_body={"seed": 4, "rerank": 5, "steps": 3})
+    best = imagine_best_of(load_image_generator(checkpoints["diffusion"]), load_clip_model(clip_of(checkpoints)),
+                           ["a cyan triangle"], 2, 5, seed=4, sampling=DiffusionSampling(steps=3), guidance_scale=3.0,
+                           negative_prompts=[""], progress=False)
+    for data, image, seed in zip(response.data, best.images, best.seeds or [], strict=True):
+        png = base64.b64decode(data.b64_json)
+        assert (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == image).all()
+        parameters = read_png_metadata(io.BytesIO(png))["parameters"]
+        assert parameters["image_seed"] == seed and parameters["rerank"] == 5 and parameters["steps"] == 3
 
 
 def test_a_reranker_on_another_image_tokenizer_is_refused(checkpoints, tmp_path, capsys):

@@ -1,13 +1,22 @@
 """Iteration-level batching through HTTP: streams interleave, batched output equals solo output, a client that
-disconnects frees its row."""
+disconnects frees its row; a diffusion request joins the running denoiser passes, and a cancelled one leaves them."""
 
 from __future__ import annotations
 
+import base64
+import io
+import threading
 import time
 
+import numpy as np
 import openai
 import pytest
-from server_helpers import LONG_CONTEXT, batched_and_solo_texts, hang_up, open_long_stream
+from PIL import Image
+from server_helpers import LONG_CONTEXT, batched_and_solo_texts, hang_up, http, open_long_stream
+
+from genloom.generate.diffuse import DiffusionSampling, diffuse
+from genloom.serve.models import ImageJob
+from genloom.serve.scheduler import CallJob
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +59,49 @@ def test_a_client_that_disconnects_frees_its_row(server):
     assert before == 1 and not scheduler.batch.rows
     assert not scheduler.live  # the job is gone too, not only its row
     assert generated._value.get() - tokens_before < LONG_CONTEXT - 8  # it stopped early, it did not run out
+
+
+def _wait_for(condition, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_diffusion_request_joins_the_running_passes(server, client):
+    """A 4-step request sent while a 250-step one samples ends first, with the images it makes alone: it shared the
+    long one's denoiser passes instead of waiting for its call to end (a whole call would have made it wait)."""
+    scheduler = server.models["diffusion"].worker
+    long_reply: list[tuple[int, object]] = []
+    long_request = threading.Thread(target=lambda: long_reply.append(http(
+        "POST", server.url + "/v1/images/generations",
+        {"model": "diffusion", "prompt": "a blue square", "steps": 250, "seed": 0, "guidance_scale": 2.0})[::2]))
+    long_request.start()
+    _wait_for(lambda: any(group.step > 0 for group in scheduler.live))
+    short = client.images.generate(model="diffusion", prompt="a red circle", n=2,
+                                   extra_body={"seed": 7, "steps": 4, "guidance_scale": 3.0})
+    (long_group,) = scheduler.live  # still sampling
+    assert long_group.step < 250
+    long_request.join(timeout=60)
+    assert long_reply[0][0] == 200
+    loaded = server.models["diffusion"].loaded
+    images, _ = diffuse(loaded.model, loaded.tokenizer, loaded.vae, ["a red circle"], n_images=2, seed=7,
+                        guidance_scale=3.0, sampling=DiffusionSampling(steps=4), negative_prompts=[""],
+                        progress=False)
+    for data, image in zip(short.data, images, strict=True):
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data.b64_json))).convert("RGB"))
+        assert np.abs(pixels.astype(int) - image).max() <= 1  # the same image, to rounding of batched products
+
+
+def test_a_cancelled_diffusion_request_leaves_the_passes(server):
+    scheduler = server.models["diffusion"].worker
+    delivered: list[object] = []
+    job = CallJob(None, 2, ImageJob("a red circle", 2, 0, 2.0, "", 1.0, steps=250),
+                  lambda result, error: delivered.append(result))
+    scheduler.submit(job)
+    _wait_for(lambda: len(scheduler.live) == 1)
+    (group,) = scheduler.live
+    job.cancelled = True  # what the HTTP handler does when its client is gone
+    _wait_for(lambda: scheduler.batch.rows == 0)
+    assert not scheduler.batch.groups and not scheduler.live and not delivered
+    assert group.step < 250  # it left at once; it did not run out its steps

@@ -9,13 +9,13 @@ The loop is diffusers' pipeline loop, with the process (`genloom.diffusion.proce
 The captions are encoded once. With guidance the conditional and the unconditional (or negative-prompt) rows run
 in one batch; scale 1 skips the unconditional rows. Image i of a call (prompt-major) draws its starting noise and
 every later noise from its own generator, seeded `seed + i` (or `image_seeds[i]`), so it is the same image
-whether made alone or in a batch. Latents are never clipped.
+whether made alone or in a batch. Latents are never clipped. The loop's step is `DiffusionBatch`'s
+(generate/diffusion_batch.py) with one request in it: the server runs the same step over many requests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,11 +23,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from genloom.data.images import images_to_tensor, to_unit_range
-from genloom.diffusion.guidance import guide
-from genloom.diffusion.process import check_guidance, check_sampler, sampler_step, sampling_plan, start_sample
-from genloom.diffusion.samplers import SolverHistory
-from genloom.diffusion.schedules import Spacing
 from genloom.errors import GenloomError
+from genloom.generate.diffusion_batch import DiffusionBatch, DiffusionSampling
 from genloom.generate.imagine import decode_to_images, encode_image_prompts, row_generators
 from genloom.models.dit import DiT
 from genloom.models.vae import VAE
@@ -36,16 +33,6 @@ from genloom.tokenizers import Tokenizer
 
 # Called every `preview_every` steps with (step, the predicted clean images as uint8 (N, H, W, 3)).
 PreviewCallback = Callable[[int, np.ndarray], None]
-
-
-@dataclass
-class DiffusionSampling:
-    """How a diffusion model samples; None sampler: the objective's default (dpm++ for ddpm, euler for flow)."""
-
-    steps: int = 20
-    sampler: str | None = None
-    eta: float = 0.0  # DDIM's noise (0: deterministic)
-    spacing: Spacing = "trailing"  # which training timesteps a ddpm-objective sampler visits
 
 
 def latents_to_images(vae: VAE, latents: Tensor, batch_size: int = 64) -> np.ndarray:
@@ -67,13 +54,6 @@ def init_latents(vae: VAE, images: np.ndarray) -> Tensor:
     return mean * vae.latent_scale
 
 
-def _noise(shape: tuple[int, ...], generators: list[torch.Generator] | None, device: torch.device) -> Tensor:
-    """Standard normal (N, *shape): row i from generator i (torch's global RNG without generators)."""
-    if generators is None:
-        return torch.randn(shape, device=device)
-    return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generators])
-
-
 @torch.inference_mode()
 def sample_latents(
     model: DiT,
@@ -90,39 +70,14 @@ def sample_latents(
     """Scaled latents (B, C, h, w) for captions text (B, Lt). unconditional (B, Lt): the empty caption or the
     negative prompts, needed when guidance_scale != 1. init (B, C, h, w): img2img's starting latents, noised to
     `strength`. on_step(i, predicted x_0) after every step."""
-    cfg, process = model.config, model.config.process
-    device = model.positions.device
-    try:
-        sampler = check_sampler(process, sampling.sampler)
-        check_guidance(process, guidance_scale)
-        plan = sampling_plan(process, sampling.steps, sampling.spacing, strength)
-    except ValueError as e:
-        raise GenloomError(str(e)) from None
-    batch = text.shape[0]
-    guided = guidance_scale != 1.0
-    if guided:
-        if unconditional is None:
-            raise GenloomError("classifier-free guidance needs the unconditional caption")
-        text = torch.cat([text, unconditional.expand(batch, -1)])  # (2B, Lt): conditional rows, then the others
-    caption = model.encode_caption(text.to(device))
-    ac = process.alphas_cumprod().to(device)
-    shape = (batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
-    start_noise = _noise(shape, generators, device)
-    sample = start_sample(process, ac, plan, start_noise, None if init is None else init.to(device))
-    history: SolverHistory | None = None
-    needs_noise = sampler == "ddpm" or (sampler == "ddim" and sampling.eta > 0)
-    for i in tqdm(range(plan.steps), desc="diffuse", unit="step", disable=not progress, leave=False):
-        t = torch.full((text.shape[0],), plan.model_time(i, process), device=device)
-        fed = torch.cat([sample, sample]) if guided else sample
-        output = model(fed, t, caption=caption).float()  # (B or 2B, C, h, w)
-        if guided:
-            output = guide(output[:batch], output[batch:], guidance_scale)
-        noise = _noise(shape, generators, device) if needs_noise else None
-        step = sampler_step(process, ac, sampler, plan, i, sample, output, history, noise, sampling.eta)
-        sample, history = step.sample, step.history
+    batch = DiffusionBatch(model, capacity=text.shape[0])
+    group = batch.add(text, sampling, guidance_scale, unconditional, generators, init, strength)
+    for i in tqdm(range(group.plan.steps), desc="diffuse", unit="step", disable=not progress, leave=False):
+        batch.step()
         if on_step is not None:
-            on_step(i, step.x0)
-    return sample
+            assert group.x0 is not None
+            on_step(i, group.x0)
+    return group.sample
 
 
 def diffuse(

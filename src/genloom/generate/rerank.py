@@ -82,7 +82,17 @@ def imagine_best_of(
     if isinstance(generator, LoadedTextToImage):
         check_same_image_tokenizer(generator.vq, reranker.vq, str(generator.path), str(reranker.path))
     images, drawn = draw_images(generator, prompts, candidates, seed=seed, **sampling)
-    codes = drawn if drawn is not None else encode_images(reranker.vq, images)  # (P * N, g * g) for diffusion
+    return keep_best(reranker, prompts, images, drawn, n_images, seed)
+
+
+def keep_best(reranker: LoadedClip, prompts: Sequence[str], images: np.ndarray, codes: Tensor | None,
+              n_images: int, seed: int | None) -> Reranked:
+    """The `n_images` of each prompt's candidates (images (P * N, H, W, 3), prompt-major, candidate j of prompt p
+    drawn with seed + p * N + j) that the reranker scores highest. codes: the token method's own codes of the
+    images; None (diffusion): the reranker's VQ model codes their pixels."""
+    candidates = len(images) // len(prompts)
+    if codes is None:
+        codes = encode_images(reranker.vq, images)  # (P * N, g * g)
     codes = codes.view(len(images), reranker.vq.config.grid_size, reranker.vq.config.grid_size)
     scores = clip_scores(reranker, prompts, codes)  # (P, N)
     order = scores.argsort(dim=1, descending=True)[:, :n_images]  # (P, keep)

@@ -61,7 +61,7 @@ from genloom.serve.models import (
     image_batch_key,
     new_seed,
 )
-from genloom.serve.scheduler import BatchWorker, CallJob, QueueFull, TextJob, TextScheduler, TokenEvent
+from genloom.serve.scheduler import CallJob, CallQueue, QueueFull, TextJob, TextScheduler, TokenEvent
 from genloom.serve.schemas import (
     MAX_PROMPTS,
     MAX_STOP_STRINGS,
@@ -436,7 +436,7 @@ async def _call(served: ServedModel, key: Hashable, items: int, payload: Any) ->
         loop.call_soon_threadsafe(settle)
 
     job = CallJob(key, items, payload, deliver)
-    assert isinstance(served.worker, BatchWorker)
+    assert isinstance(served.worker, CallQueue)
     try:
         served.worker.submit(job)
     except QueueFull as full:

@@ -15,14 +15,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from genloom.checkpoint import read_checkpoint_config, resolve_checkpoint
 from genloom.diffusion.process import check_sampler
 from genloom.errors import GenloomError
 from genloom.generate.compiled import compile_decoding
-from genloom.generate.diffuse import DiffusionSampling
+from genloom.generate.diffuse import DiffusionSampling, latents_to_images
+from genloom.generate.diffusion_batch import DiffusionBatch, LatentGroup
 from genloom.generate.image_io import image_record, png_bytes
-from genloom.generate.rerank import check_same_image_tokenizer, imagine_best_of
+from genloom.generate.imagine import encode_image_prompts, row_generators
+from genloom.generate.rerank import Reranked, check_same_image_tokenizer, imagine_best_of, keep_best
 from genloom.generate.text_to_image import ImageGenerator, draw_images, image_resolution, method_of, pixel_model
 from genloom.generate.translate import translate
 from genloom.interop.hf_gpt2 import SAFETENSORS_FILE, is_hf_directory
@@ -40,6 +43,7 @@ from genloom.registry import (
 )
 from genloom.run_record import attribution, read_data_record
 from genloom.serve import KV_CACHE_DTYPES, KVCacheDtype
+from genloom.serve.diffusion_scheduler import DiffusionScheduler
 from genloom.serve.engine_process import EngineProcess
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import BatchWorker, TextScheduler
@@ -52,7 +56,7 @@ TEXT, IMAGES, TRANSLATION = "text", "images", "translation"
 
 @dataclass
 class ServeSettings:
-    max_batch: int = 16  # rows decoded together per model (images: images per call)
+    max_batch: int = 16  # rows decoded together per model (images: images per call or denoiser pass)
     max_queue: int = 64  # requests waiting per model before 429
     device: str = "auto"
     clip: Path | None = None  # a CLIP reranker for the image models' best-of-N (`rerank`)
@@ -76,7 +80,7 @@ class ServedModel:
     family: str
     path: Path
     context_length: int | None
-    worker: TextScheduler | EngineProcess | BatchWorker
+    worker: TextScheduler | EngineProcess | BatchWorker | DiffusionScheduler
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -154,8 +158,12 @@ def _attach_reranker(path: Path, image_models: list[ImageModel], device: torch.d
             check_same_image_tokenizer(served.loaded.vq, reranker.vq, str(served.path), str(reranker.path))
         served.reranker = reranker
         served.extra["rerank"] = True
-        assert isinstance(served.worker, BatchWorker)
-        served.worker.run = functools.partial(_draw, served.loaded, reranker)
+        if isinstance(served.worker, DiffusionScheduler):
+            assert isinstance(served.worker.drawer, DiffusionDrawer)
+            served.worker.drawer.reranker = reranker
+        else:
+            assert isinstance(served.worker, BatchWorker)
+            served.worker.run = functools.partial(_draw, served.loaded, reranker)
 
 
 def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics, device: torch.device) -> ServedModel:
@@ -186,8 +194,13 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         t2i.model.to(device).eval()
         pixel_model(t2i).to(device).eval()
         side = image_resolution(t2i)
-        worker = BatchWorker(name, functools.partial(_draw, t2i, None), settings.max_batch, settings.max_queue,
-                             metrics)
+        worker: BatchWorker | DiffusionScheduler
+        if isinstance(t2i, LoadedLatentDiffusion):  # requests share denoiser passes, each at its own step
+            worker = DiffusionScheduler(name, DiffusionBatch(t2i.model, settings.max_batch), DiffusionDrawer(t2i),
+                                        settings.max_queue, metrics)
+        else:  # the token method's requests run as whole calls
+            worker = BatchWorker(name, functools.partial(_draw, t2i, None), settings.max_batch, settings.max_queue,
+                                 metrics)
         return ImageModel(name, IMAGES, family, t2i.path, None, worker,
                           {"size": f"{side}x{side}", "method": method_of(t2i), "steps": _default_steps(t2i),
                            "rerank": False}, t2i)
@@ -224,8 +237,9 @@ class ImageJob:
 
 
 def image_batch_key(job: ImageJob) -> tuple[float, float, int | None, int]:
-    """Requests that can share one sampling call: the same guidance, temperature, reranking and steps (seeds,
-    prompts and negative prompts are per image)."""
+    """Requests that can share one sampling call of the token method: the same guidance, temperature, reranking
+    and steps (seeds, prompts and negative prompts are per image). A diffusion model's scheduler shares denoiser
+    passes between any requests and ignores it."""
     return (job.guidance_scale, job.temperature, job.rerank, job.steps)
 
 
@@ -265,10 +279,39 @@ def _draw_best_of(t2i: ImageGenerator, reranker: LoadedClip, job: ImageJob) -> l
     best = imagine_best_of(t2i, reranker, [job.prompt], job.n, job.rerank, seed=job.seed,
                            guidance_scale=job.guidance_scale, progress=False, negative_prompts=[job.negative_prompt],
                            **_options(t2i, job))
+    return _best_pngs(t2i, reranker, job, best)
+
+
+def _best_pngs(t2i: ImageGenerator, reranker: LoadedClip, job: ImageJob, best: Reranked) -> list[bytes]:
     return [_png(t2i, job, i, image, {"clip": str(reranker.path), "rerank": job.rerank,
                                       "image_seed": None if best.seeds is None else best.seeds[i],
                                       "clip_score": round(float(score), 4)})
             for i, (image, score) in enumerate(zip(best.images, best.scores, strict=True))]
+
+
+@dataclass
+class DiffusionDrawer:
+    """A diffusion model's image requests as `DiffusionScheduler` runs them: each `ImageJob` is one group of the
+    batch (its n images, or its `rerank` candidates), and its PNGs are those of the whole-call path (`_draw`):
+    the same seeds, captions and plan, so the same images."""
+
+    t2i: LoadedLatentDiffusion
+    reranker: LoadedClip | None = None
+
+    def start(self, batch: DiffusionBatch, job: ImageJob) -> LatentGroup:
+        images = job.rerank or job.n
+        text, unconditional = encode_image_prompts(self.t2i.tokenizer, self.t2i.model.config.text_len, [job.prompt],
+                                                   images, job.guidance_scale, [job.negative_prompt])
+        generators = row_generators(images, job.seed, None, batch.device)
+        return batch.add(text, DiffusionSampling(steps=job.steps), job.guidance_scale, unconditional, generators)
+
+    def finish(self, job: ImageJob, latents: Tensor) -> list[bytes]:
+        images = latents_to_images(self.t2i.vae, latents)
+        if job.rerank is None:
+            return [_png(self.t2i, job, i, images[i], {"image_seed": job.seed + i}) for i in range(job.n)]
+        assert self.reranker is not None, "the app refuses rerank without a reranker"
+        best = keep_best(self.reranker, [job.prompt], images, None, job.n, job.seed)
+        return _best_pngs(self.t2i, self.reranker, job, best)
 
 
 def _png(t2i: ImageGenerator, job: ImageJob, index: int, image: np.ndarray, extra: dict[str, Any]) -> bytes:

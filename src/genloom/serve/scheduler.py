@@ -4,8 +4,10 @@
   slots, drops rows whose client is gone, and runs one decoding step for every live row. Text is detokenised
   here (`TextStream`), so a stop string ends its row at the step it appears. A row's result does not depend on
   its neighbours: the engine gives every row its own positions, mask and generator.
-- `BatchWorker` runs requests that are whole calls (images, translations): it takes the oldest request and
-  every waiting one that can share its call (same `key`), up to a batch size, and runs them together.
+- `BatchWorker` runs requests that are whole calls (token-method images, translations): it takes the oldest
+  request and every waiting one that can share its call (same `key`), up to a batch size, and runs them together.
+- `DiffusionScheduler` (serve/diffusion_scheduler.py) batches a diffusion model's image requests one denoiser pass
+  at a time, as `TextScheduler` does decoding steps.
 
 Both queues are bounded: a full queue is `QueueFull`, which the HTTP layer answers with 429 and Retry-After.
 Results cross back to the event loop through a callback the handler gives (`loop.call_soon_threadsafe`).
@@ -254,14 +256,12 @@ class CallJob:
     cancelled: bool = False
 
 
-class BatchWorker(_ModelThread):
-    """Runs whole-call requests in batches: `run(payloads)` -> one result per payload."""
+class CallQueue(_ModelThread):
+    """A model's thread fed whole requests (`CallJob`) through a bounded queue."""
 
-    def __init__(self, name: str, run: Callable[[list[Any]], list[Any]], max_batch: int, max_queue: int,
-                 metrics: ServerMetrics) -> None:
-        self.name, self.run, self.max_batch, self.max_queue, self.metrics = name, run, max_batch, max_queue, metrics
+    def __init__(self, name: str, max_queue: int, metrics: ServerMetrics) -> None:
+        self.name, self.max_queue, self.metrics = name, max_queue, metrics
         self.waiting: deque[CallJob] = deque()
-        self.running = 0
         super().__init__(name)
 
     def submit(self, job: CallJob) -> None:
@@ -271,6 +271,16 @@ class BatchWorker(_ModelThread):
             self.waiting.append(job)
             self.metrics.queue_depth.labels(self.name).set(len(self.waiting))
             self.wake.notify()
+
+
+class BatchWorker(CallQueue):
+    """Runs whole-call requests in batches: `run(payloads)` -> one result per payload."""
+
+    def __init__(self, name: str, run: Callable[[list[Any]], list[Any]], max_batch: int, max_queue: int,
+                 metrics: ServerMetrics) -> None:
+        self.run, self.max_batch = run, max_batch
+        self.running = 0
+        super().__init__(name, max_queue, metrics)
 
     def _take(self) -> list[CallJob]:
         """The oldest job and every waiting job that shares its call, up to max_batch items."""

@@ -1,0 +1,102 @@
+"""Step-level batching of a diffusion model's image requests: one denoiser pass at a time over every live request.
+
+The loop is `TextScheduler`'s for images: each turn admits waiting requests while their images fit the batch
+(first come, first served: a request that does not fit yet is not overtaken, so a large one is never starved),
+drops requests whose client is gone (their rows free at once), and runs one pass of `DiffusionBatch`, where every
+request is at its own step of its own plan. A request that arrives while others are sampling starts at the next
+pass instead of waiting for their whole call, and requests with different steps, guidance or negative prompts
+share passes. What to draw and what to return is the model's (`LatentDrawer`, serve/models.py); this module knows
+no images or PNGs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from genloom.generate.diffusion_batch import DiffusionBatch, LatentGroup
+from genloom.serve.metrics import ServerMetrics
+from genloom.serve.scheduler import CallJob, CallQueue
+
+log = logging.getLogger("genloom.serve")
+
+
+class LatentDrawer(Protocol):
+    def start(self, batch: DiffusionBatch, payload: Any) -> LatentGroup:
+        """Add the request to `batch` (its captions, seeds and plan); errors go to this request alone."""
+        ...
+
+    def finish(self, payload: Any, latents: Tensor) -> Any:
+        """The request's result from its final latents (k, C, h, w)."""
+        ...
+
+
+class DiffusionScheduler(CallQueue):
+    def __init__(self, name: str, batch: DiffusionBatch, drawer: LatentDrawer, max_queue: int,
+                 metrics: ServerMetrics) -> None:
+        self.batch, self.drawer = batch, drawer
+        self.live: dict[LatentGroup, CallJob] = {}
+        super().__init__(name, max_queue, metrics)
+
+    @property
+    def running(self) -> int:
+        return self.batch.rows
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.stopped and not self.waiting and not self.live:
+                    self.wake.wait()
+                if self.stopped:
+                    return
+                admitted = self._take()
+                self.metrics.queue_depth.labels(self.name).set(len(self.waiting))
+            self._drop_cancelled()
+            for job in admitted:
+                try:
+                    self.live[self.drawer.start(self.batch, job.payload)] = job
+                except Exception as e:  # a request the model refuses fails alone
+                    job.deliver(None, e)
+            self.metrics.running.labels(self.name).set(self.batch.rows)
+            try:
+                finished = self.batch.step()
+            except Exception as e:  # a model failure must not kill the server: fail the requests it touched
+                log.exception("diffusion step failed")
+                for group, job in self.live.items():
+                    self.batch.remove(group)
+                    job.deliver(None, e)
+                self.live.clear()
+                continue
+            for group in finished:
+                job = self.live.pop(group)
+                try:
+                    result = self.drawer.finish(job.payload, group.sample)
+                except Exception as e:
+                    log.exception("decoding images failed")
+                    job.deliver(None, e)
+                else:
+                    job.deliver(result, None)
+            self.metrics.running.labels(self.name).set(self.batch.rows)
+
+    def _take(self) -> list[CallJob]:
+        """Waiting jobs, oldest first, while their rows fit beside the running ones (called holding `wake`)."""
+        taken: list[CallJob] = []
+        rows = self.batch.rows
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled:
+                self.waiting.popleft()
+                continue
+            if (rows or taken) and rows + job.items > self.batch.capacity:  # items: the images it samples
+                break
+            taken.append(self.waiting.popleft())
+            rows += job.items
+        return taken
+
+    def _drop_cancelled(self) -> None:
+        for group, job in list(self.live.items()):
+            if job.cancelled:
+                self.batch.remove(group)
+                del self.live[group]
