@@ -163,7 +163,7 @@ def _attach_reranker(path: Path, image_models: list[ImageModel], device: torch.d
             served.worker.drawer.reranker = reranker
         else:
             assert isinstance(served.worker, BatchWorker)
-            served.worker.run = functools.partial(_draw, served.loaded, reranker)
+            served.worker.run = functools.partial(draw_whole_call, served.loaded, reranker)
 
 
 def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics, device: torch.device) -> ServedModel:
@@ -199,8 +199,8 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
             worker = DiffusionScheduler(name, DiffusionBatch(t2i.model, settings.max_batch), DiffusionDrawer(t2i),
                                         settings.max_queue, metrics)
         else:  # the token method's requests run as whole calls
-            worker = BatchWorker(name, functools.partial(_draw, t2i, None), settings.max_batch, settings.max_queue,
-                                 metrics)
+            worker = BatchWorker(name, functools.partial(draw_whole_call, t2i, None), settings.max_batch,
+                                 settings.max_queue, metrics)
         return ImageModel(name, IMAGES, family, t2i.path, None, worker,
                           {"size": f"{side}x{side}", "method": method_of(t2i), "steps": _default_steps(t2i),
                            "rerank": False}, t2i)
@@ -255,7 +255,7 @@ def new_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
-def _draw(t2i: ImageGenerator, reranker: LoadedClip | None, jobs: list[ImageJob]) -> list[list[bytes]]:
+def draw_whole_call(t2i: ImageGenerator, reranker: LoadedClip | None, jobs: list[ImageJob]) -> list[list[bytes]]:
     """PNG bytes of every job's images from one sampling call; image i of a job is seed + i, as `imagine`.
     Reranked jobs draw their candidates with `imagine_best_of`, one call per job."""
     if jobs[0].rerank is not None:
@@ -292,7 +292,7 @@ def _best_pngs(t2i: ImageGenerator, reranker: LoadedClip, job: ImageJob, best: R
 @dataclass
 class DiffusionDrawer:
     """A diffusion model's image requests as `DiffusionScheduler` runs them: each `ImageJob` is one group of the
-    batch (its n images, or its `rerank` candidates), and its PNGs are those of the whole-call path (`_draw`):
+    batch (its n images, or its `rerank` candidates), and its PNGs are those of the whole-call path (`draw_whole_call`):
     the same seeds, captions and plan, so the same images."""
 
     t2i: LoadedLatentDiffusion

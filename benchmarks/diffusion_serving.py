@@ -1,0 +1,237 @@
+"""A diffusion model's image requests under load: the server's step-level scheduler against whole-call batching.
+
+The server's `DiffusionScheduler` runs one denoiser pass at a time over every live request, each at its own step;
+the reference is the `BatchWorker` the token method uses, which runs whole calls of waiting requests that share
+their settings (a request arriving mid-call waits for the call to end). Both are driven here directly, without
+HTTP (the same objects `genloom serve` builds, same torch threads), on a random-weight `dit-small` (6.0M
+parameters, as benchmarks/diffusion.py trains it) over a `vae-32` (32x32 RGB, 8x8x4 latents), one image per
+request at guidance 3, --max-batch 16. Workloads:
+
+- closed loop, 1 and 8 clients, 20 steps: each client sends its next request when the last one ends.
+- closed loop, 8 clients, mixed steps: client i asks for 10, 20 or 50 steps (i mod 3), as users do who trade
+  quality for speed; whole calls batch only requests with the same steps.
+- open loop, 20 steps, and mixed steps: requests arrive at random (Poisson) at `--load` x the step scheduler's
+  8-client images/s of the same steps, as a server's users send them; latency is from arrival to result.
+
+Per row: images/s and latency p50 / p99 (ms). Within a row the two schedulers take turns in `--slices` slices
+(step, call, step, call, ... of seconds / slices each), and the ratios (step-level / whole-call) are taken within
+each of `--rounds` rounds: this shared machine drifts by up to 2x between minutes.
+
+Usage: python benchmarks/diffusion_serving.py [--seconds 20] [--rounds 2] [--slices 4] [--load 0.7]   (about 9 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import random
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from common import print_table
+
+from genloom.checkpoint import save_checkpoint
+from genloom.cli.serve import default_threads
+from genloom.data.captions import CaptionCodec, train_caption_tokenizer
+from genloom.generate.diffusion_batch import DiffusionBatch
+from genloom.models.dit import DiT
+from genloom.models.dit import preset as dit_preset
+from genloom.models.vae import VAE
+from genloom.models.vae import preset as vae_preset
+from genloom.registry import LoadedLatentDiffusion, load_image_generator
+from genloom.serve.diffusion_scheduler import DiffusionScheduler
+from genloom.serve.metrics import ServerMetrics
+from genloom.serve.models import DiffusionDrawer, ImageJob, draw_whole_call, image_batch_key
+from genloom.serve.scheduler import BatchWorker, CallJob, CallQueue
+
+CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square left of a red"
+            " circle"]
+MAX_BATCH, MAX_QUEUE = 16, 1024
+SCHEDULERS = ("step", "call")
+
+
+def make_model(root: Path) -> LoadedLatentDiffusion:
+    torch.manual_seed(0)
+    captions = train_caption_tokenizer(CAPTIONS, 300)
+    config = dit_preset("dit-small", text_vocab_size=captions.vocab_size, pad_id=CaptionCodec(captions, 24).ids.pad)
+    dit = DiT(config)
+    for layer in (dit.final.proj, dit.final.modulation, *(b.modulation for b in dit.blocks)):
+        torch.nn.init.normal_(layer.weight, std=0.02)  # adaLN-Zero's zero init would skip most of the work's math
+    vae = VAE(vae_preset("vae-32"))
+    save_checkpoint(root / "autoencoder", vae, "vae", vae.config, None)
+    save_checkpoint(root / "final", dit, "dit", config, captions, metadata={"components": {"autoencoder": "vae"}})
+    loaded = load_image_generator(root / "final")
+    assert isinstance(loaded, LoadedLatentDiffusion)
+    return loaded
+
+
+def make_worker(kind: str, t2i: LoadedLatentDiffusion, metrics: ServerMetrics) -> CallQueue:
+    if kind == "step":
+        return DiffusionScheduler("dit", DiffusionBatch(t2i.model, MAX_BATCH), DiffusionDrawer(t2i), MAX_QUEUE,
+                                  metrics)
+    return BatchWorker("dit", functools.partial(draw_whole_call, t2i, None), MAX_BATCH, MAX_QUEUE, metrics)
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def request(worker: CallQueue, steps: int, seed: int, tally: Tally, arrived: float | None = None) -> None:
+    """One image request, waited for; its latency counts from `arrived` (default: now)."""
+    start = time.perf_counter() if arrived is None else arrived
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def deliver(result: object, error: BaseException | None) -> None:
+        if error is not None:
+            failed.append(error)
+        done.set()
+
+    job = ImageJob(CAPTIONS[seed % len(CAPTIONS)], 1, seed, 3.0, "", 1.0, steps=steps)
+    worker.submit(CallJob(image_batch_key(job), 1, job, deliver))
+    done.wait()
+    with tally.lock:
+        if failed:
+            tally.errors += 1
+        else:
+            tally.latencies.append(time.perf_counter() - start)
+
+
+def closed_loop(worker: CallQueue, clients: int, steps_of: Callable[[int], int], seconds: float) -> tuple[Tally, float]:
+    tally, deadline = Tally(), time.perf_counter() + seconds
+    seeds = iter(range(10**9))
+
+    def client(i: int) -> None:
+        while time.perf_counter() < deadline:
+            request(worker, steps_of(i), next(seeds), tally)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return tally, time.perf_counter() - start
+
+
+def open_loop(worker: CallQueue, rate: float, steps: tuple[int, ...], seconds: float, seed: int
+              ) -> tuple[Tally, float]:
+    """Requests arriving as a Poisson process of `rate` per second for `seconds`, each on its own thread, asking
+    for one of `steps` at random."""
+    tally, rng = Tally(), random.Random(seed)
+    threads: list[threading.Thread] = []
+    start = time.perf_counter()
+    arrival = start
+    while True:
+        arrival += rng.expovariate(rate)
+        if arrival > start + seconds:
+            break
+        time.sleep(max(0.0, arrival - time.perf_counter()))
+        thread = threading.Thread(target=request, args=(worker, rng.choice(steps), len(threads), tally, arrival))
+        thread.start()
+        threads.append(thread)
+    for t in threads:
+        t.join()
+    return tally, time.perf_counter() - start
+
+
+Run = Callable[[CallQueue, int], tuple[Tally, float]]  # (worker, slice index) -> (tally, seconds it took)
+
+
+def arrivals_run(rate: float, steps: tuple[int, ...], seconds: float, seed: int) -> Run:
+    """An open-loop slice; slice k of both schedulers gets the same arrival times and steps."""
+    return lambda worker, k: open_loop(worker, rate, steps, seconds, seed + k)
+
+
+def sliced(run: Run, workers: dict[str, CallQueue], order: tuple[str, ...], slices: int
+           ) -> list[tuple[str, tuple[Tally, float]]]:
+    """`run` on each worker in turn, `slices` times over (step, call, step, call, ...), each worker's slices
+    pooled: the machine's drift from minute to minute lands on both alike."""
+    pooled = {kind: (Tally(), 0.0) for kind in order}
+    for k in range(slices):
+        for kind in order:
+            tally, elapsed = run(workers[kind], k)
+            total, seconds = pooled[kind]
+            total.latencies += tally.latencies
+            total.errors += tally.errors
+            pooled[kind] = (total, seconds + elapsed)
+    return list(pooled.items())
+
+
+def summary(tally: Tally, elapsed: float) -> tuple[float, float, float]:
+    """(images/s, latency p50 ms, p99 ms)."""
+    lat = sorted(tally.latencies)
+    if not lat:
+        return 0.0, float("nan"), float("nan")
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    return len(lat) / elapsed, statistics.median(lat) * 1e3, p99 * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per row")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--slices", type=int, default=4, help="turns each scheduler takes within a row")
+    parser.add_argument("--load", type=float, default=0.7, help="open-loop arrival rate, x the 8-client images/s")
+    args = parser.parse_args()
+    torch.set_num_threads(default_threads())  # as `genloom serve` sets them
+    metrics = ServerMetrics()
+    with tempfile.TemporaryDirectory() as tmp:
+        t2i = make_model(Path(tmp))
+        workers = {kind: make_worker(kind, t2i, metrics) for kind in SCHEDULERS}
+        for worker in workers.values():
+            worker.start()
+        for worker in workers.values():  # warm-up: first calls allocate
+            closed_loop(worker, 2, lambda i: 20, 3.0)
+        piece = args.seconds / args.slices
+        workloads: list[tuple[str, Run]] = [
+            ("1 client, 20 steps", lambda w, k: closed_loop(w, 1, lambda i: 20, piece)),
+            ("8 clients, 20 steps", lambda w, k: closed_loop(w, 8, lambda i: 20, piece)),
+            ("8 clients, 10 / 20 / 50 steps", lambda w, k: closed_loop(w, 8, lambda i: (10, 20, 50)[i % 3], piece)),
+        ]
+        rows, ratios = [], []
+        for r in range(args.rounds):
+            order = SCHEDULERS if r % 2 == 0 else SCHEDULERS[::-1]
+            results: dict[tuple[str, str], tuple[float, float, float]] = {}
+            errors = 0
+            for name, run in workloads:
+                for kind, (tally, elapsed) in sliced(run, workers, order, args.slices):
+                    results[name, kind] = summary(tally, elapsed)
+                    errors += tally.errors
+            names = [w[0] for w in workloads]
+            for base, steps in (("8 clients, 20 steps", (20,)), ("8 clients, 10 / 20 / 50 steps", (10, 20, 50))):
+                rate = args.load * results[base, "step"][0]  # the same arrivals for both schedulers
+                name = f"arrivals at {rate:.1f}/s ({args.load:g} x 8 clients'), {' / '.join(map(str, steps))} steps"
+                names.append(name)
+                arrivals = arrivals_run(rate, steps, args.seconds / args.slices, seed=100 * r)
+                for kind, (tally, elapsed) in sliced(arrivals, workers, order, args.slices):
+                    results[name, kind] = summary(tally, elapsed)
+                    errors += tally.errors
+            for (name, kind), (per_s, p50, p99) in results.items():
+                rows.append([f"{name}, round {r + 1}", kind, f"{per_s:.2f}", f"{p50:.0f} / {p99:.0f}"])
+            for name in names:
+                step, call = results[name, "step"], results[name, "call"]
+                ratios.append([f"{name}, round {r + 1}", f"{step[0] / call[0]:.2f}x", f"{step[1] / call[1]:.2f}x",
+                               f"{step[2] / call[2]:.2f}x"])
+            assert errors == 0, f"{errors} requests failed"
+        for worker in workers.values():
+            worker.stop()
+    print(f"\ndiffusion requests, dit-small + vae-32, 1 image each at guidance 3, {args.seconds:g} s a row in "
+          f"{args.slices} slices, "
+          f"{torch.get_num_threads()} torch thread(s), zero errors")
+    print_table(["workload", "scheduler", "images/s", "latency p50 / p99 (ms)"], rows)
+    print("\nstep-level against whole-call, same round")
+    print_table(["workload", "images/s", "latency p50", "latency p99"], ratios)
+
+
+if __name__ == "__main__":
+    main()
