@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 import genloom
 from genloom.config import config_to_dict, read_json
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, first_line
 from genloom.outputs import IsOwn, apply_umask, check_output_dir
 from genloom.tokenizers import Tokenizer
 
@@ -58,8 +58,7 @@ def _failure_reason(error: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
         seen = seen.__cause__ or seen.__context__
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def atomic_directory(

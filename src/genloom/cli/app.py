@@ -18,7 +18,7 @@ from types import FrameType
 
 from genloom.cli import chat, image_eval, image_train, imagine, lm, serve, translate
 from genloom.cli.common import Parser, positive_int
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, first_line
 
 QUICKSTARTS = ("chat", "image", "lm", "translate")
 
@@ -102,8 +102,7 @@ def is_out_of_memory(e: RuntimeError) -> bool:
 
 def out_of_memory_message(e: RuntimeError) -> str:
     """torch's first two sentences (what failed to allocate), and what to change."""
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
-    what = ". ".join(first_line.split(". ")[:2]).rstrip(".")
+    what = ". ".join(first_line(e, "out of memory").split(". ")[:2]).rstrip(".")
     return (f"the device ran out of memory ({what}); use a smaller --batch-size (when training, --grad-accum keeps "
             f"the global batch) or --dtype bf16 where the command has it; complete checkpoints are kept")
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, first_line
 from genloom.models.gpt import GPT
 
 StepFunction = Callable[[GPT, Tensor, Tensor, Tensor, Sequence[Any], Tensor], Tensor]
@@ -109,7 +109,6 @@ def compile_decoding(model: GPT, warm_up: bool = True, kv_dtype: torch.dtype | N
         one.step()  # capacity 1, wider
     except Exception as e:
         _COMPILED.pop(model, None)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GenloomError(f"cannot compile the decoding step ({type(e).__name__}: {first_line[:200]}); "
+        raise GenloomError(f"cannot compile the decoding step ({type(e).__name__}: {first_line(e)[:200]}); "
                            f"decode without --compile, or install a C++ compiler for torch.compile on a CPU"
                            ) from e

@@ -164,7 +164,7 @@ class DiffusionBatch:
     def step(self) -> list[LatentGroup]:
         """One denoiser pass over every live group, each moved one step down its plan. Returns the groups that
         finished with it, which have left the batch."""
-        groups = [group for group in self.groups if not group.done]
+        groups = list(self.groups)  # a group leaves as soon as it is done
         if not groups:
             return []
         guided = [group for group in groups if group.guided]

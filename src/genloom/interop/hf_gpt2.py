@@ -18,7 +18,7 @@ from torch import Tensor
 
 from genloom.checkpoint import atomic_directory, load_state
 from genloom.config import read_json
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, first_line
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.nn.layers import Activation
 from genloom.tokenizers import Tokenizer, check_tokenizer_fits, load_tokenizer
@@ -152,8 +152,7 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
         raise
     except Exception as e:  # both readers raise assorted bare errors for truncated or foreign files
         file = safetensors_path if safetensors_path.is_file() else pytorch_path
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GenloomError(f"cannot read {file}: {reason}") from None
+        raise GenloomError(f"cannot read {file}: {first_line(e)}") from None
     if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
         raise GenloomError(f"{path}: the weight file does not hold a state dict of tensors")
     return weights
