@@ -8,7 +8,7 @@ import torch
 from genloom.errors import GenloomError
 from genloom.generate import SamplingConfig, generate_tokens
 from genloom.generate.batch import DecodeBatch, prompt_logprobs
-from genloom.generate.sampling import apply_output_penalties
+from genloom.generate.sampling import apply_logit_bias, apply_output_penalties
 from genloom.models.gpt import GPT, GPTConfig
 
 
@@ -118,6 +118,29 @@ def test_presence_and_frequency_penalties_follow_openai():
     assert apply_output_penalties(logits, counts, 0.5, 0.25).tolist() == [[1.0, 0.25, -0.25]]
     with pytest.raises(GenloomError, match=r"presence_penalty \(3.0\) must be in \[-2, 2\]"):
         SamplingConfig(presence_penalty=3.0)
+
+
+def test_logit_bias_adds_to_the_logits_of_its_tokens_in_every_row():
+    logits = torch.zeros(2, 4)
+    assert apply_logit_bias(logits, {1: 2.5, 3: -100.0}).tolist() == [[0.0, 2.5, 0.0, -100.0]] * 2
+    assert apply_logit_bias(logits, {}) is logits
+    with pytest.raises(GenloomError, match=r"logit_bias \{2: 101.0\}"):
+        SamplingConfig(logit_bias={2: 101.0})
+
+
+def test_a_biased_row_decodes_as_alone_beside_plain_rows(model):
+    """Bias bans a token for its own row only; the plain rows beside it sample as one group, unbiased."""
+    plain = SamplingConfig(max_new_tokens=12, temperature=0)
+    free = generate_tokens(model, [[1, 2]], plain)[0]
+    banned = SamplingConfig(max_new_tokens=12, temperature=0, logit_bias={t: -100.0 for t in set(free[:3])})
+    biased_alone = generate_tokens(model, [[1, 2]], banned)[0]
+    assert not set(free[:3]) & set(biased_alone)
+    batch = DecodeBatch(model, capacity=3)
+    rows = batch.add([[1, 2], [1, 2], [5]], [plain, banned, plain])
+    while batch.rows:
+        batch.step()
+    assert rows[0].generated == free and rows[1].generated == biased_alone
+    assert rows[2].generated == generate_tokens(model, [[5]], plain)[0]
 
 
 def test_frequency_penalty_makes_output_more_varied(model):

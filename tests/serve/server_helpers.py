@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
 import torch
 import uvicorn
 from chat_helpers import printable_chars
@@ -190,3 +191,33 @@ def hang_up(connection: Any) -> None:
     """The client goes away mid-stream."""
     connection.sock.close()
     connection.close()
+
+
+def _without_floats(value: Any) -> Any:
+    """`value` (a choice's dump) with every float replaced by None: the tokens, texts and offsets left to compare."""
+    if isinstance(value, float):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_floats(v) for v in value]
+    return value
+
+
+def _floats(value: Any) -> list[float]:
+    """Every float in `value` (a choice's dump), in order."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        return [x for k in sorted(value) for x in _floats(value[k])]
+    if isinstance(value, list):
+        return [x for v in value for x in _floats(v)]
+    return []
+
+
+def assert_choices_alike(a: Any, b: Any) -> None:
+    """Same tokens, texts, offsets and top-k sets; log-probabilities equal to float rounding. Which steps two rows
+    share depends on when the engine admits them, and a batch of other width sums in another order (about 1e-7)."""
+    dumps = [c.model_dump() for c in a], [c.model_dump() for c in b]
+    assert _without_floats(dumps[0]) == _without_floats(dumps[1])
+    assert _floats(dumps[0]) == pytest.approx(_floats(dumps[1]), abs=1e-5)

@@ -14,7 +14,7 @@ import torch
 from chat_helpers import make_calculator_chat
 from cli_helpers import one_error_line, run_cli
 from PIL import Image
-from server_helpers import LiveServer, clip_of, http
+from server_helpers import LiveServer, assert_choices_alike, clip_of, http
 
 from genloom.checkpoint import save_checkpoint
 from genloom.generate import SamplingConfig, generate
@@ -91,6 +91,47 @@ def test_stop_strings_cut_the_text_and_penalties_change_it(client):
     assert cut.text == free[: free.index(stop)] and cut.finish_reason == "stop"
     varied = client.completions.create(model="lm", prompt="ab", max_tokens=20, temperature=0, frequency_penalty=2.0)
     assert len(set(varied.choices[0].text)) > len(set(free))
+
+
+def test_token_array_prompts_answer_as_their_text(client, server):
+    tokenizer = server.models["lm"].tokenizer
+    kw = {"model": "lm", "max_tokens": 8, "temperature": 0, "logprobs": 1, "echo": True}
+    as_text = client.completions.create(prompt=["The cat", "A"], **kw)
+    ids = [tokenizer.encode("The cat"), tokenizer.encode("A")]
+    as_ids = client.completions.create(prompt=ids, **kw)
+    assert_choices_alike(as_ids.choices, as_text.choices)
+    one = client.completions.create(prompt=ids[0], **kw)  # a single token array is one prompt
+    assert_choices_alike(one.choices, as_text.choices[:1])
+    assert as_ids.usage == as_text.usage
+
+
+def test_logit_bias_bans_and_forces_tokens(client, server):
+    tokenizer = server.models["lm"].tokenizer
+    kw = {"model": "lm", "prompt": "The", "max_tokens": 12, "logprobs": 0}
+    free = client.completions.create(temperature=0, **kw).choices[0]
+    first = tokenizer.encode(free.text)[0]
+    banned = client.completions.create(temperature=0, logit_bias={str(first): -100}, **kw).choices[0]
+    assert tokenizer.encode(banned.text)[0] != first and first not in tokenizer.encode(banned.text)
+    forced_id = tokenizer.encode("z")[0]
+    forced = client.completions.create(temperature=1.0, seed=5, logit_bias={str(forced_id): 100}, **kw).choices[0]
+    assert forced.text == "z" * 12
+    # The log-probabilities reported are the model's, before the bias (as OpenAI and vLLM report them).
+    assert forced.logprobs.token_logprobs[0] < -0.5
+    chat = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                          temperature=0, logit_bias={str(forced_id): 100})
+    assert chat.choices[0].message.content == "z" * 6
+
+
+def test_best_of_returns_the_candidates_of_highest_total_logprob(client):
+    kw = {"model": "lm", "prompt": ["The", "A b"], "max_tokens": 8, "temperature": 1.0, "seed": 21}
+    candidates = client.completions.create(n=4, logprobs=0, **kw)
+    best = client.completions.create(n=2, best_of=4, **kw)
+    for p in range(2):
+        mine = candidates.choices[4 * p : 4 * p + 4]
+        ranked = sorted(mine, key=lambda c: -sum(c.logprobs.token_logprobs))
+        assert [c.text for c in best.choices[2 * p : 2 * p + 2]] == [c.text for c in ranked[:2]]
+    assert [c.index for c in best.choices] == [0, 1, 2, 3] and best.choices[0].logprobs is None
+    assert best.usage.completion_tokens == candidates.usage.completion_tokens  # every candidate's tokens count
 
 
 def test_chat_is_the_chat_sessions_reply_and_streams_the_same_text(client, server):

@@ -7,12 +7,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import openai
 import pytest
 import torch
-from server_helpers import LONG_CONTEXT, LiveServer, batched_and_solo_texts, hang_up, open_long_stream
+from server_helpers import (
+    LONG_CONTEXT,
+    LiveServer,
+    assert_choices_alike,
+    batched_and_solo_texts,
+    hang_up,
+    open_long_stream,
+)
 
 from genloom.errors import GenloomError
 from genloom.generate.sampling import SamplingConfig
@@ -42,36 +48,6 @@ def assert_answers_alike_and_batches_exactly(reference: LiveServer, other: LiveS
     together, solo = batched_and_solo_texts(b, ["The", "a b c d e f", "x"], model=model, max_tokens=20,
                                             temperature=1.0)
     assert together == solo
-
-
-def without_logprob_values(value: Any) -> Any:
-    """`value` (a choice's dump) with every float replaced by None: the tokens, texts and offsets left to compare."""
-    if isinstance(value, float):
-        return None
-    if isinstance(value, dict):
-        return {k: without_logprob_values(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_logprob_values(v) for v in value]
-    return value
-
-
-def logprob_values(value: Any) -> list[float]:
-    """Every float in `value` (a choice's dump), in order."""
-    if isinstance(value, float):
-        return [value]
-    if isinstance(value, dict):
-        return [x for k in sorted(value) for x in logprob_values(value[k])]
-    if isinstance(value, list):
-        return [x for v in value for x in logprob_values(v)]
-    return []
-
-
-def assert_choices_alike(a: Any, b: Any) -> None:
-    """Same tokens, texts, offsets and top-k sets; log-probabilities equal to float rounding. Which steps two rows
-    share depends on when the engine admits them, and a batch of other width sums in another order (about 1e-7)."""
-    dumps = [c.model_dump() for c in a], [c.model_dump() for c in b]
-    assert without_logprob_values(dumps[0]) == without_logprob_values(dumps[1])
-    assert logprob_values(dumps[0]) == pytest.approx(logprob_values(dumps[1]), abs=1e-5)
 
 
 def test_answers_equal_the_in_process_schedulers(server, process_server):

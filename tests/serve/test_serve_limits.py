@@ -33,12 +33,39 @@ def test_invalid_completion_parameters_are_400_naming_the_field(server, body, pa
     assert status == 400 and error["param"] == param and error["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("field", [{"logit_bias": {"5": 100}}, {"best_of": 3}, {"suffix": "end"}])
+@pytest.mark.parametrize("field", [{"suffix": "end"}, {"tools": [{"type": "function"}]}])
 def test_openai_parameters_genloom_lacks_are_refused_not_dropped(server, field):
     status, _, error = _error(server, "/v1/completions", {"model": "lm", "prompt": "a", **field})
     assert status == 400 and error["code"] == "unsupported_parameter" and error["param"] == next(iter(field))
     ignored = {"model": "lm", "prompt": "a", "max_tokens": 2, "user": "me", "best_of": 1, "logit_bias": {}}
     assert http("POST", server.url + "/v1/completions", ignored)[0] == 200
+
+
+@pytest.mark.parametrize(("field", "message"), [
+    ({"logit_bias": {"many": 5}}, "token ids, not 'many'"),
+    ({"logit_bias": {"5": 101}}, "in [-100, 100]"),
+    ({"logit_bias": {"100000": 1}}, "token id 100000 is outside"),
+    ({"logit_bias": {"-1": 1}}, "token id -1 is outside"),
+    ({"logit_bias": {str(i): 1 for i in range(301)}}, "at most 300"),
+    ({"best_of": 2, "n": 3}, "best_of (2) must be at least n (3)"),
+    ({"best_of": 3, "stream": True}, "cannot be streamed"),
+    ({"best_of": 99}, "less than or equal to 16"),
+    ({"n": 3, "prompt": ["a", "b", "c"]}, "asks for 9 sequences (prompts x n, or x best_of); this server queues at "
+                                          "most 8"),
+    ({"prompt": [[]]}, "at least one token"),
+    ({"prompt": [1, 100000]}, "token id 100000 is outside"),
+    ({"prompt": [[1], [-2]]}, "token id -2 is outside"),
+    ({"prompt": [1, "a"]}, ""),
+])
+def test_logit_bias_best_of_and_token_prompts_are_checked(server, field, message):
+    param = next(iter(field))
+    for path, body in [("/v1/completions", {"model": "lm", "prompt": "a", **field}),
+                       ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "a"}],
+                                                 **field})]:
+        if param != "logit_bias" and path.endswith("chat/completions"):
+            continue  # best_of and prompt are the completions endpoint's
+        status, _, error = _error(server, path, body)
+        assert status == 400 and error["param"] == param and message in error["message"], error
 
 
 def test_a_body_that_is_not_json_is_400(server):

@@ -10,8 +10,8 @@ instead of holding its row until the longest request ends. `DecodeBatch` is that
 - New rows are prefilled together (left-padded, as one forward) and their valid columns copied, left-aligned,
   into free slots. A leaving row's slot is refilled by the last row, so live rows are always slots 0..n-1 and a
   step runs on views of the cache, never on a gathered copy.
-- Every row samples with its own settings (`SamplingConfig`, including OpenAI's presence and frequency
-  penalties), its own generator, and can ask for the log-probabilities of its tokens.
+- Every row samples with its own settings (`SamplingConfig`, including OpenAI's logit bias and its presence and
+  frequency penalties), its own generator, and can ask for the log-probabilities of its tokens.
 - The cache may hold keys and values in a narrower dtype than the model's (`kv_dtype`; llama.cpp keeps a 16-bit
   cache by default): half the memory per row and column. Attention then runs in that dtype.
 - A row's next tokens can be given instead of sampled (`force`): a tool's output (generate's calculator) goes
@@ -33,7 +33,13 @@ from torch import Tensor
 
 from genloom.errors import GenloomError
 from genloom.generate.compiled import step_function
-from genloom.generate.sampling import SamplingConfig, apply_output_penalties, apply_repetition_penalty, choose_tokens
+from genloom.generate.sampling import (
+    SamplingConfig,
+    apply_logit_bias,
+    apply_output_penalties,
+    apply_repetition_penalty,
+    choose_tokens,
+)
 from genloom.models.gpt import GPT
 
 _HEADS: weakref.WeakKeyDictionary[GPT, tuple[tuple[int, int], Tensor]] = weakref.WeakKeyDictionary()
@@ -293,7 +299,7 @@ class DecodeBatch:
 
     def _choose_all(self, logits: Tensor) -> list[StepOutput]:
         """A token for every live row. Rows that sample alike (same temperature, top-k and top-p, no generator of
-        their own, no penalty, no log-probabilities) share one sampling call: the same distribution per row, and
+        their own, no bias or penalty, no log-probabilities) share one sampling call: the same distribution per row, and
         per-row work would cost a 16-row batch more than its forward pass on a small model."""
         rows = self.rows
         if self.vocab_limit is not None:
@@ -308,7 +314,7 @@ class DecodeBatch:
                 continue
             cfg = row.sampling
             plain = (row.generator is None and row.top_logprobs is None and cfg.repetition_penalty == 1.0
-                     and cfg.presence_penalty == 0 and cfg.frequency_penalty == 0)
+                     and cfg.presence_penalty == 0 and cfg.frequency_penalty == 0 and not cfg.logit_bias)
             if plain:
                 groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), []).append(i)
             else:
@@ -321,9 +327,11 @@ class DecodeBatch:
         return [out for out in outputs if out is not None]
 
     def _choose(self, row: Row, logits: Tensor) -> StepOutput:
-        """Row `row`'s token from its logits (1, vocab), with its own penalties, generator and log-probabilities."""
+        """Row `row`'s token from its logits (1, vocab), with its own bias, penalties, generator and
+        log-probabilities (those of the model, before bias and penalties, as OpenAI and vLLM report them)."""
         cfg = row.sampling
-        adjusted = apply_repetition_penalty(logits, self.seen[row.slot : row.slot + 1], cfg.repetition_penalty)
+        adjusted = apply_logit_bias(logits, cfg.logit_bias)
+        adjusted = apply_repetition_penalty(adjusted, self.seen[row.slot : row.slot + 1], cfg.repetition_penalty)
         adjusted = apply_output_penalties(adjusted, self.counts[row.slot : row.slot + 1], cfg.presence_penalty,
                                           cfg.frequency_penalty)
         token = int(choose_tokens(adjusted, cfg, None if row.generator is None else [row.generator])[0])

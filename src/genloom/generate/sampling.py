@@ -1,4 +1,4 @@
-"""Turning next-token logits into tokens: repetition penalty, temperature, top-k, top-p, greedy."""
+"""Turning next-token logits into tokens: logit bias, repetition penalty, temperature, top-k, top-p, greedy."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ class SamplingConfig:
     # that occurs (presence) and an amount per occurrence (frequency); in [-2, 2], 0 is off.
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # OpenAI's logit_bias: token id -> an amount in [-100, 100] added to that token's logit before sampling (-100
+    # in effect bans the token, 100 in effect forces it).
+    logit_bias: dict[int, float] = field(default_factory=dict)
     stop: list[str] = field(default_factory=list)  # stop when the text contains one of these
     seed: int | None = None  # row i of a batch samples with seed + i, so it matches a batch of one
     stop_at_eos: bool = True
@@ -39,6 +42,18 @@ class SamplingConfig:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise GenloomError(f"{name} ({getattr(self, name)}) must be in [-2, 2]")
+        for token, bias in self.logit_bias.items():
+            if token < 0 or not -100.0 <= bias <= 100.0:
+                raise GenloomError(f"logit_bias {{{token}: {bias}}}: token ids must be >= 0 and biases in [-100, 100]")
+
+
+def apply_logit_bias(logits: Tensor, bias: dict[int, float]) -> Tensor:
+    """logits (B, V) plus `bias` (token id -> amount) in every row."""
+    if not bias:
+        return logits
+    ids = torch.tensor(list(bias), device=logits.device)
+    amounts = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(1, ids, amounts.expand(logits.shape[0], -1))
 
 
 def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:

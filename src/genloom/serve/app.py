@@ -141,20 +141,23 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> Response | dict[str, Any]:
         served = lookup(body.model, TEXT, "/v1/completions", body)
-        assert isinstance(served, TextModel)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        assert isinstance(served, TextModel) and served.tokenizer is not None
+        prompts = body.prompt_list()
         if len(prompts) > MAX_PROMPTS:
             raise bad_request(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", param="prompt")
-        encoded = [_encode_text(served, p) for p in prompts]
+        encoded = [_encode_text(served, p) if isinstance(p, str) else _check_token_ids(served, p) for p in prompts]
+        texts = [p if isinstance(p, str) else served.tokenizer.decode(p) for p in prompts]
         max_tokens = DEFAULT_COMPLETION_TOKENS if body.max_tokens is None else body.max_tokens
         if max_tokens == 0 and not body.echo:
             raise bad_request("max_tokens must be at least 1 (0 only with echo, to score the prompt)", "max_tokens")
         for tokens in encoded:
             _check_context(served, len(tokens), max_tokens)
-        assert served.tokenizer is not None
-        eos = served.tokenizer.eos_id
-        jobs = _jobs(body, encoded, max_tokens, body.logprobs, eos) if max_tokens > 0 else []
-        stream = CompletionStream(served, body, prompts, encoded)
+        candidates = _candidates(body)
+        # best_of ranks candidates by their tokens' log-probabilities, so its rows report at least the chosen one's.
+        top = body.logprobs if candidates == body.n else (body.logprobs or 0)
+        jobs = _jobs(served, body, encoded, candidates, max_tokens, top, served.tokenizer.eos_id) \
+            if max_tokens > 0 else []
+        stream = CompletionStream(served, body, texts, encoded, candidates)
         if body.stream:
             return _sse(stream.chunks(_run(served, jobs)))
         return await stream.collect(_run(served, jobs))
@@ -176,7 +179,7 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         max_tokens = asked if asked is not None else max(1, context - len(prompt))
         _check_context(served, len(prompt), max_tokens)
         top = (body.top_logprobs or 0) if body.logprobs else None
-        jobs = _jobs(body, [prompt], max_tokens, top, served.chat_format.end_id(served.tokenizer),
+        jobs = _jobs(served, body, [prompt], body.n, max_tokens, top, served.chat_format.end_id(served.tokenizer),
                      decoder_tool(served.tokenizer))
         stream = ChatStream(served, body, len(prompt))
         if body.stream:
@@ -296,6 +299,48 @@ def _encode_text(served: TextModel, text: str) -> list[int]:
     return tokens
 
 
+def _check_token_ids(served: TextModel, tokens: list[int], param: str = "prompt") -> list[int]:
+    """A token-array prompt, each id checked against the tokenizer's vocabulary."""
+    assert served.tokenizer is not None
+    if not tokens:
+        raise bad_request("a token-array prompt must hold at least one token", param=param)
+    vocab = served.tokenizer.vocab_size
+    bad = next((t for t in tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise bad_request(f"token id {bad} is outside this model's vocabulary of {vocab} tokens", param=param)
+    return tokens
+
+
+def _logit_bias(served: TextModel, body: CompletionRequest | ChatRequest) -> dict[int, float]:
+    """The request's logit_bias with integer token ids, each in the vocabulary, each bias in [-100, 100]."""
+    assert served.tokenizer is not None
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise bad_request(f"logit_bias keys are token ids, not {key!r}", param="logit_bias") from None
+        if not -100.0 <= value <= 100.0:
+            raise bad_request(f"logit_bias values must be in [-100, 100], got {value} for token {key}",
+                              param="logit_bias")
+        bias[token] = value
+    if bias:
+        _check_token_ids(served, list(bias), param="logit_bias")
+    return bias
+
+
+def _candidates(body: CompletionRequest) -> int:
+    """Sequences to sample per prompt: best_of, or n."""
+    if body.best_of is None or body.best_of == body.n:
+        return body.n
+    if body.best_of < body.n:
+        raise bad_request(f"best_of ({body.best_of}) must be at least n ({body.n})", param="best_of")
+    if body.stream:
+        raise bad_request("best_of cannot be streamed: the best candidates are known only when all have ended",
+                          param="best_of")
+    return body.best_of
+
+
 def _diffusion_request(loaded: LoadedLatentDiffusion, body: ImageRequest) -> int:
     """The sampling steps of an image request to a diffusion model; a 400 for what it cannot do."""
     process = loaded.model.config.process
@@ -322,22 +367,24 @@ def _check_context(served: ServedModel, prompt_tokens: int, max_tokens: int) -> 
                           code="context_length_exceeded")
 
 
-def _jobs(body: CompletionRequest | ChatRequest, prompts: list[list[int]], max_tokens: int, top_logprobs: int | None,
-          eos_id: int | None, tool: DecoderTool | None = None) -> list[TextJob]:
-    """n jobs per prompt, prompt-major; choice i samples with seed + i, so a request is reproducible whatever
-    else the server is running. `tool`: the chat calculator, for a model trained to call it."""
+def _jobs(served: TextModel, body: CompletionRequest | ChatRequest, prompts: list[list[int]], per_prompt: int,
+          max_tokens: int, top_logprobs: int | None, eos_id: int | None, tool: DecoderTool | None = None
+          ) -> list[TextJob]:
+    """`per_prompt` jobs per prompt (n, or best_of), prompt-major; job i samples with seed + i, so a request is
+    reproducible whatever else the server is running. `tool`: the chat calculator, for a model trained to call it."""
     stops = body.stop_strings()
     if len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}", param="stop")
+    bias = _logit_bias(served, body)
     jobs = []
     for p, prompt in enumerate(prompts):
-        for j in range(body.n):
-            index = p * body.n + j
+        for j in range(per_prompt):
+            index = p * per_prompt + j
             sampling = SamplingConfig(max_new_tokens=max_tokens, temperature=body.temperature,
                                       top_p=None if body.top_p >= 1.0 else body.top_p, stop=stops,
                                       seed=None if body.seed is None else body.seed + index,
                                       presence_penalty=body.presence_penalty,
-                                      frequency_penalty=body.frequency_penalty)
+                                      frequency_penalty=body.frequency_penalty, logit_bias=bias)
             jobs.append(TextJob(prompt, sampling, eos_id, top_logprobs, deliver=lambda event: None, tool=tool))
     return jobs
 
@@ -364,6 +411,9 @@ async def _run(served: ServedModel, jobs: list[TextJob]) -> AsyncIterator[Burst]
         job.deliver = deliverer(index)
     scheduler = served.worker
     assert isinstance(scheduler, TextScheduler | EngineProcess)
+    if len(jobs) > scheduler.max_queue:  # it could never be queued: a 429 would have the client retry in vain
+        raise bad_request(f"this request asks for {len(jobs)} sequences (prompts x n, or x best_of); this server "
+                          f"queues at most {scheduler.max_queue} (--max-queue)", param="n")
     try:
         scheduler.submit(jobs)
     except QueueFull as full:
@@ -480,15 +530,22 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 class CompletionStream:
-    """/v1/completions responses: the whole body, or its chunks as tokens come."""
+    """/v1/completions responses: the whole body, or its chunks as tokens come.
 
-    def __init__(self, served: TextModel, body: CompletionRequest, prompts: list[str], encoded: list[list[int]]):
+    prompts: each prompt's text (a token-array prompt decoded); candidates: the jobs per prompt, n, or best_of, of
+    which the n with the highest total log-probability are returned."""
+
+    def __init__(self, served: TextModel, body: CompletionRequest, prompts: list[str], encoded: list[list[int]],
+                 candidates: int | None = None) -> None:
         self.served, self.body, self.prompts, self.encoded = served, body, prompts, encoded
         self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        self.candidates = candidates or body.n
         self.choices = len(prompts) * body.n
+        self.jobs = len(prompts) * self.candidates
 
     def _prompt_of(self, index: int) -> int:
-        return index // self.body.n
+        """The prompt of job `index`."""
+        return index // self.candidates
 
     async def _echo(self, index: int) -> tuple[str, dict[str, list[Any]]]:
         """The prompt's text and, with logprobs, its tokens' log-probabilities (the first token has none)."""
@@ -515,15 +572,18 @@ class CompletionStream:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
     async def collect(self, bursts: AsyncIterator[Burst]) -> dict[str, Any]:
-        texts = [""] * self.choices
-        logprobs = [_empty_completion_logprobs() for _ in range(self.choices)]
-        finish: list[str | None] = ["length"] * self.choices
-        for i in range(self.choices):
+        texts = [""] * self.jobs
+        logprobs = [_empty_completion_logprobs() for _ in range(self.jobs)]
+        finish: list[str | None] = ["length"] * self.jobs
+        total = [0.0] * self.jobs  # each job's log-probability, its end token's included, for best_of
+        for i in range(self.jobs):
             if self.body.echo:
                 texts[i], logprobs[i] = await self._echo(i)
         generated = 0
         async for index, event in _each(bursts):
             texts[index] += event.text
+            if event.logprobs is not None:
+                total[index] += event.logprobs.logprob
             if event.token is not None:
                 generated += 1
                 if self.body.logprobs is not None:
@@ -533,9 +593,21 @@ class CompletionStream:
         want_logprobs = self.body.logprobs is not None
         prompt_tokens = sum(len(e) for e in self.encoded) * self.body.n
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.served.name,
-                "choices": [self._choice(i, texts[i], logprobs[i] if want_logprobs else None, finish[i])
-                            for i in range(self.choices)],
+                "choices": [self._choice(i, texts[job], logprobs[job] if want_logprobs else None, finish[job])
+                            for i, job in enumerate(self._best(total))],
+                # every candidate's tokens were generated, so all count (as OpenAI bills best_of)
                 "usage": _usage(prompt_tokens, generated)}
+
+    def _best(self, total: list[float]) -> list[int]:
+        """The jobs returned as choices 0, 1, ...: each prompt's n candidates of highest total log-probability,
+        best first (every job, in order, without best_of)."""
+        if self.candidates == self.body.n:
+            return list(range(self.jobs))
+        chosen = []
+        for p in range(len(self.prompts)):
+            jobs = range(p * self.candidates, (p + 1) * self.candidates)
+            chosen += sorted(jobs, key=lambda job: -total[job])[: self.body.n]
+        return chosen
 
     async def chunks(self, bursts: AsyncIterator[Burst]) -> AsyncIterator[list[dict[str, Any]]]:
         want_logprobs = self.body.logprobs is not None

@@ -46,10 +46,27 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """A body that does not parse, or a field of the wrong type or out of range: 400 naming the field."""
+    """A body that does not parse, or a field of the wrong type or out of range: 400 naming the field.
+
+    A field that takes several forms (`prompt`: a text, texts or token arrays) fails once per form, each error
+    located under a name of the form; their common location is the field."""
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    locations = [[str(part) for part in error.get("loc", ()) if part != "body"] for error in errors]
+    common = _common_prefix(locations) if len(locations) > 1 else []
+    param = ".".join(common or (locations[0] if locations else [])) or None
     message = str(first.get("msg", "invalid request"))
+    if common:
+        message = f"none of the {len(errors)} accepted forms matches (the first: {message})"
     return bad_request(f"{param}: {message}" if param else message, param=param).response()
+
+
+def _common_prefix(locations: list[list[str]]) -> list[str]:
+    prefix = locations[0]
+    for location in locations[1:]:
+        n = 0
+        while n < min(len(prefix), len(location)) and prefix[n] == location[n]:
+            n += 1
+        prefix = prefix[:n]
+    return prefix

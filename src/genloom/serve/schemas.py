@@ -1,8 +1,8 @@
 """Request bodies, as OpenAI documents them, with genloom's limits; a field out of range is a 400 naming it.
 
 Unknown fields are ignored (as OpenAI and vLLM do), so a client that sends `user` or `metadata` still works; OpenAI
-fields that would change the result and that genloom does not implement (`logit_bias`, `best_of`, `suffix`, tools)
-are refused by name instead of being silently dropped.
+fields that would change the result and that genloom does not implement (`suffix`, tools) are refused by name
+instead of being silently dropped.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 16  # completions per prompt
 MAX_PROMPTS = 32  # prompts in one completions request
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300  # tokens one request may bias, OpenAI's limit
 MAX_IMAGES = 8
 MAX_TRANSLATIONS = 64
 
 
 # OpenAI parameters that change what comes back; present with a non-trivial value -> 400 naming them.
-UNSUPPORTED = ("logit_bias", "best_of", "suffix", "tools", "tool_choice", "functions", "function_call",
+UNSUPPORTED = ("suffix", "tools", "tool_choice", "functions", "function_call",
                "response_format", "modalities", "audio", "prediction")
 
 
@@ -32,7 +33,7 @@ class _Body(BaseModel):
         extra = self.model_extra or {}
         for name in UNSUPPORTED:
             value = extra.get(name)
-            trivial = value in (None, {}, [], "", "none", "auto") or (name == "best_of" and value == 1) or (
+            trivial = value in (None, {}, [], "", "none", "auto") or (
                 name == "response_format" and isinstance(value, dict) and value.get("type") == "text")
             if name in extra and not trivial:
                 return name
@@ -53,6 +54,8 @@ class _Sampling(_Body):
     seed: int | None = Field(None, ge=0, lt=2**63)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    # token id (as a JSON key, a string) -> bias in [-100, 100]; the ids are checked against the model's vocabulary
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -62,9 +65,20 @@ class _Sampling(_Body):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(..., min_length=1)
+    # A text, texts, a token array or token arrays, as OpenAI takes them (harnesses that tokenise send ids).
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(..., min_length=1)
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     echo: bool = False
+    # Sample best_of candidates per prompt and return the n of highest total log-probability (never streamed).
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
+
+    def prompt_list(self) -> list[str] | list[list[int]]:
+        """The prompts, one text or token array each."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return self.prompt  # type: ignore[return-value]
 
 
 class ContentPart(_Body):
