@@ -64,7 +64,9 @@ def test_the_caption_conditions_and_its_padding_does_not():
         assert not torch.allclose(model(x, t, a), model(x, t, b))
         shorter = DiT(model.config)
         shorter.load_state_dict(model.state_dict())
-        torch.testing.assert_close(model(x, t, a), shorter.eval()(x, t, a[:, :6]))  # fewer pads, same output
+        # Fewer pads, the same output, to float32 rounding: the masked sums run over other lengths (an AVX2 machine
+        # differs by 1.4e-5 on an output of 2.9), where changing one caption word moves the output by up to 1.9.
+        torch.testing.assert_close(model(x, t, a), shorter.eval()(x, t, a[:, :6]), rtol=1e-5, atol=1e-5)
 
 
 def test_timestep_embedding_is_sinusoidal():
