@@ -105,6 +105,21 @@ def test_token_array_prompts_answer_as_their_text(client, server):
     assert as_ids.usage == as_text.usage
 
 
+def test_tokenize_gives_the_ids_completions_and_chat_read(client, server):
+    tokenizer = server.models["lm"].tokenizer
+    status, _, tokenized = http("POST", server.url + "/tokenize", {"model": "lm", "prompt": "The cat"})
+    assert status == 200 and tokenized == {"count": 7, "max_model_len": 96, "tokens": tokenizer.encode("The cat")}
+    back = http("POST", server.url + "/detokenize", {"model": "lm", "tokens": tokenized["tokens"]})[2]
+    assert back == {"prompt": "The cat"}
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    chat_ids = http("POST", server.url + "/tokenize", {"model": "chat", "messages": messages})[2]
+    answered = client.chat.completions.create(model="chat", messages=messages, max_tokens=2, temperature=0)
+    assert chat_ids["count"] == answered.usage.prompt_tokens
+    without = http("POST", server.url + "/tokenize", {"model": "chat", "messages": messages,
+                                                        "add_generation_prompt": False})[2]
+    assert chat_ids["tokens"][: without["count"]] == without["tokens"] and without["count"] < chat_ids["count"]
+
+
 def test_logit_bias_bans_and_forces_tokens(client, server):
     tokenizer = server.models["lm"].tokenizer
     kw = {"model": "lm", "prompt": "The", "max_tokens": 12, "logprobs": 0}

@@ -68,6 +68,18 @@ def test_logit_bias_best_of_and_token_prompts_are_checked(server, field, message
         assert status == 400 and error["param"] == param and message in error["message"], error
 
 
+@pytest.mark.parametrize(("path", "body", "param", "message"), [
+    ("/tokenize", {"model": "lm"}, "prompt", "either `prompt` or `messages`"),
+    ("/tokenize", {"model": "lm", "prompt": "a", "messages": [{"role": "user", "content": "a"}]}, "prompt", "either"),
+    ("/tokenize", {"model": "lm", "messages": [{"role": "user", "content": "a"}]}, "model", "no chat template"),
+    ("/tokenize", {"model": "images", "prompt": "a"}, "model", "needs a text model"),
+    ("/detokenize", {"model": "lm", "tokens": [1, 100000]}, "tokens", "token id 100000 is outside"),
+])
+def test_tokenize_and_detokenize_refusals(server, path, body, param, message):
+    status, _, error = _error(server, path, body)
+    assert status == 400 and error["param"] == param and message in error["message"], error
+
+
 def test_a_body_that_is_not_json_is_400(server):
     status, _, payload = http("POST", server.url + "/v1/completions", raw=b"{not json")
     assert status == 400 and payload["error"]["type"] == "invalid_request_error"
@@ -151,6 +163,10 @@ def test_an_api_key_is_required_and_compared(checkpoints):
         right = openai.OpenAI(base_url=server.url + "/v1", api_key="s3cret-key", max_retries=0)
         assert right.completions.create(model="lm", prompt="a", max_tokens=2).choices[0].text
         assert http("GET", server.url + "/health")[0] == 200  # probes need no key
+        for path, body in [("/tokenize", {"model": "lm", "prompt": "a"}),
+                           ("/detokenize", {"model": "lm", "tokens": []})]:
+            assert _error(server, path, body)[0] == 401  # outside /v1/, but they serve the model
+            assert http("POST", server.url + path, body, {"Authorization": "Bearer s3cret-key"})[0] == 200
 
 
 def test_a_full_queue_is_429_with_retry_after(checkpoints):

@@ -66,9 +66,12 @@ from genloom.serve.schemas import (
     MAX_PROMPTS,
     MAX_STOP_STRINGS,
     MAX_TRANSLATIONS,
+    ChatMessage,
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
     ImageRequest,
+    TokenizeRequest,
     TranslationRequest,
 )
 from genloom.tokenizers.chat_template import check_messages, encode_prompt
@@ -77,6 +80,7 @@ from genloom.tokenizers.chat_tools import decoder_tool
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_BODY_BYTES = 1 << 20
 STATIC = resources.files("genloom.serve") / "static"
+KEYED_PATHS = ("/tokenize", "/detokenize")  # outside /v1/ (where vLLM has them), behind the API key all the same
 
 
 @dataclass
@@ -166,12 +170,8 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
     async def chat_completions(body: ChatRequest) -> Response | dict[str, Any]:
         served = lookup(body.model, TEXT, "/v1/chat/completions", body)
         assert isinstance(served, TextModel) and served.tokenizer is not None
-        if served.chat_format is None:
-            raise bad_request(f"the model {body.model!r} has no chat template (it is not a chat model); use "
-                              "/v1/completions, or make a chat model with `genloom train chat`", param="model",
-                              code="model_has_no_chat_template")
-        messages = check_messages([{"role": m.role, "content": m.text()} for m in body.messages], "messages")
-        prompt = encode_prompt(served.tokenizer, served.chat_format, messages)
+        prompt = _encode_chat(served, body.messages, add_generation_prompt=True)
+        assert served.chat_format is not None  # _encode_chat refuses a model without a template
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if asked == 0:
             raise bad_request("max_tokens must be at least 1", param="max_tokens")
@@ -185,6 +185,26 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         if body.stream:
             return _sse(stream.chunks(_run(served, jobs)))
         return await stream.collect(_run(served, jobs))
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        """A prompt's token ids, for token-array prompts and logit_bias (vLLM's endpoint and shape)."""
+        served = lookup(body.model, TEXT, "/tokenize")
+        assert isinstance(served, TextModel) and served.tokenizer is not None
+        if (body.prompt is None) == (body.messages is None):
+            raise bad_request("give either `prompt` or `messages`", param="prompt")
+        if body.messages is not None:
+            tokens = _encode_chat(served, body.messages, body.add_generation_prompt)
+        else:
+            tokens = served.tokenizer.encode(body.prompt or "")
+        return {"count": len(tokens), "max_model_len": served.context_length, "tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        served = lookup(body.model, TEXT, "/detokenize")
+        assert isinstance(served, TextModel) and served.tokenizer is not None
+        tokens = _check_token_ids(served, body.tokens, param="tokens") if body.tokens else []
+        return {"prompt": served.tokenizer.decode(tokens)}
 
     @app.post("/v1/images/generations")
     async def images(body: ImageRequest) -> dict[str, Any]:
@@ -280,7 +300,7 @@ def _refuse(request: Request, settings: ServerConfig) -> Response | None:
                         code="request_too_large").response()
     if request.headers.get("transfer-encoding", "").lower() == "chunked":
         return ApiError(411, "send the body with a Content-Length (chunked bodies are not accepted)").response()
-    if settings.api_key is not None and request.url.path.startswith("/v1/"):
+    if settings.api_key is not None and (request.url.path.startswith("/v1/") or request.url.path in KEYED_PATHS):
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         # compare_digest: the time taken does not reveal how much of the key matched.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
@@ -297,6 +317,17 @@ def _encode_text(served: TextModel, text: str) -> list[int]:
             raise bad_request("the prompt is empty and this model has no end-of-text token to start from", "prompt")
         tokens = [served.tokenizer.eos_id]
     return tokens
+
+
+def _encode_chat(served: TextModel, messages: list[ChatMessage], add_generation_prompt: bool) -> list[int]:
+    """The ids of `messages` rendered by the model's chat template, the function training used."""
+    assert served.tokenizer is not None
+    if served.chat_format is None:
+        raise bad_request(f"the model {served.name!r} has no chat template (it is not a chat model); use "
+                          "/v1/completions, or make a chat model with `genloom train chat`", param="model",
+                          code="model_has_no_chat_template")
+    checked = check_messages([{"role": m.role, "content": m.text()} for m in messages], "messages")
+    return encode_prompt(served.tokenizer, served.chat_format, checked, add_generation_prompt)
 
 
 def _check_token_ids(served: TextModel, tokens: list[int], param: str = "prompt") -> list[int]:

@@ -58,7 +58,7 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     param = ".".join(common or (locations[0] if locations else [])) or None
     message = str(first.get("msg", "invalid request"))
     if common:
-        message = f"none of the {len(errors)} accepted forms matches (the first: {message})"
+        message = f"matches none of the forms this field takes (the first error: {message})"
     return bad_request(f"{param}: {message}" if param else message, param=param).response()
 
 

@@ -101,6 +101,20 @@ class ChatRequest(_Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
+class TokenizeRequest(_Body):
+    """vLLM's /tokenize: a prompt, or chat messages rendered by the model's template."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_generation_prompt: bool = True  # with messages: end with the assistant's turn opening, as chat sends it
+
+
+class DetokenizeRequest(_Body):
+    model: str
+    tokens: list[int]
+
+
 class ImageRequest(_Body):
     model: str
     prompt: str = Field(..., min_length=1, max_length=4000)

@@ -216,6 +216,8 @@ def encode_chat(tokenizer: Tokenizer, chat_format: ChatFormat, messages: Sequenc
     return ids, mask
 
 
-def encode_prompt(tokenizer: Tokenizer, chat_format: ChatFormat, messages: Sequence[Message]) -> list[int]:
-    """The ids a model continues to answer `messages`: the conversation with the generation prompt."""
-    return tokenizer.encode(chat_format.render(messages, add_generation_prompt=True))
+def encode_prompt(tokenizer: Tokenizer, chat_format: ChatFormat, messages: Sequence[Message],
+                  add_generation_prompt: bool = True) -> list[int]:
+    """The ids a model continues to answer `messages`: the conversation with the generation prompt (or without it,
+    the conversation alone)."""
+    return tokenizer.encode(chat_format.render(messages, add_generation_prompt=add_generation_prompt))
