@@ -45,7 +45,7 @@ from genloom.models.dit import preset as dit_preset
 from genloom.models.vae import VAE
 from genloom.models.vae import preset as vae_preset
 from genloom.registry import LoadedLatentDiffusion, load_image_generator
-from genloom.serve.diffusion_scheduler import DiffusionScheduler
+from genloom.serve.image_scheduler import ImageScheduler
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.models import DiffusionDrawer, ImageJob, draw_whole_call, image_batch_key
 from genloom.serve.scheduler import BatchWorker, CallJob, CallQueue
@@ -73,7 +73,7 @@ def make_model(root: Path) -> LoadedLatentDiffusion:
 
 def make_worker(kind: str, t2i: LoadedLatentDiffusion, metrics: ServerMetrics) -> CallQueue:
     if kind == "step":
-        return DiffusionScheduler("dit", DiffusionBatch(t2i.model, MAX_BATCH), DiffusionDrawer(t2i), MAX_QUEUE,
+        return ImageScheduler("dit", DiffusionBatch(t2i.model, MAX_BATCH), DiffusionDrawer(t2i), MAX_QUEUE,
                                   metrics)
     return BatchWorker("dit", functools.partial(draw_whole_call, t2i, None), MAX_BATCH, MAX_QUEUE, metrics)
 

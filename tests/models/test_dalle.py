@@ -106,7 +106,7 @@ def test_factorised_image_tokens_get_independent_shape_and_colour_probabilities(
     assert model.colour_embedding is not None
     shapes, colours = torch.tensor([[1, 3]]), torch.tensor([[2, 0]])
     torch.testing.assert_close(
-        model.embed_image(shapes * 4 + colours) - model.image_positions(0, 2),
+        model.embed_image(shapes * 4 + colours) - model.image_positions_at(torch.arange(2)),
         model.image_embedding(shapes) + model.colour_embedding(colours),
     )
     # Cached decoding still equals the full forward pass.

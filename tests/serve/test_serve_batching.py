@@ -1,5 +1,6 @@
 """Iteration-level batching through HTTP: streams interleave, batched output equals solo output, a client that
-disconnects frees its row; a diffusion request joins the running denoiser passes, and a cancelled one leaves them."""
+disconnects frees its row; an image request (either method) joins the running steps, and a cancelled one leaves
+them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from PIL import Image
 from server_helpers import LONG_CONTEXT, batched_and_solo_texts, hang_up, http, open_long_stream
 
 from genloom.generate.diffuse import DiffusionSampling, diffuse
+from genloom.generate.imagine import imagine
 from genloom.serve.models import ImageJob
 from genloom.serve.scheduler import CallJob
 
@@ -105,3 +107,51 @@ def test_a_cancelled_diffusion_request_leaves_the_passes(server):
     _wait_for(lambda: scheduler.batch.rows == 0)
     assert not scheduler.batch.groups and not scheduler.live and not delivered
     assert group.step < 250  # it left at once; it did not run out its steps
+
+
+def test_token_image_requests_with_other_settings_share_the_running_steps(server, client, monkeypatch):
+    """A token-method request sent while another samples joins its steps, though its guidance and temperature
+    differ (a whole call could not have shared them), and draws the images `imagine` draws alone."""
+    scheduler = server.models["images"].worker
+    batch_rows: list[int] = []
+    step = scheduler.batch.step
+
+    def slow_step():  # 20 ms a step, so the second request surely arrives while the first samples
+        batch_rows.append(scheduler.batch.rows)
+        time.sleep(0.02)
+        return step()
+
+    monkeypatch.setattr(scheduler.batch, "step", slow_step)
+    first_reply: list[tuple[int, object]] = []
+    first = threading.Thread(target=lambda: first_reply.append(http(
+        "POST", server.url + "/v1/images/generations",
+        {"model": "images", "prompt": "a blue square", "n": 2, "seed": 0, "guidance_scale": 2.0})[::2]))
+    first.start()
+    _wait_for(lambda: len(batch_rows) >= 2)
+    second = client.images.generate(model="images", prompt="a red circle", n=2,  # 2 + 2: the test server's batch
+                                    extra_body={"seed": 7, "guidance_scale": 1.0, "temperature": 0.7,
+                                                "negative_prompt": "a green triangle"})
+    first.join(timeout=60)
+    assert first_reply[0][0] == 200
+    assert 2 + 2 in batch_rows  # the two requests' images were sampled in the same steps
+    loaded = server.models["images"].loaded
+    images, _ = imagine(loaded.model, loaded.tokenizer, loaded.vq, ["a red circle"], n_images=2, seed=7,
+                        temperature=0.7, guidance_scale=1.0, negative_prompts=["a green triangle"], progress=False)
+    for data, image in zip(second.data, images, strict=True):
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data.b64_json))).convert("RGB"))
+        assert np.array_equal(pixels, image)
+
+
+def test_a_cancelled_token_image_request_leaves_the_steps(server, monkeypatch):
+    scheduler = server.models["images"].worker
+    step = scheduler.batch.step
+    monkeypatch.setattr(scheduler.batch, "step", lambda: time.sleep(0.02) or step())
+    delivered: list[object] = []
+    job = CallJob(None, 2, ImageJob("a red circle", 2, 0, 2.0, "", 1.0), lambda result, error: delivered.append(result))
+    scheduler.submit(job)
+    _wait_for(lambda: len(scheduler.live) == 1)
+    (group,) = scheduler.live
+    job.cancelled = True  # what the HTTP handler does when its client is gone
+    _wait_for(lambda: scheduler.batch.rows == 0)
+    assert not scheduler.batch.groups and not scheduler.live and not delivered
+    assert not group.done  # it left at once; it did not draw all its tokens

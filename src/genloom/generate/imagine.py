@@ -25,6 +25,7 @@ from tqdm import tqdm
 from genloom.data.captions import CaptionCodec
 from genloom.data.images import check_resolution, from_unit_range, images_to_tensor, to_unit_range
 from genloom.errors import GenloomError
+from genloom.generate.image_token_batch import ImageTokenBatch
 from genloom.generate.sampling import SamplingConfig, choose_tokens
 from genloom.models.caption_image import check_image_tokenizer
 from genloom.models.dalle import Dalle
@@ -113,39 +114,38 @@ def sample_image_tokens(
     row_seeds[i] when given (a batch that joins several requests, each with its own seed).
 
     empty_caption (Lt,) or (B, Lt): the unconditional caption (a negative prompt replaces it), needed when
-    guidance_scale != 1.
+    guidance_scale != 1. With the cache this is `ImageTokenBatch` with one group; use_cache=False recomputes the
+    whole prefix at every token instead (the reference the cached path is tested against).
     """
-    cfg = model.config
     batch = text.shape[0]
     device = model.text_embedding.weight.device
+    generators = row_generators(batch, sampling.seed, row_seeds, device)
+    steps = tqdm(total=model.config.image_len, desc="imagine", unit="tok", disable=not progress, leave=False)
+    if use_cache:
+        engine = ImageTokenBatch(model, capacity=batch)
+        group = engine.add(text, sampling, guidance_scale, empty_caption, generators)
+        steps.update()
+        while not group.done:
+            engine.step()
+            steps.update()
+        steps.close()
+        return group.sample
     guided = guidance_scale != 1.0
     if guided:
         if empty_caption is None:
             raise GenloomError("classifier-free guidance needs the empty caption")
         text = torch.cat([text, empty_caption.expand(batch, -1)])  # (2B, Lt): conditional rows, then unconditional
     text = text.to(device)
-    generators = row_generators(batch, sampling.seed, row_seeds, device)
-
-    caches = model.make_kv_caches(text.shape[0]) if use_cache else None
     tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)  # (B, t) sampled so far
-
-    def next_logits() -> Tensor:
-        fed = torch.cat([tokens, tokens]) if guided else tokens
-        if caches is None:  # recompute the whole prefix, as a model without a cache must
-            logits = model.next_image_logits(text, fed)
-        elif tokens.shape[1] == 0:
-            logits = model.next_image_logits(text, None, caches)  # prefill the caption
-        else:
-            logits = model.next_image_logits(None, fed[:, -1:], caches)
-        logits = logits.float()  # (B or 2B, V)
-        if not guided:
-            return logits
-        cond, uncond = logits[:batch], logits[batch:]
-        return uncond + guidance_scale * (cond - uncond)
-
-    for _ in tqdm(range(cfg.image_len), desc="imagine", unit="tok", disable=not progress, leave=False):
-        chosen = choose_tokens(next_logits(), sampling, generators)  # (B,)
+    for _ in range(model.config.image_len):
+        logits = model.next_image_logits(text, torch.cat([tokens, tokens]) if guided else tokens).float()
+        if guided:
+            cond, uncond = logits[:batch], logits[batch:]
+            logits = uncond + guidance_scale * (cond - uncond)
+        chosen = choose_tokens(logits, sampling, generators)  # (B,)
         tokens = torch.cat([tokens, chosen[:, None]], dim=1)
+        steps.update()
+    steps.close()
     return tokens
 
 

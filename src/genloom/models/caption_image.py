@@ -116,18 +116,21 @@ class CaptionImageEmbeddings(nn.Module):
         """Caption ids (B, Lt) -> (B, Lt, d): token embeddings plus learned positions."""
         return self.text_embedding(text) + self.text_positions.weight[: text.shape[1]]
 
-    def embed_image(self, image: Tensor, start: int = 0) -> Tensor:
-        """Image tokens (B, n) at grid positions start .. start + n - 1 -> (B, n, d)."""
+    def embed_image(self, image: Tensor, start: int | Tensor = 0) -> Tensor:
+        """Image tokens (B, n) at grid positions start .. start + n - 1 -> (B, n, d). start: one position for
+        every row, or a (B,) tensor, each row at its own (rows sampling at different steps)."""
         if self.colour_embedding is None:
             x = self.image_embedding(image)
         else:
             x = self.image_embedding(image // self.colour_codes) + self.colour_embedding(image % self.colour_codes)
-        return x + self.image_positions(start, image.shape[1])
+        n = image.shape[1]
+        if isinstance(start, Tensor):
+            return x + self.image_positions_at(start[:, None] + torch.arange(n, device=start.device))
+        return x + self.image_positions_at(torch.arange(start, start + n, device=image.device))
 
-    def image_positions(self, start: int, n: int) -> Tensor:
-        """Position vectors (n, d) of image tokens start .. start + n - 1."""
+    def image_positions_at(self, index: Tensor) -> Tensor:
+        """Position vectors (*index.shape, d) of the image tokens at grid positions `index` (raster order)."""
         if self.image_pos_table is not None:
-            return self.image_pos_table[start : start + n]
+            return self.image_pos_table[index]
         assert self.row_embedding is not None and self.col_embedding is not None
-        rows, cols = self.image_rows[start : start + n], self.image_cols[start : start + n]
-        return self.row_embedding(rows) + self.col_embedding(cols)
+        return self.row_embedding(self.image_rows[index]) + self.col_embedding(self.image_cols[index])

@@ -24,8 +24,9 @@ feeds image[:, :-1], and returns logits for text[:, 1:] and image[:, :].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +237,17 @@ class Dalle(CaptionImageEmbeddings):
         Without caches: (text, image tokens so far), recomputing the whole prefix.
         """
         h = self.hidden_states(text, image, kv_caches)
+        return self._image_logits(h[:, -1])
+
+    def step_image_logits(self, image: Tensor, index: Tensor, key_valid: Tensor, kv_caches: Sequence[Any]) -> Tensor:
+        """Logits (R, V_image) of the next image token of R rows that may be at different steps.
+
+        image (R, 1): the token each row feeds; index (R,): its grid position; key_valid (R, width): the cache
+        columns each row reads (its caption and image tokens so far, this one's included). kv_caches: slot caches
+        (`genloom.generate.batch.SlotKVCache`) whose rows, fill and width the caller has set for this step.
+        """
+        x = self.embed_image(image, index)  # (R, 1, d)
+        h = self.transformer(x, mask=key_valid[:, None, None, :], kv_caches=list(kv_caches))
         return self._image_logits(h[:, -1])
 
     def _image_logits(self, h: Tensor) -> Tensor:

@@ -501,8 +501,9 @@ def _relay(loop: asyncio.AbstractEventLoop) -> _Relay:
 
 
 async def _call(served: ServedModel, key: Hashable, items: int, payload: Any) -> Any:
-    """Run a whole-call request (images, translations) on the model's worker, batched with waiting requests of the
-    same `key` (`items` units of work); a client gone before its batch starts is skipped."""
+    """Run a request with one result (images, translations) on the model's worker: an image request joins the
+    running steps, a translation is batched with waiting requests of the same `key` (`items` units of work). A
+    client gone before its request starts is skipped; one gone mid-way frees its rows (images)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Any] = loop.create_future()
 

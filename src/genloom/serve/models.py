@@ -24,8 +24,10 @@ from genloom.generate.compiled import compile_decoding
 from genloom.generate.diffuse import DiffusionSampling, latents_to_images
 from genloom.generate.diffusion_batch import DiffusionBatch, LatentGroup
 from genloom.generate.image_io import image_record, png_bytes
-from genloom.generate.imagine import encode_image_prompts, row_generators
+from genloom.generate.image_token_batch import ImageTokenBatch, TokenGroup
+from genloom.generate.imagine import codes_to_images, encode_image_prompts, row_generators
 from genloom.generate.rerank import Reranked, check_same_image_tokenizer, imagine_best_of, keep_best
+from genloom.generate.sampling import SamplingConfig
 from genloom.generate.text_to_image import ImageGenerator, draw_images, image_resolution, method_of, pixel_model
 from genloom.generate.translate import translate
 from genloom.interop.hf_gpt2 import SAFETENSORS_FILE, is_hf_directory
@@ -43,8 +45,8 @@ from genloom.registry import (
 )
 from genloom.run_record import attribution, read_data_record
 from genloom.serve import KV_CACHE_DTYPES, KVCacheDtype
-from genloom.serve.diffusion_scheduler import DiffusionScheduler
 from genloom.serve.engine_process import EngineProcess
+from genloom.serve.image_scheduler import ImageScheduler
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import BatchWorker, TextScheduler
 from genloom.tokenizers import Tokenizer
@@ -80,7 +82,7 @@ class ServedModel:
     family: str
     path: Path
     context_length: int | None
-    worker: TextScheduler | EngineProcess | BatchWorker | DiffusionScheduler
+    worker: TextScheduler | EngineProcess | BatchWorker | ImageScheduler
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -158,12 +160,9 @@ def _attach_reranker(path: Path, image_models: list[ImageModel], device: torch.d
             check_same_image_tokenizer(served.loaded.vq, reranker.vq, str(served.path), str(reranker.path))
         served.reranker = reranker
         served.extra["rerank"] = True
-        if isinstance(served.worker, DiffusionScheduler):
-            assert isinstance(served.worker.drawer, DiffusionDrawer)
-            served.worker.drawer.reranker = reranker
-        else:
-            assert isinstance(served.worker, BatchWorker)
-            served.worker.run = functools.partial(draw_whole_call, served.loaded, reranker)
+        assert isinstance(served.worker, ImageScheduler)
+        assert isinstance(served.worker.drawer, DiffusionDrawer | TokenDrawer)
+        served.worker.drawer.reranker = reranker
 
 
 def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics, device: torch.device) -> ServedModel:
@@ -194,13 +193,14 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         t2i.model.to(device).eval()
         pixel_model(t2i).to(device).eval()
         side = image_resolution(t2i)
-        worker: BatchWorker | DiffusionScheduler
-        if isinstance(t2i, LoadedLatentDiffusion):  # requests share denoiser passes, each at its own step
-            worker = DiffusionScheduler(name, DiffusionBatch(t2i.model, settings.max_batch), DiffusionDrawer(t2i),
-                                        settings.max_queue, metrics)
-        else:  # the token method's requests run as whole calls
-            worker = BatchWorker(name, functools.partial(draw_whole_call, t2i, None), settings.max_batch,
-                                 settings.max_queue, metrics)
+        # Requests share steps (denoiser passes, or image tokens), each request at its own.
+        worker: ImageScheduler
+        if isinstance(t2i, LoadedLatentDiffusion):
+            worker = ImageScheduler(name, DiffusionBatch(t2i.model, settings.max_batch), DiffusionDrawer(t2i),
+                                    settings.max_queue, metrics)
+        else:
+            worker = ImageScheduler(name, ImageTokenBatch(t2i.model, settings.max_batch), TokenDrawer(t2i),
+                                    settings.max_queue, metrics)
         return ImageModel(name, IMAGES, family, t2i.path, None, worker,
                           {"size": f"{side}x{side}", "method": method_of(t2i), "steps": _default_steps(t2i),
                            "rerank": False}, t2i)
@@ -208,9 +208,9 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         tr = load_translation_model(path)
         tr.model.to(device).eval()
         tokenizer = tr.tokenizer
-        worker = BatchWorker(name, lambda jobs: _translate(tr.model, tokenizer, jobs), settings.max_batch,
-                             settings.max_queue, metrics)
-        return TranslationModel(name, TRANSLATION, family, tr.path, None, worker, {}, tr.model, tokenizer)
+        translator = BatchWorker(name, lambda jobs: _translate(tr.model, tokenizer, jobs), settings.max_batch,
+                                 settings.max_queue, metrics)
+        return TranslationModel(name, TRANSLATION, family, tr.path, None, translator, {}, tr.model, tokenizer)
     raise GenloomError(f"{path} is a {family} model, which the server does not serve (it serves language, chat, "
                        "translation and text-to-image models)")
 
@@ -237,9 +237,9 @@ class ImageJob:
 
 
 def image_batch_key(job: ImageJob) -> tuple[float, float, int | None, int]:
-    """Requests that can share one sampling call of the token method: the same guidance, temperature, reranking
-    and steps (seeds, prompts and negative prompts are per image). A diffusion model's scheduler shares denoiser
-    passes between any requests and ignores it."""
+    """Requests that can share one whole call (`draw_whole_call`): the same guidance, temperature, reranking and
+    steps (seeds, prompts and negative prompts are per image). The server's `ImageScheduler` shares its steps
+    between any requests and ignores it; the whole-call reference of benchmarks/diffusion_serving.py uses it."""
     return (job.guidance_scale, job.temperature, job.rerank, job.steps)
 
 
@@ -257,7 +257,9 @@ def new_seed() -> int:
 
 def draw_whole_call(t2i: ImageGenerator, reranker: LoadedClip | None, jobs: list[ImageJob]) -> list[list[bytes]]:
     """PNG bytes of every job's images from one sampling call; image i of a job is seed + i, as `imagine`.
-    Reranked jobs draw their candidates with `imagine_best_of`, one call per job."""
+    Reranked jobs draw their candidates with `imagine_best_of`, one call per job. The library's path, which the
+    server's step-level drawers reproduce image for image (the tests check it; benchmarks/diffusion_serving.py
+    runs it as the whole-call reference)."""
     if jobs[0].rerank is not None:
         assert reranker is not None, "the app refuses rerank without a reranker"
         return [_draw_best_of(t2i, reranker, job) for job in jobs]
@@ -311,6 +313,34 @@ class DiffusionDrawer:
             return [_png(self.t2i, job, i, images[i], {"image_seed": job.seed + i}) for i in range(job.n)]
         assert self.reranker is not None, "the app refuses rerank without a reranker"
         best = keep_best(self.reranker, [job.prompt], images, None, job.n, job.seed)
+        return _best_pngs(self.t2i, self.reranker, job, best)
+
+
+@dataclass
+class TokenDrawer:
+    """A token model's image requests as `ImageScheduler` runs them: each `ImageJob` is one group of the
+    `ImageTokenBatch` (its n images, or its `rerank` candidates), and its PNGs are those of the whole-call path
+    (`draw_whole_call`): the same seeds, captions and sampling, so the same images."""
+
+    t2i: LoadedTextToImage
+    reranker: LoadedClip | None = None
+
+    def start(self, batch: ImageTokenBatch, job: ImageJob) -> TokenGroup:
+        images, cfg = job.rerank or job.n, self.t2i.model.config
+        text, unconditional = encode_image_prompts(self.t2i.tokenizer, cfg.text_len, [job.prompt], images,
+                                                   job.guidance_scale, [job.negative_prompt])
+        generators = row_generators(images, job.seed, None, batch.device)
+        sampling = SamplingConfig(max_new_tokens=cfg.image_len, temperature=job.temperature)
+        return batch.add(text, sampling, job.guidance_scale, unconditional, generators)
+
+    def finish(self, job: ImageJob, tokens: Tensor) -> list[bytes]:
+        grid = self.t2i.model.config.grid_size
+        codes = tokens.view(-1, grid, grid).cpu()
+        images = codes_to_images(self.t2i.vq, codes)
+        if job.rerank is None:
+            return [_png(self.t2i, job, i, images[i], {"image_seed": job.seed + i}) for i in range(job.n)]
+        assert self.reranker is not None, "the app refuses rerank without a reranker"
+        best = keep_best(self.reranker, [job.prompt], images, codes, job.n, job.seed)
         return _best_pngs(self.t2i, self.reranker, job, best)
 
 

@@ -4,10 +4,10 @@
   slots, drops rows whose client is gone, and runs one decoding step for every live row. Text is detokenised
   here (`TextStream`), so a stop string ends its row at the step it appears. A row's result does not depend on
   its neighbours: the engine gives every row its own positions, mask and generator.
-- `BatchWorker` runs requests that are whole calls (token-method images, translations): it takes the oldest
-  request and every waiting one that can share its call (same `key`), up to a batch size, and runs them together.
-- `DiffusionScheduler` (serve/diffusion_scheduler.py) batches a diffusion model's image requests one denoiser pass
-  at a time, as `TextScheduler` does decoding steps.
+- `BatchWorker` runs requests that are whole calls (translations): it takes the oldest request and every waiting
+  one that can share its call (same `key`), up to a batch size, and runs them together.
+- `ImageScheduler` (serve/image_scheduler.py) batches a text-to-image model's requests one step (a denoiser pass,
+  or an image token) at a time, as `TextScheduler` does decoding steps.
 
 Both queues are bounded: a full queue is `QueueFull`, which the HTTP layer answers with 429 and Retry-After.
 Results cross back to the event loop through a callback the handler gives (`loop.call_soon_threadsafe`).

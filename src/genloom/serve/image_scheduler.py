@@ -1,12 +1,13 @@
-"""Step-level batching of a diffusion model's image requests: one denoiser pass at a time over every live request.
+"""Step-level batching of a text-to-image model's requests: one step at a time over every live request.
 
-The loop is `TextScheduler`'s for images: each turn admits waiting requests while their images fit the batch
-(first come, first served: a request that does not fit yet is not overtaken, so a large one is never starved),
-drops requests whose client is gone (their rows free at once), and runs one pass of `DiffusionBatch`, where every
-request is at its own step of its own plan. A request that arrives while others are sampling starts at the next
-pass instead of waiting for their whole call, and requests with different steps, guidance or negative prompts
-share passes. What to draw and what to return is the model's (`LatentDrawer`, serve/models.py); this module knows
-no images or PNGs.
+The loop is `TextScheduler`'s for images, for either method's engine (`StepBatch`): a diffusion model's
+`DiffusionBatch` takes one denoiser pass a step, a token model's `ImageTokenBatch` one image token. Each turn admits
+waiting requests while their images fit the batch (first come, first served: a request that does not fit yet is not
+overtaken, so a large one is never starved), drops requests whose client is gone (their rows free at once), and
+runs one step, where every request is at its own step with its own settings. A request that arrives while others
+are sampling starts at the next step instead of waiting for their whole call, and requests with different steps,
+guidance, temperatures or negative prompts share steps. What to draw and what to return is the model's (`Drawer`,
+serve/models.py); this module knows no images or PNGs.
 """
 
 from __future__ import annotations
@@ -16,28 +17,52 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from genloom.generate.diffusion_batch import DiffusionBatch, LatentGroup
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import CallJob, CallQueue
 
 log = logging.getLogger("genloom.serve")
 
 
-class LatentDrawer(Protocol):
-    def start(self, batch: DiffusionBatch, payload: Any) -> LatentGroup:
-        """Add the request to `batch` (its captions, seeds and plan); errors go to this request alone."""
+class Group(Protocol):
+    """One request's rows in a `StepBatch` (a `LatentGroup`, a `TokenGroup`)."""
+
+    @property
+    def sample(self) -> Tensor:
+        """The request's result once it has finished: final latents, or image tokens."""
         ...
 
-    def finish(self, payload: Any, latents: Tensor) -> Any:
-        """The request's result from its final latents (k, C, h, w)."""
+
+class StepBatch(Protocol):
+    """An engine whose requests join and leave between steps (`DiffusionBatch`, `ImageTokenBatch`)."""
+
+    capacity: int  # images a step holds
+
+    @property
+    def rows(self) -> int:
+        """Images being sampled."""
+        ...
+
+    def step(self) -> list[Any]:
+        """One step of every live group; the groups that finished with it."""
+        ...
+
+    def remove(self, group: Any) -> None: ...
+
+
+class Drawer(Protocol):
+    def start(self, batch: Any, payload: Any) -> Group:
+        """Add the request to `batch` (its captions, seeds and settings); errors go to this request alone."""
+        ...
+
+    def finish(self, payload: Any, sample: Tensor) -> Any:
+        """The request's result from its finished group's `sample`."""
         ...
 
 
-class DiffusionScheduler(CallQueue):
-    def __init__(self, name: str, batch: DiffusionBatch, drawer: LatentDrawer, max_queue: int,
-                 metrics: ServerMetrics) -> None:
+class ImageScheduler(CallQueue):
+    def __init__(self, name: str, batch: StepBatch, drawer: Drawer, max_queue: int, metrics: ServerMetrics) -> None:
         self.batch, self.drawer = batch, drawer
-        self.live: dict[LatentGroup, CallJob] = {}
+        self.live: dict[Group, CallJob] = {}
         super().__init__(name, max_queue, metrics)
 
     @property
@@ -63,7 +88,7 @@ class DiffusionScheduler(CallQueue):
             try:
                 finished = self.batch.step()
             except Exception as e:  # a model failure must not kill the server: fail the requests it touched
-                log.exception("diffusion step failed")
+                log.exception("image step failed")
                 for group, job in self.live.items():
                     self.batch.remove(group)
                     job.deliver(None, e)
