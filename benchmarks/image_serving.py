@@ -1,23 +1,30 @@
-"""A diffusion model's image requests under load: the server's step-level scheduler against whole-call batching.
+"""Image requests under load: the server's step-level scheduler against whole-call batching, for either method.
 
-The server's `DiffusionScheduler` runs one denoiser pass at a time over every live request, each at its own step;
-the reference is the `BatchWorker` the token method uses, which runs whole calls of waiting requests that share
-their settings (a request arriving mid-call waits for the call to end). Both are driven here directly, without
-HTTP (the same objects `genloom serve` builds, same torch threads), on a random-weight `dit-small` (6.0M
-parameters, as benchmarks/diffusion.py trains it) over a `vae-32` (32x32 RGB, 8x8x4 latents), one image per
-request at guidance 3, --max-batch 16. Workloads:
+The server's `ImageScheduler` runs one step at a time over every live request, each at its own step: a denoiser
+pass for a diffusion model (`DiffusionBatch`), an image token for a token model (`ImageTokenBatch`). The reference
+is the `BatchWorker` the server used before, which runs whole calls of waiting requests that share their settings
+(a request arriving mid-call waits for the call to end). Both are driven here directly, without HTTP (the same
+objects `genloom serve` builds, same torch threads), one image per request, --max-batch 16, on random weights:
 
-- closed loop, 1 and 8 clients, 20 steps: each client sends its next request when the last one ends.
-- closed loop, 8 clients, mixed steps: client i asks for 10, 20 or 50 steps (i mod 3), as users do who trade
-  quality for speed; whole calls batch only requests with the same steps.
-- open loop, 20 steps, and mixed steps: requests arrive at random (Poisson) at `--load` x the step scheduler's
-  8-client images/s of the same steps, as a server's users send them; latency is from arrival to result.
+- `--method diffusion`: `dit-small` (6.0M parameters, as benchmarks/diffusion.py trains it) over a `vae-32`
+  (32x32 RGB, 8x8x4 latents), guidance 3; the setting that varies is the sampling steps (20; or 10 / 20 / 50).
+- `--method tokens`: `dalle-compact` (1.8M, the shapes benchmark's) over `vq-colour` (32x32, 8x8 = 64 tokens of
+  shape x colour codes); every request takes 64 steps, and the setting that varies is the guidance scale (3; or
+  1 / 2 / 3: guidance 1 adds no unconditional rows).
+
+Workloads:
+- closed loop, 1 and 8 clients, the uniform setting: each client sends its next request when the last one ends.
+- closed loop, 8 clients, mixed settings: client i asks for setting i mod 3, as users do who trade quality for
+  speed; whole calls batch only requests with the same settings.
+- open loop, uniform and mixed: requests arrive at random (Poisson) at `--load` x the step scheduler's 8-client
+  images/s of the same settings, as a server's users send them; latency is from arrival to result.
 
 Per row: images/s and latency p50 / p99 (ms). Within a row the two schedulers take turns in `--slices` slices
 (step, call, step, call, ... of seconds / slices each), and the ratios (step-level / whole-call) are taken within
 each of `--rounds` rounds: this shared machine drifts by up to 2x between minutes.
 
-Usage: python benchmarks/diffusion_serving.py [--seconds 20] [--rounds 2] [--slices 4] [--load 0.7]   (about 9 minutes)
+Usage: python benchmarks/image_serving.py [--method diffusion|tokens] [--seconds 20] [--rounds 2] [--slices 4]
+       [--load 0.7]   (about 9 minutes)
 """
 
 from __future__ import annotations
@@ -40,14 +47,20 @@ from genloom.checkpoint import save_checkpoint
 from genloom.cli.serve import default_threads
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
 from genloom.generate.diffusion_batch import DiffusionBatch
+from genloom.generate.image_token_batch import ImageTokenBatch
+from genloom.generate.text_to_image import ImageGenerator
+from genloom.models.dalle import Dalle
+from genloom.models.dalle import preset as dalle_preset
 from genloom.models.dit import DiT
 from genloom.models.dit import preset as dit_preset
 from genloom.models.vae import VAE
 from genloom.models.vae import preset as vae_preset
+from genloom.models.vqvae import VQVAE
+from genloom.models.vqvae import preset as vq_preset
 from genloom.registry import LoadedLatentDiffusion, load_image_generator
 from genloom.serve.image_scheduler import ImageScheduler
 from genloom.serve.metrics import ServerMetrics
-from genloom.serve.models import DiffusionDrawer, ImageJob, draw_whole_call, image_batch_key
+from genloom.serve.models import DiffusionDrawer, ImageJob, TokenDrawer, draw_whole_call, image_batch_key
 from genloom.serve.scheduler import BatchWorker, CallJob, CallQueue
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square left of a red"
@@ -56,9 +69,18 @@ MAX_BATCH, MAX_QUEUE = 16, 1024
 SCHEDULERS = ("step", "call")
 
 
-def make_model(root: Path) -> LoadedLatentDiffusion:
+def make_model(root: Path, method: str) -> ImageGenerator:
     torch.manual_seed(0)
     captions = train_caption_tokenizer(CAPTIONS, 300)
+    if method == "tokens":
+        vq = VQVAE(vq_preset("vq-colour"))
+        dalle_config = dalle_preset("dalle-compact", text_vocab_size=captions.vocab_size, grid_size=vq.config.grid_size,
+                                    image_vocab_size=vq.config.vocab_size, colour_codes=vq.config.colour_codes,
+                                    pad_id=CaptionCodec(captions, 24).ids.pad)
+        save_checkpoint(root / "image_tokenizer", vq, "vqvae", vq.config, None)
+        save_checkpoint(root / "final", Dalle(dalle_config), "dalle", dalle_config, captions,
+                        metadata={"components": {"image_tokenizer": "vqvae"}})
+        return load_image_generator(root / "final")
     config = dit_preset("dit-small", text_vocab_size=captions.vocab_size, pad_id=CaptionCodec(captions, 24).ids.pad)
     dit = DiT(config)
     for layer in (dit.final.proj, dit.final.modulation, *(b.modulation for b in dit.blocks)):
@@ -71,11 +93,31 @@ def make_model(root: Path) -> LoadedLatentDiffusion:
     return loaded
 
 
-def make_worker(kind: str, t2i: LoadedLatentDiffusion, metrics: ServerMetrics) -> CallQueue:
-    if kind == "step":
-        return ImageScheduler("dit", DiffusionBatch(t2i.model, MAX_BATCH), DiffusionDrawer(t2i), MAX_QUEUE,
-                                  metrics)
-    return BatchWorker("dit", functools.partial(draw_whole_call, t2i, None), MAX_BATCH, MAX_QUEUE, metrics)
+def make_worker(kind: str, t2i: ImageGenerator, metrics: ServerMetrics) -> CallQueue:
+    if kind == "call":
+        return BatchWorker("t2i", functools.partial(draw_whole_call, t2i, None), MAX_BATCH, MAX_QUEUE, metrics)
+    if isinstance(t2i, LoadedLatentDiffusion):
+        return ImageScheduler("t2i", DiffusionBatch(t2i.model, MAX_BATCH), DiffusionDrawer(t2i), MAX_QUEUE, metrics)
+    return ImageScheduler("t2i", ImageTokenBatch(t2i.model, MAX_BATCH), TokenDrawer(t2i), MAX_QUEUE, metrics)
+
+
+@dataclass
+class Method:
+    """What a benchmark request varies for a method: its setting (steps, or guidance), as an ImageJob."""
+
+    uniform: tuple[float, ...]  # the setting of the uniform workloads
+    mixed: tuple[float, ...]  # client i's setting in the mixed ones: mixed[i % 3]
+    label: Callable[[tuple[float, ...]], str]
+    job: Callable[[float, int], ImageJob]  # (setting, seed) -> one image's request
+
+
+METHODS = {
+    "diffusion": Method((20,), (10, 20, 50), lambda s: f"{' / '.join(f'{x:g}' for x in s)} steps",
+                        lambda steps, seed: ImageJob(CAPTIONS[seed % len(CAPTIONS)], 1, seed, 3.0, "", 1.0,
+                                                     steps=int(steps))),
+    "tokens": Method((3.0,), (1.0, 2.0, 3.0), lambda s: f"guidance {' / '.join(f'{x:g}' for x in s)}",
+                     lambda guidance, seed: ImageJob(CAPTIONS[seed % len(CAPTIONS)], 1, seed, guidance, "", 1.0)),
+}
 
 
 @dataclass
@@ -85,7 +127,8 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def request(worker: CallQueue, steps: int, seed: int, tally: Tally, arrived: float | None = None) -> None:
+def request(worker: CallQueue, method: Method, setting: float, seed: int, tally: Tally,
+            arrived: float | None = None) -> None:
     """One image request, waited for; its latency counts from `arrived` (default: now)."""
     start = time.perf_counter() if arrived is None else arrived
     done = threading.Event()
@@ -96,7 +139,7 @@ def request(worker: CallQueue, steps: int, seed: int, tally: Tally, arrived: flo
             failed.append(error)
         done.set()
 
-    job = ImageJob(CAPTIONS[seed % len(CAPTIONS)], 1, seed, 3.0, "", 1.0, steps=steps)
+    job = method.job(setting, seed)
     worker.submit(CallJob(image_batch_key(job), 1, job, deliver))
     done.wait()
     with tally.lock:
@@ -106,13 +149,15 @@ def request(worker: CallQueue, steps: int, seed: int, tally: Tally, arrived: flo
             tally.latencies.append(time.perf_counter() - start)
 
 
-def closed_loop(worker: CallQueue, clients: int, steps_of: Callable[[int], int], seconds: float) -> tuple[Tally, float]:
+def closed_loop(worker: CallQueue, method: Method, clients: int, settings: tuple[float, ...], seconds: float
+                ) -> tuple[Tally, float]:
+    """`clients` clients for `seconds`, client i asking for settings[i % len(settings)]."""
     tally, deadline = Tally(), time.perf_counter() + seconds
     seeds = iter(range(10**9))
 
     def client(i: int) -> None:
         while time.perf_counter() < deadline:
-            request(worker, steps_of(i), next(seeds), tally)
+            request(worker, method, settings[i % len(settings)], next(seeds), tally)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -123,10 +168,10 @@ def closed_loop(worker: CallQueue, clients: int, steps_of: Callable[[int], int],
     return tally, time.perf_counter() - start
 
 
-def open_loop(worker: CallQueue, rate: float, steps: tuple[int, ...], seconds: float, seed: int
+def open_loop(worker: CallQueue, method: Method, rate: float, settings: tuple[float, ...], seconds: float, seed: int
               ) -> tuple[Tally, float]:
     """Requests arriving as a Poisson process of `rate` per second for `seconds`, each on its own thread, asking
-    for one of `steps` at random."""
+    for one of `settings` at random."""
     tally, rng = Tally(), random.Random(seed)
     threads: list[threading.Thread] = []
     start = time.perf_counter()
@@ -136,7 +181,8 @@ def open_loop(worker: CallQueue, rate: float, steps: tuple[int, ...], seconds: f
         if arrival > start + seconds:
             break
         time.sleep(max(0.0, arrival - time.perf_counter()))
-        thread = threading.Thread(target=request, args=(worker, rng.choice(steps), len(threads), tally, arrival))
+        thread = threading.Thread(target=request,
+                                  args=(worker, method, rng.choice(settings), len(threads), tally, arrival))
         thread.start()
         threads.append(thread)
     for t in threads:
@@ -147,9 +193,9 @@ def open_loop(worker: CallQueue, rate: float, steps: tuple[int, ...], seconds: f
 Run = Callable[[CallQueue, int], tuple[Tally, float]]  # (worker, slice index) -> (tally, seconds it took)
 
 
-def arrivals_run(rate: float, steps: tuple[int, ...], seconds: float, seed: int) -> Run:
-    """An open-loop slice; slice k of both schedulers gets the same arrival times and steps."""
-    return lambda worker, k: open_loop(worker, rate, steps, seconds, seed + k)
+def arrivals_run(method: Method, rate: float, settings: tuple[float, ...], seconds: float, seed: int) -> Run:
+    """An open-loop slice; slice k of both schedulers gets the same arrival times and settings."""
+    return lambda worker, k: open_loop(worker, method, rate, settings, seconds, seed + k)
 
 
 def sliced(run: Run, workers: dict[str, CallQueue], order: tuple[str, ...], slices: int
@@ -178,6 +224,7 @@ def summary(tally: Tally, elapsed: float) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=sorted(METHODS), default="diffusion")
     parser.add_argument("--seconds", type=float, default=20.0, help="per row")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--slices", type=int, default=4, help="turns each scheduler takes within a row")
@@ -186,17 +233,20 @@ def main() -> None:
     torch.set_num_threads(default_threads())  # as `genloom serve` sets them
     metrics = ServerMetrics()
     with tempfile.TemporaryDirectory() as tmp:
-        t2i = make_model(Path(tmp))
+        method = METHODS[args.method]
+        t2i = make_model(Path(tmp), args.method)
         workers = {kind: make_worker(kind, t2i, metrics) for kind in SCHEDULERS}
         for worker in workers.values():
             worker.start()
         for worker in workers.values():  # warm-up: first calls allocate
-            closed_loop(worker, 2, lambda i: 20, 3.0)
+            closed_loop(worker, method, 2, method.uniform, 3.0)
         piece = args.seconds / args.slices
+        uniform, mixed = f"8 clients, {method.label(method.uniform)}", f"8 clients, {method.label(method.mixed)}"
         workloads: list[tuple[str, Run]] = [
-            ("1 client, 20 steps", lambda w, k: closed_loop(w, 1, lambda i: 20, piece)),
-            ("8 clients, 20 steps", lambda w, k: closed_loop(w, 8, lambda i: 20, piece)),
-            ("8 clients, 10 / 20 / 50 steps", lambda w, k: closed_loop(w, 8, lambda i: (10, 20, 50)[i % 3], piece)),
+            (f"1 client, {method.label(method.uniform)}",
+             lambda w, k: closed_loop(w, method, 1, method.uniform, piece)),
+            (uniform, lambda w, k: closed_loop(w, method, 8, method.uniform, piece)),
+            (mixed, lambda w, k: closed_loop(w, method, 8, method.mixed, piece)),
         ]
         rows, ratios = [], []
         for r in range(args.rounds):
@@ -208,11 +258,11 @@ def main() -> None:
                     results[name, kind] = summary(tally, elapsed)
                     errors += tally.errors
             names = [w[0] for w in workloads]
-            for base, steps in (("8 clients, 20 steps", (20,)), ("8 clients, 10 / 20 / 50 steps", (10, 20, 50))):
+            for base, settings in ((uniform, method.uniform), (mixed, method.mixed)):
                 rate = args.load * results[base, "step"][0]  # the same arrivals for both schedulers
-                name = f"arrivals at {rate:.1f}/s ({args.load:g} x 8 clients'), {' / '.join(map(str, steps))} steps"
+                name = f"arrivals at {rate:.1f}/s ({args.load:g} x 8 clients'), {method.label(settings)}"
                 names.append(name)
-                arrivals = arrivals_run(rate, steps, args.seconds / args.slices, seed=100 * r)
+                arrivals = arrivals_run(method, rate, settings, args.seconds / args.slices, seed=100 * r)
                 for kind, (tally, elapsed) in sliced(arrivals, workers, order, args.slices):
                     results[name, kind] = summary(tally, elapsed)
                     errors += tally.errors
@@ -225,8 +275,8 @@ def main() -> None:
             assert errors == 0, f"{errors} requests failed"
         for worker in workers.values():
             worker.stop()
-    print(f"\ndiffusion requests, dit-small + vae-32, 1 image each at guidance 3, {args.seconds:g} s a row in "
-          f"{args.slices} slices, "
+    model = "dit-small + vae-32, guidance 3" if args.method == "diffusion" else "dalle-compact + vq-colour"
+    print(f"\n{args.method} requests, {model}, 1 image each, {args.seconds:g} s a row in {args.slices} slices, "
           f"{torch.get_num_threads()} torch thread(s), zero errors")
     print_table(["workload", "scheduler", "images/s", "latency p50 / p99 (ms)"], rows)
     print("\nstep-level against whole-call, same round")
