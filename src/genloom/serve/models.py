@@ -301,19 +301,11 @@ class DiffusionDrawer:
     reranker: LoadedClip | None = None
 
     def start(self, batch: DiffusionBatch, job: ImageJob) -> LatentGroup:
-        images = job.rerank or job.n
-        text, unconditional = encode_image_prompts(self.t2i.tokenizer, self.t2i.model.config.text_len, [job.prompt],
-                                                   images, job.guidance_scale, [job.negative_prompt])
-        generators = row_generators(images, job.seed, None, batch.device)
+        text, unconditional, generators = _group_inputs(self.t2i, job, batch.device)
         return batch.add(text, DiffusionSampling(steps=job.steps), job.guidance_scale, unconditional, generators)
 
     def finish(self, job: ImageJob, latents: Tensor) -> list[bytes]:
-        images = latents_to_images(self.t2i.vae, latents)
-        if job.rerank is None:
-            return [_png(self.t2i, job, i, images[i], {"image_seed": job.seed + i}) for i in range(job.n)]
-        assert self.reranker is not None, "the app refuses rerank without a reranker"
-        best = keep_best(self.reranker, [job.prompt], images, None, job.n, job.seed)
-        return _best_pngs(self.t2i, self.reranker, job, best)
+        return _request_pngs(self.t2i, self.reranker, job, latents_to_images(self.t2i.vae, latents), None)
 
 
 @dataclass
@@ -326,22 +318,35 @@ class TokenDrawer:
     reranker: LoadedClip | None = None
 
     def start(self, batch: ImageTokenBatch, job: ImageJob) -> TokenGroup:
-        images, cfg = job.rerank or job.n, self.t2i.model.config
-        text, unconditional = encode_image_prompts(self.t2i.tokenizer, cfg.text_len, [job.prompt], images,
-                                                   job.guidance_scale, [job.negative_prompt])
-        generators = row_generators(images, job.seed, None, batch.device)
-        sampling = SamplingConfig(max_new_tokens=cfg.image_len, temperature=job.temperature)
+        text, unconditional, generators = _group_inputs(self.t2i, job, batch.device)
+        sampling = SamplingConfig(max_new_tokens=self.t2i.model.config.image_len, temperature=job.temperature)
         return batch.add(text, sampling, job.guidance_scale, unconditional, generators)
 
     def finish(self, job: ImageJob, tokens: Tensor) -> list[bytes]:
         grid = self.t2i.model.config.grid_size
         codes = tokens.view(-1, grid, grid).cpu()
-        images = codes_to_images(self.t2i.vq, codes)
-        if job.rerank is None:
-            return [_png(self.t2i, job, i, images[i], {"image_seed": job.seed + i}) for i in range(job.n)]
-        assert self.reranker is not None, "the app refuses rerank without a reranker"
-        best = keep_best(self.reranker, [job.prompt], images, codes, job.n, job.seed)
-        return _best_pngs(self.t2i, self.reranker, job, best)
+        return _request_pngs(self.t2i, self.reranker, job, codes_to_images(self.t2i.vq, codes), codes)
+
+
+def _group_inputs(t2i: ImageGenerator, job: ImageJob, device: torch.device
+                  ) -> tuple[Tensor, Tensor, list[torch.Generator] | None]:
+    """A request's captions (k, Lt), unconditional caption (its negative prompt) and per-image generators (seed + i),
+    k its n images or its `rerank` candidates: what either method's engine takes for a group."""
+    images = job.rerank or job.n
+    text, unconditional = encode_image_prompts(t2i.tokenizer, t2i.model.config.text_len, [job.prompt], images,
+                                               job.guidance_scale, [job.negative_prompt])
+    return text, unconditional, row_generators(images, job.seed, None, device)
+
+
+def _request_pngs(t2i: ImageGenerator, reranker: LoadedClip | None, job: ImageJob, images: np.ndarray,
+                  codes: Tensor | None) -> list[bytes]:
+    """A finished request's PNGs: its n images, or the reranker's best n of its candidates (codes: the token
+    method's own; None for diffusion, whose pixels the reranker codes)."""
+    if job.rerank is None:
+        return [_png(t2i, job, i, images[i], {"image_seed": job.seed + i}) for i in range(job.n)]
+    assert reranker is not None, "the app refuses rerank without a reranker"
+    best = keep_best(reranker, [job.prompt], images, codes, job.n, job.seed)
+    return _best_pngs(t2i, reranker, job, best)
 
 
 def _png(t2i: ImageGenerator, job: ImageJob, index: int, image: np.ndarray, extra: dict[str, Any]) -> bytes:
