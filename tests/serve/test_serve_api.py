@@ -147,6 +147,11 @@ def test_best_of_returns_the_candidates_of_highest_total_logprob(client):
         assert [c.text for c in best.choices[2 * p : 2 * p + 2]] == [c.text for c in ranked[:2]]
     assert [c.index for c in best.choices] == [0, 1, 2, 3] and best.choices[0].logprobs is None
     assert best.usage.completion_tokens == candidates.usage.completion_tokens  # every candidate's tokens count
+    echoed = client.completions.create(n=2, best_of=4, echo=True, logprobs=0, **kw)  # each prompt scored once
+    assert [c.text for c in echoed.choices] == [p + c.text for p, c in zip(["The"] * 2 + ["A b"] * 2, best.choices,
+                                                                           strict=True)]
+    first = echoed.choices[0].logprobs
+    assert first.tokens[:3] == ["T", "h", "e"] and first.token_logprobs[0] is None
 
 
 def test_chat_is_the_chat_sessions_reply_and_streams_the_same_text(client, server):

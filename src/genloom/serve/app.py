@@ -574,22 +574,27 @@ class CompletionStream:
         self.candidates = candidates or body.n
         self.choices = len(prompts) * body.n
         self.jobs = len(prompts) * self.candidates
+        self._echoed: dict[int, dict[str, list[Any]]] = {}  # prompt -> its echoed tokens' log-probabilities
 
     def _prompt_of(self, index: int) -> int:
         """The prompt of job `index`."""
         return index // self.candidates
 
     async def _echo(self, index: int) -> tuple[str, dict[str, list[Any]]]:
-        """The prompt's text and, with logprobs, its tokens' log-probabilities (the first token has none)."""
+        """The prompt's text and, with logprobs, its tokens' log-probabilities (the first token has none): scored
+        once per prompt, a fresh copy for each of its choices."""
         p = self._prompt_of(index)
-        logprobs = _empty_completion_logprobs()
-        if self.body.logprobs is not None:
-            assert self.served.model is not None
-            # A forward pass over the prompt: on a worker thread, so the event loop keeps serving the other streams.
-            scored = await asyncio.to_thread(prompt_logprobs, self.served.model, self.encoded[p], self.body.logprobs)
-            for token, lp in zip(self.encoded[p], scored, strict=True):
-                self._add_logprob(logprobs, token, lp, None)
-        return self.prompts[p], logprobs
+        if p not in self._echoed:
+            logprobs = _empty_completion_logprobs()
+            if self.body.logprobs is not None:
+                assert self.served.model is not None
+                # A forward pass over the prompt: on a worker thread, so the event loop keeps serving other streams.
+                scored = await asyncio.to_thread(prompt_logprobs, self.served.model, self.encoded[p],
+                                                 self.body.logprobs)
+                for token, lp in zip(self.encoded[p], scored, strict=True):
+                    self._add_logprob(logprobs, token, lp, None)
+            self._echoed[p] = logprobs
+        return self.prompts[p], {key: list(values) for key, values in self._echoed[p].items()}
 
     def _add_logprob(self, logprobs: dict[str, list[Any]], token: int, lp: TokenLogprobs | None,
                      offset: int | None) -> None:
