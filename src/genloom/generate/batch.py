@@ -86,6 +86,7 @@ class SlotKVCache:
         self.rows = 0
         self.fill = torch.zeros(0, dtype=torch.long, device=device)
         self.width = 0  # max(fill) + 1 during a step
+        self.column: int | None = None  # set when every row writes the same column: a slice, not a scatter
 
     @property
     def length(self) -> int:
@@ -95,9 +96,13 @@ class SlotKVCache:
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """k, v: (rows, H, 1, hd) of this step. Returns keys and values (rows, H, width, hd)."""
         assert k.shape[2] == 1, "a slot cache decodes one token per row and step"
-        live = torch.arange(self.rows, device=k.device)
-        self.k[live, :, self.fill] = k[:, :, 0].to(self.k.dtype)  # advanced indices first: (rows, H, hd)
-        self.v[live, :, self.fill] = v[:, :, 0].to(self.v.dtype)
+        if self.column is not None:
+            self.k[: self.rows, :, self.column] = k[:, :, 0].to(self.k.dtype)
+            self.v[: self.rows, :, self.column] = v[:, :, 0].to(self.v.dtype)
+        else:
+            live = torch.arange(self.rows, device=k.device)
+            self.k[live, :, self.fill] = k[:, :, 0].to(self.k.dtype)  # advanced indices first: (rows, H, hd)
+            self.v[live, :, self.fill] = v[:, :, 0].to(self.v.dtype)
         return self.k[: self.rows, :, : self.width], self.v[: self.rows, :, : self.width]
 
     def store(self, slot: int, k: Tensor, v: Tensor) -> None:

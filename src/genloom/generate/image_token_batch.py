@@ -164,22 +164,26 @@ class ImageTokenBatch:
 
     def _advance(self) -> None:
         """Read every row's latest image token into its slot, and draw the next one."""
-        rows, text_len = len(self.owners), self.model.config.text_len
-        tokens = torch.empty(rows, dtype=torch.long, device=self.device)  # the token each row feeds
-        index = torch.empty(rows, dtype=torch.long, device=self.device)  # its grid position
-        for group in self.groups:
-            slots = torch.tensor(group.slots, device=self.device)
-            latest = group.sample[:, -1]
-            tokens[slots] = torch.cat([latest, latest]) if group.guided else latest
-            index[slots] = group.step - 1
+        rows, text_len, groups = len(self.owners), self.model.config.text_len, self.groups
+        order = [slot for group in groups for slot in group.slots]  # the rows, group by group
+        in_order = order == list(range(rows))  # no row has moved (one group, or none has left): no scatter needed
+        fed = torch.cat([torch.cat([g.sample[:, -1], g.sample[:, -1]]) if g.guided else g.sample[:, -1]
+                         for g in groups])  # (R,) the token each row feeds, group by group
+        tokens = fed if in_order else torch.empty_like(fed).index_copy_(0, torch.tensor(order, device=self.device), fed)
+        steps = [group.step for group, _ in self.owners]  # (R,) per slot, from Python: no device sync per step
+        index = torch.tensor(steps, device=self.device) - 1  # the grid position of the token each row feeds
         fill = text_len + index  # (R,) columns before this token: a row's column is its position
-        width = text_len + max(group.step for group in self.groups)  # from Python: no device sync per step
+        width, aligned = text_len + max(steps), min(steps) == max(steps)
         for cache in self.caches:
-            cache.rows, cache.fill, cache.width = rows, fill, width
-        key_valid = torch.arange(width, device=self.device)[None, :] <= fill[:, None]  # (R, width)
+            # Rows all at one step write one column (a slice) and read every column (no key mask): what a lone
+            # request costs.
+            cache.rows, cache.fill, cache.width, cache.column = rows, fill, width, width - 1 if aligned else None
+        key_valid = None if aligned else torch.arange(width, device=self.device)[None, :] <= fill[:, None]
         logits = self.model.step_image_logits(tokens[:, None], index, key_valid, self.caches)  # (R, V)
-        for group in self.groups:
-            self._draw(group, logits.index_select(0, torch.tensor(group.slots, device=self.device)))
+        if not in_order:
+            logits = logits.index_select(0, torch.tensor(order, device=self.device))
+        for group, group_logits in zip(groups, logits.split([len(g.slots) for g in groups]), strict=True):
+            self._draw(group, group_logits)
 
     def _draw(self, group: TokenGroup, logits: Tensor) -> None:
         """Append the next token of each of the group's images, from its rows' logits (k or 2k, V)."""

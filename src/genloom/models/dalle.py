@@ -239,15 +239,18 @@ class Dalle(CaptionImageEmbeddings):
         h = self.hidden_states(text, image, kv_caches)
         return self._image_logits(h[:, -1])
 
-    def step_image_logits(self, image: Tensor, index: Tensor, key_valid: Tensor, kv_caches: Sequence[Any]) -> Tensor:
+    def step_image_logits(self, image: Tensor, index: Tensor, key_valid: Tensor | None, kv_caches: Sequence[Any]
+                          ) -> Tensor:
         """Logits (R, V_image) of the next image token of R rows that may be at different steps.
 
         image (R, 1): the token each row feeds; index (R,): its grid position; key_valid (R, width): the cache
-        columns each row reads (its caption and image tokens so far, this one's included). kv_caches: slot caches
-        (`genloom.generate.batch.SlotKVCache`) whose rows, fill and width the caller has set for this step.
+        columns each row reads (its caption and image tokens so far, this one's included), or None when every row
+        reads all `width` columns. kv_caches: slot caches (`genloom.generate.batch.SlotKVCache`) whose rows, fill
+        and width the caller has set for this step.
         """
         x = self.embed_image(image, index)  # (R, 1, d)
-        h = self.transformer(x, mask=key_valid[:, None, None, :], kv_caches=list(kv_caches))
+        mask = None if key_valid is None else key_valid[:, None, None, :]
+        h = self.transformer(x, mask=mask, kv_caches=list(kv_caches))
         return self._image_logits(h[:, -1])
 
     def _image_logits(self, h: Tensor) -> Tensor:
