@@ -76,7 +76,8 @@ class SlotKVCache:
     k, v: (capacity, H, max_len, head_dim), in `dtype` (keys and values given in another are converted). Before
     each decoding step the engine sets `rows` (live rows are slots 0..rows-1) and `fill` (rows,), the columns each
     row has written; `append` writes the step's key of row i at column fill[i] and returns the first
-    max(fill) + 1 columns of the live rows (views).
+    max(fill) + 1 columns of the live rows (views). An engine whose rows all write one column this step (the image
+    engine's, when its requests are at one step) also sets `column`, and the write is a slice instead of a scatter.
     """
 
     def __init__(self, capacity: int, n_heads: int, max_len: int, head_dim: int, device: torch.device,
