@@ -293,7 +293,7 @@ def _best_pngs(t2i: ImageGenerator, reranker: LoadedClip, job: ImageJob, best: R
 
 @dataclass
 class DiffusionDrawer:
-    """A diffusion model's image requests as `DiffusionScheduler` runs them: each `ImageJob` is one group of the
+    """A diffusion model's image requests as `ImageScheduler` runs them: each `ImageJob` is one group of the
     batch (its n images, or its `rerank` candidates), and its PNGs are those of the whole-call path (`draw_whole_call`):
     the same seeds, captions and plan, so the same images."""
 
