@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from genloom.diffusion.guidance import guide
 from genloom.errors import GenloomError
 from genloom.generate.batch import SlotKVCache
 from genloom.generate.sampling import SamplingConfig, choose_tokens
@@ -166,10 +167,11 @@ class ImageTokenBatch:
         """Read every row's latest image token into its slot, and draw the next one."""
         rows, text_len, groups = len(self.owners), self.model.config.text_len, self.groups
         order = [slot for group in groups for slot in group.slots]  # the rows, group by group
-        in_order = order == list(range(rows))  # no row has moved (one group, or none has left): no scatter needed
+        # No row has moved (one group, or none has left): no scatter and no gather needed.
+        slot_order = None if order == list(range(rows)) else torch.tensor(order, device=self.device)
         fed = torch.cat([torch.cat([g.sample[:, -1], g.sample[:, -1]]) if g.guided else g.sample[:, -1]
                          for g in groups])  # (R,) the token each row feeds, group by group
-        tokens = fed if in_order else torch.empty_like(fed).index_copy_(0, torch.tensor(order, device=self.device), fed)
+        tokens = fed if slot_order is None else torch.empty_like(fed).index_copy_(0, slot_order, fed)
         steps = [group.step for group, _ in self.owners]  # (R,) per slot, from Python: no device sync per step
         index = torch.tensor(steps, device=self.device) - 1  # the grid position of the token each row feeds
         fill = text_len + index  # (R,) columns before this token: a row's column is its position
@@ -180,16 +182,15 @@ class ImageTokenBatch:
             cache.rows, cache.fill, cache.width, cache.column = rows, fill, width, width - 1 if aligned else None
         key_valid = None if aligned else torch.arange(width, device=self.device)[None, :] <= fill[:, None]
         logits = self.model.step_image_logits(tokens[:, None], index, key_valid, self.caches)  # (R, V)
-        if not in_order:
-            logits = logits.index_select(0, torch.tensor(order, device=self.device))
+        if slot_order is not None:
+            logits = logits.index_select(0, slot_order)
         for group, group_logits in zip(groups, logits.split([len(g.slots) for g in groups]), strict=True):
             self._draw(group, group_logits)
 
     def _draw(self, group: TokenGroup, logits: Tensor) -> None:
         """Append the next token of each of the group's images, from its rows' logits (k or 2k, V)."""
         logits = logits.float()
-        if group.guided:  # Ho & Salimans 2022: uncond + scale * (cond - uncond)
-            cond, uncond = logits[: group.rows], logits[group.rows :]
-            logits = uncond + group.guidance_scale * (cond - uncond)
+        if group.guided:
+            logits = guide(logits[: group.rows], logits[group.rows :], group.guidance_scale)
         chosen = choose_tokens(logits, group.sampling, group.generators)  # (k,)
         group.sample = torch.cat([group.sample, chosen[:, None]], dim=1)

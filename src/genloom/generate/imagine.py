@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from genloom.data.captions import CaptionCodec
 from genloom.data.images import check_resolution, from_unit_range, images_to_tensor, to_unit_range
+from genloom.diffusion.guidance import guide
 from genloom.errors import GenloomError
 from genloom.generate.image_token_batch import ImageTokenBatch
 from genloom.generate.sampling import SamplingConfig, choose_tokens
@@ -140,8 +141,7 @@ def sample_image_tokens(
     for _ in range(model.config.image_len):
         logits = model.next_image_logits(text, torch.cat([tokens, tokens]) if guided else tokens).float()
         if guided:
-            cond, uncond = logits[:batch], logits[batch:]
-            logits = uncond + guidance_scale * (cond - uncond)
+            logits = guide(logits[:batch], logits[batch:], guidance_scale)
         chosen = choose_tokens(logits, sampling, generators)  # (B,)
         tokens = torch.cat([tokens, chosen[:, None]], dim=1)
         steps.update()
