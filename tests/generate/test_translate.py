@@ -4,42 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from translation_helpers import SOURCES, TRAIN
 
-from genloom.data.builtin_parallel import builtin_pairs
 from genloom.data.translation import encode_source
 from genloom.errors import GenloomError
-from genloom.generate.beam import beam_search
-from genloom.generate.translate import greedy_search, make_decoder, translate
+from genloom.generate.beam import beam_search, greedy_search
+from genloom.generate.translate import make_decoder, translate
 from genloom.registry import load_pretrained
 from genloom.tokenizers import SpecialIds
-from genloom.train.config import TrainConfig
-from genloom.train.translate import train_translation
-
-TRAIN = builtin_pairs("numbers", "digits", "en", "train", max_digits=2)
-VAL = builtin_pairs("numbers", "digits", "en", "val", max_digits=2)
-# Training pairs, and inputs it never saw (longer, odd), so hypotheses differ in length and some hit the limit.
-SOURCES = [s for s, _ in TRAIN[::7]] + ["123", "7 7 7", "hello", "9"]
-
-OVERRIDES = {
-    "seq2seq": dict(d_model=32, n_heads=4, d_ff=64, dropout=0.1, n_encoder_layers=1, n_decoder_layers=2, max_len=24),
-    "lstm": dict(embed_dim=32, hidden_size=32, n_encoder_layers=1, n_decoder_layers=2, dropout=0.1),
-}
-
-
-@pytest.fixture(scope="module", params=["seq2seq", "lstm"])
-def trained(request, tmp_path_factory):
-    """A briefly trained model (partly right, partly wrong: a stronger test of equivalences) and its run dir."""
-    family = request.param
-    torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp(family)
-    lr = 5e-3 if family == "seq2seq" else 1e-2
-    cfg = TrainConfig(out_dir=str(out), max_steps=150, lr=lr, min_lr=0.0, warmup_steps=10, weight_decay=0.0,
-                      eval_interval=150, eval_batches=1, log_interval=40, device="cpu", progress=False)
-    preset = "transformer-tiny" if family == "seq2seq" else "lstm-small"
-    model, tok, _ = train_translation(TRAIN, VAL, family, preset, cfg, vocab_size=300, max_tokens=256,
-                                      model_overrides=OVERRIDES[family])
-    model.eval()
-    return model, tok, out
 
 
 def _decode_batch(model, tok, sources: list[str], beam: bool) -> list[list[int]]:

@@ -1,13 +1,14 @@
 """Translating sentences with a trained `Seq2SeqTransformer` or `LSTMSeq2Seq`: greedy or beam search.
 
-The encoder runs once per batch; the decoder advances one token per step through an `IncrementalDecoder`
-adapter that carries the model's own incremental state (KV + cross-attention caches, or the LSTM state).
+`translate` runs each length-sorted batch of sources through `TranslationBatch` (translate_batch.py), the engine the
+HTTP server shares between requests. The adapters here (`TransformerDecoder`, `LSTMDecoder`) run the same searches
+over a fixed batch (`beam.beam_search`, `beam.greedy_search`): the reference that the engine is tested against, and,
+re-running the decoder over the whole prefix at every step (`recompute`), the measure of what the KV cache saves.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 
 from genloom.data.translation import encode_source, pad_sequences
 from genloom.errors import GenloomError
-from genloom.generate.beam import IncrementalDecoder, beam_search
+from genloom.generate.beam import IncrementalDecoder, beam_search, greedy_search
+from genloom.generate.translate_batch import TranslationBatch, check_source_lengths, max_target_lengths
 from genloom.models.lstm import LSTMSeq2Seq, State
 from genloom.models.seq2seq import Seq2SeqTransformer
 from genloom.tokenizers import SpecialIds, Tokenizer
@@ -76,29 +78,6 @@ class LSTMDecoder:
             self.state = (h.index_select(1, indices), c.index_select(1, indices))
 
 
-@torch.no_grad()
-def greedy_search(
-    decoder: IncrementalDecoder, batch_size: int, bos_id: int, eos_id: int, max_lengths: Sequence[int]
-) -> list[list[int]]:
-    """The most likely next token at every step until EOS or the input's max length (EOS not included)."""
-    tokens = torch.full((batch_size,), bos_id, dtype=torch.long)
-    outputs: list[list[int]] = [[] for _ in range(batch_size)]
-    done = [False] * batch_size
-    for t in range(max(max_lengths)):
-        tokens = decoder.step(tokens).argmax(dim=-1).cpu()  # (B,); finished rows keep decoding, ignored
-        for b, token in enumerate(tokens.tolist()):
-            if done[b]:
-                continue
-            if token == eos_id:
-                done[b] = True
-                continue
-            outputs[b].append(token)
-            done[b] = t + 1 >= max_lengths[b]
-        if all(done):
-            break
-    return outputs
-
-
 def make_decoder(model: nn.Module, memory: Tensor, src_key_valid: Tensor, max_len: int, recompute: bool = False
                  ) -> IncrementalDecoder:
     if isinstance(model, Seq2SeqTransformer):
@@ -110,19 +89,10 @@ def make_decoder(model: nn.Module, memory: Tensor, src_key_valid: Tensor, max_le
     raise GenloomError(f"cannot translate with a {type(model).__name__}; need a seq2seq or lstm model")
 
 
-def _check_source_lengths(model: nn.Module, sources: Sequence[Sequence[int]]) -> int | None:
-    """The model's max length (None: unlimited); GenloomError if a source is longer."""
-    limit: int | None = getattr(model.config, "max_len", None)
-    longest = max((len(s) for s in sources), default=0)
-    if limit is not None and longest > limit:
-        raise GenloomError(f"a source of {longest} tokens (with </s>) exceeds the model's max_len {limit}")
-    return limit
-
-
 def check_sources(model: nn.Module, tokenizer: Tokenizer, sources: Sequence[str]) -> None:
     """A one-line GenloomError when a source cannot be translated (too long, or not encodable), before any work."""
     ids = SpecialIds.of(tokenizer)
-    _check_source_lengths(model, [encode_source(tokenizer, ids, text) for text in sources])
+    check_source_lengths(model, [encode_source(tokenizer, ids, text) for text in sources])
 
 
 @torch.no_grad()
@@ -136,16 +106,22 @@ def translate_ids(
     max_len_b: int = 10,
     recompute: bool = False,
 ) -> list[list[int]]:
-    """Target ids (no BOS/EOS) for one batch of encoded sources; the model must be in eval mode."""
+    """Target ids (no BOS/EOS) for one batch of encoded sources; the model must be in eval mode.
+
+    The sources run as one group of a `TranslationBatch`, the engine the server shares between requests.
+    recompute=True runs the reference instead: the same searches in a fixed batch, re-running the Transformer's
+    decoder over the whole prefix at every step without any cache (for measuring what the cache saves)."""
     if not isinstance(model, Seq2SeqTransformer | LSTMSeq2Seq):
         raise GenloomError(f"cannot translate with a {type(model).__name__}; need a seq2seq or lstm model")
     if beam_size < 1:
         raise GenloomError(f"beam size ({beam_size}) must be at least 1")
-    limit = _check_source_lengths(model, sources)
-    # The target may be max_len_a * |source| + max_len_b tokens long (fairseq's rule), EOS included.
-    max_lengths = [max(1, math.floor(max_len_a * (len(s) - 1) + max_len_b)) for s in sources]
-    if limit is not None:
-        max_lengths = [min(n, limit) for n in max_lengths]
+    if not recompute:
+        batch = TranslationBatch(model, len(sources), ids, alpha, max_len_a, max_len_b)
+        group = batch.add(sources, beam_size)
+        while not group.done:
+            batch.step()
+        return group.sample
+    max_lengths = max_target_lengths(model, sources, max_len_a, max_len_b)
     device = next(model.parameters()).device
     src = pad_sequences(sources, ids.pad).to(device)  # (B, S)
     src_key_valid = model.source_key_valid(src)
@@ -177,7 +153,7 @@ def translate(
         raise GenloomError(f"batch size ({batch_size}) must be at least 1")
     ids = SpecialIds.of(tokenizer)
     encoded = [encode_source(tokenizer, ids, text) for text in sources]
-    _check_source_lengths(model, encoded)  # before any work, not after the shorter batches
+    check_source_lengths(model, encoded)  # before any work, not after the shorter batches
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(encoded)
     was_training = model.training

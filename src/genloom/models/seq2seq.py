@@ -203,6 +203,30 @@ class Seq2SeqTransformer(nn.Module):
         )
         return self.output(h)
 
+    def decode_rows(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        key_valid: Tensor,
+        self_caches: list[KVCache],
+        cross_caches: list[CrossKVCache],
+        src_key_valid: Tensor,
+    ) -> Tensor:
+        """One decoding step of rows that are each at their own target position, with their own sources: next-token
+        logits (B, vocab_size).
+
+        tokens, positions: (B, 1). key_valid: (B, W) True at each row's own self-attention columns, its new token's
+        included. self_caches: per layer, caches that write each row's key at its own column (`SlotKVCache`s of
+        genloom.generate.batch quack as KVCache). cross_caches: per layer, the rows' projected memories (B, H, S,
+        hd); src_key_valid: (B, S) True at their real source tokens."""
+        last = int(positions.max())
+        if last >= self.config.max_len:
+            raise GenloomError(f"target position {last} exceeds the model's max_len {self.config.max_len}")
+        x = self.embed_dropout(self.tgt_embedding(tokens) * self.embed_scale + self.positions(positions))  # (B, 1, d)
+        h = self.decoder(x, mask=key_valid[:, None, None, :], kv_caches=self_caches,
+                         context_mask=src_key_valid[:, None, None, :], cross_kv_caches=cross_caches)
+        return self.output(h[:, -1])
+
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, vocab_size): src (B, S), tgt_in (B, T) = BOS + target[:-1]."""
         src_key_valid = self.source_key_valid(src)

@@ -1,0 +1,112 @@
+"""TranslationBatch: requests that join at different steps, with different beam sizes, each translate exactly as the
+fixed-batch reference does alone; sources that end free their rows; removal; growth past the capacity; errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from translation_helpers import SOURCES
+
+from genloom.data.translation import encode_source, pad_sequences
+from genloom.errors import GenloomError
+from genloom.generate.beam import beam_search, greedy_search
+from genloom.generate.translate import make_decoder
+from genloom.generate.translate_batch import TranslationBatch, max_target_lengths
+from genloom.tokenizers import SpecialIds
+
+
+def encoded(tok, texts: list[str]) -> list[list[int]]:
+    ids = SpecialIds.of(tok)
+    return [encode_source(tok, ids, text) for text in texts]
+
+
+def reference(model, tok, source: list[int], beam_size: int, max_len_a: float = 1.2, max_len_b: int = 10
+              ) -> list[int]:
+    """One source alone, through the fixed-batch searches and the model's cached incremental decoder."""
+    ids = SpecialIds.of(tok)
+    lengths = max_target_lengths(model, [source], max_len_a, max_len_b)
+    with torch.no_grad():
+        src = pad_sequences([source], ids.pad)
+        valid = model.source_key_valid(src)
+        memory, valid = model.encode(src, valid).repeat_interleave(beam_size, 0), valid.repeat_interleave(beam_size, 0)
+        decoder = make_decoder(model, memory, valid, lengths[0])
+        if beam_size == 1:
+            return greedy_search(decoder, 1, ids.bos, ids.eos, lengths)[0]
+        return beam_search(decoder, 1, beam_size, ids.bos, ids.eos, lengths, alpha=0.6)[0].tokens
+
+
+def test_requests_joining_at_different_steps_translate_as_alone(trained):
+    model, tok, _ = trained
+    batch = TranslationBatch(model, capacity=16, ids=SpecialIds.of(tok))
+    requests = [(encoded(tok, SOURCES[:3]), 4), (encoded(tok, SOURCES[3:5]), 1), (encoded(tok, SOURCES[-4:]), 3)]
+    groups = [batch.add(*requests[0])]
+    finished = {}
+    for step in range(100):
+        if step == 2:
+            groups.append(batch.add(*requests[1]))  # joins while the first is two tokens in
+        if step == 4:
+            groups.append(batch.add(*requests[2]))
+        for group in batch.step():
+            finished[groups.index(group)] = step
+        # Rows are the live hypotheses: a source that ends frees its rows before the rest of its request.
+        assert batch.decoder.rows == sum(g.rows for g in batch.groups)
+        if not batch.groups and step >= 4:
+            break
+    assert sorted(finished) == [0, 1, 2]
+    for group, (sources, beam) in zip(groups, requests, strict=True):
+        assert group.sample == [reference(model, tok, s, beam) for s in sources]
+    assert batch.rows == 0 and batch.decoder.rows == 0
+
+
+def test_a_source_that_ends_frees_its_rows_before_its_request_ends(trained):
+    model, tok, _ = trained
+    # Target limits of |source| - 1 tokens: the one-token source ends at its first token, the long one goes on.
+    short, long = encoded(tok, ["9", "7 7 7 7 7 7 7 7"])
+    batch = TranslationBatch(model, capacity=4, ids=SpecialIds.of(tok), max_len_a=1.0, max_len_b=0)
+    group = batch.add([short, long], beam_size=1)
+    widths = []
+    while not group.done:
+        batch.step()
+        widths.append(batch.decoder.rows)
+    assert widths[0] == 1 and widths[-1] == 0  # the short one left after one step, the long one later
+    assert group.sample == [reference(model, tok, s, 1, 1.0, 0) for s in (short, long)]
+    assert len(group.sample[0]) == 1 and len(group.sample[1]) > 1
+
+
+def test_removed_request_leaves_at_once_and_the_others_are_unchanged(trained):
+    model, tok, _ = trained
+    batch = TranslationBatch(model, capacity=16, ids=SpecialIds.of(tok))
+    kept = batch.add(encoded(tok, SOURCES[:2]), 4)
+    gone = batch.add(encoded(tok, SOURCES[2:4]), 4)
+    batch.step()
+    batch.step()
+    batch.remove(gone)
+    batch.remove(gone)  # a no-op
+    assert batch.groups == [kept] and batch.decoder.rows == kept.rows
+    while not kept.done:
+        batch.step()
+    assert kept.sample == [reference(model, tok, s, 4) for s in encoded(tok, SOURCES[:2])]
+
+
+def test_a_request_larger_than_the_capacity_runs(trained):
+    model, tok, _ = trained
+    batch = TranslationBatch(model, capacity=1, ids=SpecialIds.of(tok))
+    group = batch.add(encoded(tok, SOURCES[:6]), 4)  # 24 hypotheses: the storage grows
+    while not group.done:
+        batch.step()
+    assert group.sample == [reference(model, tok, s, 4) for s in encoded(tok, SOURCES[:6])]
+
+
+def test_bad_requests_are_refused_before_they_join(trained):
+    model, tok, _ = trained
+    batch = TranslationBatch(model, capacity=4, ids=SpecialIds.of(tok))
+    with pytest.raises(GenloomError, match="beam size"):
+        batch.add(encoded(tok, ["1"]), 0)
+    with pytest.raises(GenloomError, match="at least one source"):
+        batch.add([], 4)
+    if hasattr(model.config, "max_len"):
+        with pytest.raises(GenloomError, match="exceeds the model's max_len"):
+            batch.add(encoded(tok, ["1 " * 30]), 4)
+    assert batch.groups == [] and batch.decoder.rows == 0
+    with pytest.raises(GenloomError, match="capacity"):
+        TranslationBatch(model, capacity=0, ids=SpecialIds.of(tok))
