@@ -1,6 +1,6 @@
 """Image requests under load: the server's step-level scheduler against whole-call batching, for either method.
 
-The server's `ImageScheduler` runs one step at a time over every live request, each at its own step: a denoiser
+The server's `StepScheduler` runs one step at a time over every live request, each at its own step: a denoiser
 pass for a diffusion model (`DiffusionBatch`), an image token for a token model (`ImageTokenBatch`). The reference
 is the `BatchWorker` the server used before, which runs whole calls of waiting requests that share their settings
 (a request arriving mid-call waits for the call to end). Both are driven here directly, without HTTP (the same
@@ -58,10 +58,10 @@ from genloom.models.vae import preset as vae_preset
 from genloom.models.vqvae import VQVAE
 from genloom.models.vqvae import preset as vq_preset
 from genloom.registry import LoadedLatentDiffusion, load_image_generator
-from genloom.serve.image_scheduler import ImageScheduler
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.models import DiffusionDrawer, ImageJob, TokenDrawer, draw_whole_call, image_batch_key
 from genloom.serve.scheduler import BatchWorker, CallJob, CallQueue
+from genloom.serve.step_scheduler import StepScheduler
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square left of a red"
             " circle"]
@@ -97,8 +97,8 @@ def make_worker(kind: str, t2i: ImageGenerator, metrics: ServerMetrics) -> CallQ
     if kind == "call":
         return BatchWorker("t2i", functools.partial(draw_whole_call, t2i, None), MAX_BATCH, MAX_QUEUE, metrics)
     if isinstance(t2i, LoadedLatentDiffusion):
-        return ImageScheduler("t2i", DiffusionBatch(t2i.model, MAX_BATCH), DiffusionDrawer(t2i), MAX_QUEUE, metrics)
-    return ImageScheduler("t2i", ImageTokenBatch(t2i.model, MAX_BATCH), TokenDrawer(t2i), MAX_QUEUE, metrics)
+        return StepScheduler("t2i", DiffusionBatch(t2i.model, MAX_BATCH), DiffusionDrawer(t2i), MAX_QUEUE, metrics)
+    return StepScheduler("t2i", ImageTokenBatch(t2i.model, MAX_BATCH), TokenDrawer(t2i), MAX_QUEUE, metrics)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Iteration-level batching through HTTP: streams interleave, batched output equals solo output, a client that
-disconnects frees its row; an image request (either method) joins the running steps, and a cancelled one leaves
-them."""
+disconnects frees its row; an image request (either method) or a translation joins the running steps, and a
+cancelled one leaves them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from server_helpers import LONG_CONTEXT, batched_and_solo_texts, hang_up, http, 
 
 from genloom.generate.diffuse import DiffusionSampling, diffuse
 from genloom.generate.imagine import imagine
-from genloom.serve.models import ImageJob
+from genloom.generate.translate import translate
+from genloom.serve.models import ImageJob, TranslationJob
 from genloom.serve.scheduler import CallJob
 
 
@@ -143,3 +144,52 @@ def test_token_image_requests_with_other_settings_share_the_running_steps(server
     for data, image in zip(second.data, images, strict=True):
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data.b64_json))).convert("RGB"))
         assert np.array_equal(pixels, image)
+
+
+def test_translations_with_other_beam_sizes_share_the_running_steps(server, monkeypatch):
+    """A greedy translation sent while a beam search runs joins its steps (a whole call could not have shared them:
+    their beam sizes differ), and each request gets the texts `translate` gives it alone."""
+    served = server.models["translate"]
+    scheduler = served.worker
+    batch_rows: list[int] = []
+    step = scheduler.batch.step
+
+    def slow_step():  # 20 ms a step, so the second request surely arrives while the first decodes
+        batch_rows.append(scheduler.batch.rows)
+        time.sleep(0.02)
+        return step()
+
+    monkeypatch.setattr(scheduler.batch, "step", slow_step)
+    first_texts, second_texts = ["a red circle", "a blue square above a green triangle"], ["a cyan triangle"]
+    first_reply: list[tuple[int, object]] = []
+    first_body = {"model": "translate", "text": first_texts, "beam_size": 4}
+    first = threading.Thread(target=lambda: first_reply.append(
+        http("POST", server.url + "/v1/translations/text", first_body)[::2]))
+    first.start()
+    _wait_for(lambda: len(batch_rows) >= 2)
+    status, _, second = http("POST", server.url + "/v1/translations/text",
+                             {"model": "translate", "text": second_texts, "beam_size": 1})
+    first.join(timeout=60)
+    assert status == 200 and first_reply[0][0] == 200
+    assert 2 + 1 in batch_rows  # the two requests' texts were decoded in the same steps
+    expected = translate(served.model, served.tokenizer, first_texts, beam_size=4)
+    assert [t["text"] for t in first_reply[0][1]["translations"]] == expected
+    assert [t["text"] for t in second["translations"]] == translate(served.model, served.tokenizer, second_texts,
+                                                                      beam_size=1)
+
+
+def test_a_cancelled_translation_leaves_the_steps(server, monkeypatch):
+    scheduler = server.models["translate"].worker
+    step = scheduler.batch.step
+    monkeypatch.setattr(scheduler.batch, "step", lambda: time.sleep(0.01) or step())  # cancelled well before the end
+    delivered: list[object] = []
+    call = CallJob(None, 2, TranslationJob(["a red circle", "a cyan triangle"], "", 4),
+                   lambda result, error: delivered.append(result))
+    scheduler.submit(call)
+    _wait_for(lambda: len(scheduler.live) == 1)
+    (group,) = scheduler.live
+    call.cancelled = True  # what the HTTP handler does when its client is gone
+    _wait_for(lambda: scheduler.batch.rows == 0)
+    assert not scheduler.batch.groups and not scheduler.live and not delivered
+    assert scheduler.batch.decoder.rows == 0  # its hypotheses' rows are free
+    assert not group.done  # it left at once; it did not run out its steps

@@ -16,7 +16,7 @@ once, as `DecodeBatch` does for text and `DiffusionBatch` for denoiser passes.
   mid-way, up to the float rounding of batched matrix products.
 
 `sample_image_tokens` (generate/imagine.py) is this engine with one group; the HTTP server's image scheduler
-(serve/image_scheduler.py) feeds it requests as they come.
+(serve/step_scheduler.py) feeds it requests as they come.
 """
 
 from __future__ import annotations

@@ -501,9 +501,10 @@ def _relay(loop: asyncio.AbstractEventLoop) -> _Relay:
 
 
 async def _call(served: ServedModel, key: Hashable, items: int, payload: Any) -> Any:
-    """Run a request with one result (images, translations) on the model's worker: an image request joins the
-    running steps, a translation is batched with waiting requests of the same `key` (`items` units of work). A
-    client gone before its request starts is skipped; one gone mid-way frees its rows (images)."""
+    """Run a request with one result (images, translations) on the model's worker: it joins the running steps
+    (`items` images or texts) and leaves when its last step is done. `key` names the requests that could share one
+    whole call (a `BatchWorker`, the benchmarks' reference); the server's step scheduler needs none. A client gone
+    before its request starts is skipped; one gone mid-way frees its rows before the next step."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Any] = loop.create_future()
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from genloom.checkpoint import read_checkpoint_config, resolve_checkpoint
+from genloom.data.translation import encode_source
 from genloom.diffusion.process import check_sampler
 from genloom.errors import GenloomError
 from genloom.generate.compiled import compile_decoding
@@ -29,7 +30,7 @@ from genloom.generate.imagine import codes_to_images, encode_image_prompts, row_
 from genloom.generate.rerank import Reranked, check_same_image_tokenizer, imagine_best_of, keep_best
 from genloom.generate.sampling import SamplingConfig
 from genloom.generate.text_to_image import ImageGenerator, draw_images, image_resolution, method_of, pixel_model
-from genloom.generate.translate import translate
+from genloom.generate.translate_batch import TranslationBatch, TranslationGroup
 from genloom.interop.hf_gpt2 import SAFETENSORS_FILE, is_hf_directory
 from genloom.models.gpt import GPT
 from genloom.registry import (
@@ -46,10 +47,10 @@ from genloom.registry import (
 from genloom.run_record import attribution, read_data_record
 from genloom.serve import KV_CACHE_DTYPES, KVCacheDtype
 from genloom.serve.engine_process import EngineProcess
-from genloom.serve.image_scheduler import ImageScheduler
 from genloom.serve.metrics import ServerMetrics
-from genloom.serve.scheduler import BatchWorker, TextScheduler
-from genloom.tokenizers import Tokenizer
+from genloom.serve.scheduler import TextScheduler
+from genloom.serve.step_scheduler import StepScheduler
+from genloom.tokenizers import SpecialIds, Tokenizer
 from genloom.tokenizers.chat_template import ChatFormat
 from genloom.train.distributed import pick_device
 
@@ -82,7 +83,7 @@ class ServedModel:
     family: str
     path: Path
     context_length: int | None
-    worker: TextScheduler | EngineProcess | BatchWorker | ImageScheduler
+    worker: TextScheduler | EngineProcess | StepScheduler
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -160,9 +161,9 @@ def _attach_reranker(path: Path, image_models: list[ImageModel], device: torch.d
             check_same_image_tokenizer(served.loaded.vq, reranker.vq, str(served.path), str(reranker.path))
         served.reranker = reranker
         served.extra["rerank"] = True
-        assert isinstance(served.worker, ImageScheduler)
-        assert isinstance(served.worker.drawer, DiffusionDrawer | TokenDrawer)
-        served.worker.drawer.reranker = reranker
+        assert isinstance(served.worker, StepScheduler)
+        assert isinstance(served.worker.handler, DiffusionDrawer | TokenDrawer)
+        served.worker.handler.reranker = reranker
 
 
 def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics, device: torch.device) -> ServedModel:
@@ -194,12 +195,12 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         pixel_model(t2i).to(device).eval()
         side = image_resolution(t2i)
         # Requests share steps (denoiser passes, or image tokens), each request at its own.
-        worker: ImageScheduler
+        worker: StepScheduler
         if isinstance(t2i, LoadedLatentDiffusion):
-            worker = ImageScheduler(name, DiffusionBatch(t2i.model, settings.max_batch), DiffusionDrawer(t2i),
+            worker = StepScheduler(name, DiffusionBatch(t2i.model, settings.max_batch), DiffusionDrawer(t2i),
                                     settings.max_queue, metrics)
         else:
-            worker = ImageScheduler(name, ImageTokenBatch(t2i.model, settings.max_batch), TokenDrawer(t2i),
+            worker = StepScheduler(name, ImageTokenBatch(t2i.model, settings.max_batch), TokenDrawer(t2i),
                                     settings.max_queue, metrics)
         return ImageModel(name, IMAGES, family, t2i.path, None, worker,
                           {"size": f"{side}x{side}", "method": method_of(t2i), "steps": _default_steps(t2i),
@@ -208,8 +209,9 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         tr = load_translation_model(path)
         tr.model.to(device).eval()
         tokenizer = tr.tokenizer
-        translator = BatchWorker(name, lambda jobs: _translate(tr.model, tokenizer, jobs), settings.max_batch,
-                                 settings.max_queue, metrics)
+        # Requests share decoding steps, each at its own target token and with its own beam size.
+        batch = TranslationBatch(tr.model, settings.max_batch, SpecialIds.of(tokenizer))
+        translator = StepScheduler(name, batch, Translator(tokenizer), settings.max_queue, metrics)
         return TranslationModel(name, TRANSLATION, family, tr.path, None, translator, {}, tr.model, tokenizer)
     raise GenloomError(f"{path} is a {family} model, which the server does not serve (it serves language, chat, "
                        "translation and text-to-image models)")
@@ -238,7 +240,7 @@ class ImageJob:
 
 def image_batch_key(job: ImageJob) -> tuple[float, float, int | None, int]:
     """Requests that can share one whole call (`draw_whole_call`): the same guidance, temperature, reranking and
-    steps (seeds, prompts and negative prompts are per image). The server's `ImageScheduler` shares its steps
+    steps (seeds, prompts and negative prompts are per image). The server's `StepScheduler` shares its steps
     between any requests and ignores it; the whole-call reference of benchmarks/image_serving.py uses it."""
     return (job.guidance_scale, job.temperature, job.rerank, job.steps)
 
@@ -293,7 +295,7 @@ def _best_pngs(t2i: ImageGenerator, reranker: LoadedClip, job: ImageJob, best: R
 
 @dataclass
 class DiffusionDrawer:
-    """A diffusion model's image requests as `ImageScheduler` runs them: each `ImageJob` is one group of the
+    """A diffusion model's image requests as `StepScheduler` runs them: each `ImageJob` is one group of the
     batch (its n images, or its `rerank` candidates), and its PNGs are those of the whole-call path (`draw_whole_call`):
     the same seeds, captions and plan, so the same images."""
 
@@ -310,7 +312,7 @@ class DiffusionDrawer:
 
 @dataclass
 class TokenDrawer:
-    """A token model's image requests as `ImageScheduler` runs them: each `ImageJob` is one group of the
+    """A token model's image requests as `StepScheduler` runs them: each `ImageJob` is one group of the
     `ImageTokenBatch` (its n images, or its `rerank` candidates), and its PNGs are those of the whole-call path
     (`draw_whole_call`): the same seeds, captions and sampling, so the same images."""
 
@@ -375,12 +377,17 @@ class TranslationJob:
     beam_size: int
 
 
-def _translate(model: torch.nn.Module, tokenizer: Tokenizer, jobs: list[TranslationJob]) -> list[list[str]]:
-    """All jobs' texts in one `translate` call (it sorts them into length batches); jobs share a beam size."""
-    sources = [job.prefix + text for job in jobs for text in job.texts]
-    results = translate(model, tokenizer, sources, beam_size=jobs[0].beam_size)
-    out, at = [], 0
-    for job in jobs:
-        out.append(results[at : at + len(job.texts)])
-        at += len(job.texts)
-    return out
+@dataclass
+class Translator:
+    """A translation model's requests as `StepScheduler` runs them: each `TranslationJob` is one group of the
+    `TranslationBatch` (its texts, with the direction tag of a multi-task model), and its texts are those
+    `translate` gives for the same sources and beam size."""
+
+    tokenizer: Tokenizer
+
+    def start(self, batch: TranslationBatch, job: TranslationJob) -> TranslationGroup:
+        ids = SpecialIds.of(self.tokenizer)
+        return batch.add([encode_source(self.tokenizer, ids, job.prefix + text) for text in job.texts], job.beam_size)
+
+    def finish(self, job: TranslationJob, targets: list[list[int]]) -> list[str]:
+        return [self.tokenizer.decode(ids) for ids in targets]

@@ -4,10 +4,11 @@
   slots, drops rows whose client is gone, and runs one decoding step for every live row. Text is detokenised
   here (`TextStream`), so a stop string ends its row at the step it appears. A row's result does not depend on
   its neighbours: the engine gives every row its own positions, mask and generator.
-- `BatchWorker` runs requests that are whole calls (translations): it takes the oldest request and every waiting
-  one that can share its call (same `key`), up to a batch size, and runs them together.
-- `ImageScheduler` (serve/image_scheduler.py) batches a text-to-image model's requests one step (a denoiser pass,
-  or an image token) at a time, as `TextScheduler` does decoding steps.
+- `StepScheduler` (serve/step_scheduler.py) batches the requests of a text-to-image or translation model one step (a
+  denoiser pass, an image token, a target token) at a time, as `TextScheduler` does decoding steps.
+- `BatchWorker` runs requests that are whole calls: it takes the oldest request and every waiting one that can share
+  its call (same `key`), up to a batch size, and runs them together. The server ran images and translations this
+  way before `StepScheduler`; benchmarks/image_serving.py keeps it as the whole-call reference.
 
 Both queues are bounded: a full queue is `QueueFull`, which the HTTP layer answers with 429 and Retry-After.
 Results cross back to the event loop through a callback the handler gives (`loop.call_soon_threadsafe`).
@@ -274,7 +275,8 @@ class CallQueue(_ModelThread):
 
 
 class BatchWorker(CallQueue):
-    """Runs whole-call requests in batches: `run(payloads)` -> one result per payload."""
+    """Runs whole-call requests in batches: `run(payloads)` -> one result per payload (the whole-call reference of
+    benchmarks/image_serving.py; the server's models run on `StepScheduler`)."""
 
     def __init__(self, name: str, run: Callable[[list[Any]], list[Any]], max_batch: int, max_queue: int,
                  metrics: ServerMetrics) -> None:

@@ -1,21 +1,21 @@
-"""Step-level batching of a text-to-image model's requests: one step at a time over every live request.
+"""Step-level batching of a model's whole-result requests (images, translations): one step at a time over every
+live request.
 
-The loop is `TextScheduler`'s for images, for either method's engine (`StepBatch`): a diffusion model's
-`DiffusionBatch` takes one denoiser pass a step, a token model's `ImageTokenBatch` one image token. Each turn admits
-waiting requests while their images fit the batch (first come, first served: a request that does not fit yet is not
-overtaken, so a large one is never starved), drops requests whose client is gone (their rows free at once), and
-runs one step, where every request is at its own step with its own settings. A request that arrives while others
-are sampling starts at the next step instead of waiting for their whole call, and requests with different steps,
-guidance, temperatures or negative prompts share steps. What to draw and what to return is the model's (`Drawer`,
-serve/models.py); this module knows no images or PNGs.
+The loop is `TextScheduler`'s for requests that return one result, for any engine whose requests join and leave
+between steps (`StepBatch`): a diffusion model's `DiffusionBatch` takes one denoiser pass a step, a token model's
+`ImageTokenBatch` one image token, a translation model's `TranslationBatch` one target token of every hypothesis.
+Each turn admits waiting requests while their items (images, texts) fit the batch (first come, first served: a
+request that does not fit yet is not overtaken, so a large one is never starved), drops requests whose client is
+gone (their rows free at once), and runs one step, where every request is at its own step with its own settings. A
+request that arrives while others run starts at the next step instead of waiting for their whole call, and requests
+with different settings (steps, guidance, temperatures, negative prompts, beam sizes) share steps. What to add and
+what to return is the model's (`RequestHandler`, serve/models.py); this module knows no images, texts or PNGs.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Protocol
-
-from torch import Tensor
 
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import CallJob, CallQueue
@@ -24,22 +24,23 @@ log = logging.getLogger("genloom.serve")
 
 
 class Group(Protocol):
-    """One request's rows in a `StepBatch` (a `LatentGroup`, a `TokenGroup`)."""
+    """One request's rows in a `StepBatch` (a `LatentGroup`, a `TokenGroup`, a `TranslationGroup`)."""
 
     @property
-    def sample(self) -> Tensor:
-        """The request's result once it has finished: final latents, or image tokens."""
+    def sample(self) -> Any:
+        """The request's result once it has finished: final latents, image tokens, or target ids per text."""
         ...
 
 
 class StepBatch(Protocol):
-    """An engine whose requests join and leave between steps (`DiffusionBatch`, `ImageTokenBatch`)."""
+    """An engine whose requests join and leave between steps (`DiffusionBatch`, `ImageTokenBatch`,
+    `TranslationBatch`)."""
 
-    capacity: int  # images a step holds
+    capacity: int  # items (images, texts) a step holds
 
     @property
     def rows(self) -> int:
-        """Images being sampled."""
+        """Items being run: images being sampled, texts being translated."""
         ...
 
     def step(self) -> list[Any]:
@@ -49,19 +50,20 @@ class StepBatch(Protocol):
     def remove(self, group: Any) -> None: ...
 
 
-class Drawer(Protocol):
+class RequestHandler(Protocol):
     def start(self, batch: Any, payload: Any) -> Group:
-        """Add the request to `batch` (its captions, seeds and settings); errors go to this request alone."""
+        """Add the request to `batch` (its captions, seeds, sources and settings); errors go to this request alone."""
         ...
 
-    def finish(self, payload: Any, sample: Tensor) -> Any:
+    def finish(self, payload: Any, sample: Any) -> Any:
         """The request's result from its finished group's `sample`."""
         ...
 
 
-class ImageScheduler(CallQueue):
-    def __init__(self, name: str, batch: StepBatch, drawer: Drawer, max_queue: int, metrics: ServerMetrics) -> None:
-        self.batch, self.drawer = batch, drawer
+class StepScheduler(CallQueue):
+    def __init__(self, name: str, batch: StepBatch, handler: RequestHandler, max_queue: int, metrics: ServerMetrics
+                 ) -> None:
+        self.batch, self.handler = batch, handler
         self.live: dict[Group, CallJob] = {}
         super().__init__(name, max_queue, metrics)
 
@@ -81,14 +83,14 @@ class ImageScheduler(CallQueue):
             self._drop_cancelled()
             for job in admitted:
                 try:
-                    self.live[self.drawer.start(self.batch, job.payload)] = job
+                    self.live[self.handler.start(self.batch, job.payload)] = job
                 except Exception as e:  # a request the model refuses fails alone
                     job.deliver(None, e)
             self.metrics.running.labels(self.name).set(self.batch.rows)
             try:
                 finished = self.batch.step()
             except Exception as e:  # a model failure must not kill the server: fail the requests it touched
-                log.exception("image step failed")
+                log.exception("a batched step failed")
                 for group, job in self.live.items():
                     self.batch.remove(group)
                     job.deliver(None, e)
@@ -97,9 +99,9 @@ class ImageScheduler(CallQueue):
             for group in finished:
                 job = self.live.pop(group)
                 try:
-                    result = self.drawer.finish(job.payload, group.sample)
+                    result = self.handler.finish(job.payload, group.sample)
                 except Exception as e:
-                    log.exception("decoding images failed")
+                    log.exception("making a result failed")
                     job.deliver(None, e)
                 else:
                     job.deliver(result, None)
@@ -114,7 +116,7 @@ class ImageScheduler(CallQueue):
             if job.cancelled:
                 self.waiting.popleft()
                 continue
-            if (rows or taken) and rows + job.items > self.batch.capacity:  # items: the images it samples
+            if (rows or taken) and rows + job.items > self.batch.capacity:  # items: the images or texts it runs
                 break
             taken.append(self.waiting.popleft())
             rows += job.items
