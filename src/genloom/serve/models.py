@@ -241,7 +241,7 @@ class ImageJob:
 def image_batch_key(job: ImageJob) -> tuple[float, float, int | None, int]:
     """Requests that can share one whole call (`draw_whole_call`): the same guidance, temperature, reranking and
     steps (seeds, prompts and negative prompts are per image). The server's `StepScheduler` shares its steps
-    between any requests and ignores it; the whole-call reference of benchmarks/image_serving.py uses it."""
+    between any requests and ignores it; the whole-call reference of benchmarks/step_serving.py uses it."""
     return (job.guidance_scale, job.temperature, job.rerank, job.steps)
 
 
@@ -260,7 +260,7 @@ def new_seed() -> int:
 def draw_whole_call(t2i: ImageGenerator, reranker: LoadedClip | None, jobs: list[ImageJob]) -> list[list[bytes]]:
     """PNG bytes of every job's images from one sampling call; image i of a job is seed + i, as `imagine`.
     Reranked jobs draw their candidates with `imagine_best_of`, one call per job. The library's path, which the
-    server's step-level drawers reproduce image for image (the tests check it; benchmarks/image_serving.py
+    server's step-level drawers reproduce image for image (the tests check it; benchmarks/step_serving.py
     runs it as the whole-call reference)."""
     if jobs[0].rerank is not None:
         assert reranker is not None, "the app refuses rerank without a reranker"

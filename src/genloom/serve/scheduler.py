@@ -8,7 +8,7 @@
   denoiser pass, an image token, a target token) at a time, as `TextScheduler` does decoding steps.
 - `BatchWorker` runs requests that are whole calls: it takes the oldest request and every waiting one that can share
   its call (same `key`), up to a batch size, and runs them together. The server ran images and translations this
-  way before `StepScheduler`; benchmarks/image_serving.py keeps it as the whole-call reference.
+  way before `StepScheduler`; benchmarks/step_serving.py keeps it as the whole-call reference.
 
 Both queues are bounded: a full queue is `QueueFull`, which the HTTP layer answers with 429 and Retry-After.
 Results cross back to the event loop through a callback the handler gives (`loop.call_soon_threadsafe`).
@@ -276,7 +276,7 @@ class CallQueue(_ModelThread):
 
 class BatchWorker(CallQueue):
     """Runs whole-call requests in batches: `run(payloads)` -> one result per payload (the whole-call reference of
-    benchmarks/image_serving.py; the server's models run on `StepScheduler`)."""
+    benchmarks/step_serving.py; the server's models run on `StepScheduler`)."""
 
     def __init__(self, name: str, run: Callable[[list[Any]], list[Any]], max_batch: int, max_queue: int,
                  metrics: ServerMetrics) -> None:

@@ -1,30 +1,35 @@
-"""Image requests under load: the server's step-level scheduler against whole-call batching, for either method.
+"""Image and translation requests under load: the server's step-level scheduler against whole-call batching.
 
 The server's `StepScheduler` runs one step at a time over every live request, each at its own step: a denoiser
-pass for a diffusion model (`DiffusionBatch`), an image token for a token model (`ImageTokenBatch`). The reference
-is the `BatchWorker` the server used before, which runs whole calls of waiting requests that share their settings
-(a request arriving mid-call waits for the call to end). Both are driven here directly, without HTTP (the same
-objects `genloom serve` builds, same torch threads), one image per request, --max-batch 16, on random weights:
+pass for a diffusion model (`DiffusionBatch`), an image token for a token model (`ImageTokenBatch`), a target token
+of every hypothesis for a translation model (`TranslationBatch`). The reference is the `BatchWorker` the server used
+before, which runs whole calls of waiting requests that share their settings (a request arriving mid-call waits for
+the call to end). Both are driven here directly, without HTTP (the same objects `genloom serve` builds, same torch
+threads), one image or one sentence per request, --max-batch 16, on random weights:
 
 - `--method diffusion`: `dit-small` (6.0M parameters, as benchmarks/diffusion.py trains it) over a `vae-32`
   (32x32 RGB, 8x8x4 latents), guidance 3; the setting that varies is the sampling steps (20; or 10 / 20 / 50).
 - `--method tokens`: `dalle-compact` (1.8M, the shapes benchmark's) over `vq-colour` (32x32, 8x8 = 64 tokens of
   shape x colour codes); every request takes 64 steps, and the setting that varies is the guidance scale (3; or
   1 / 2 / 3: guidance 1 adds no unconditional rows).
+- `--method translation`: `transformer-small` (3 + 3 layers, d 256) with a 2,000-token BPE of the built-in
+  English number words; a request is one number below 10,000 in English words (1-9 words); the setting that
+  varies is the beam size (4; or 1 / 4 / 8). Random weights never end with EOS, so every hypothesis runs to the
+  length limit (1.2 x the source + 10 tokens).
 
 Workloads:
 - closed loop, 1 and 8 clients, the uniform setting: each client sends its next request when the last one ends.
 - closed loop, 8 clients, mixed settings: client i asks for setting i mod 3, as users do who trade quality for
   speed; whole calls batch only requests with the same settings.
 - open loop, uniform and mixed: requests arrive at random (Poisson) at `--load` x the step scheduler's 8-client
-  images/s of the same settings, as a server's users send them; latency is from arrival to result.
+  requests/s of the same settings, as a server's users send them; latency is from arrival to result.
 
-Per row: images/s and latency p50 / p99 (ms). Within a row the two schedulers take turns in `--slices` slices
-(step, call, step, call, ... of seconds / slices each), and the ratios (step-level / whole-call) are taken within
-each of `--rounds` rounds: this shared machine drifts by up to 2x between minutes.
+Per row: requests/s (images/s, sentences/s) and latency p50 / p99 (ms). Within a row the two schedulers take turns
+in `--slices` slices (step, call, step, call, ... of seconds / slices each), and the ratios (step-level / whole-call)
+are taken within each of `--rounds` rounds: this shared machine drifts by up to 2x between minutes.
 
-Usage: python benchmarks/image_serving.py [--method diffusion|tokens] [--seconds 20] [--rounds 2] [--slices 4]
-       [--load 0.7]   (about 9 minutes)
+Usage: python benchmarks/step_serving.py [--method diffusion|tokens|translation] [--seconds 20] [--rounds 2]
+       [--slices 4] [--load 0.7]   (about 9 minutes)
 """
 
 from __future__ import annotations
@@ -36,32 +41,49 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import print_table
+from num2words import num2words
 
 from genloom.checkpoint import save_checkpoint
 from genloom.cli.serve import default_threads
+from genloom.data.builtin_parallel import builtin_pairs
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
+from genloom.data.translation import train_translation_tokenizer
 from genloom.generate.diffusion_batch import DiffusionBatch
 from genloom.generate.image_token_batch import ImageTokenBatch
 from genloom.generate.text_to_image import ImageGenerator
+from genloom.generate.translate import translate
+from genloom.generate.translate_batch import TranslationBatch
 from genloom.models.dalle import Dalle
 from genloom.models.dalle import preset as dalle_preset
 from genloom.models.dit import DiT
 from genloom.models.dit import preset as dit_preset
+from genloom.models.seq2seq import Seq2SeqTransformer
+from genloom.models.seq2seq import preset as seq2seq_preset
 from genloom.models.vae import VAE
 from genloom.models.vae import preset as vae_preset
 from genloom.models.vqvae import VQVAE
 from genloom.models.vqvae import preset as vq_preset
-from genloom.registry import LoadedLatentDiffusion, load_image_generator
+from genloom.registry import LoadedLatentDiffusion, load_image_generator, load_translation_model
 from genloom.serve.metrics import ServerMetrics
-from genloom.serve.models import DiffusionDrawer, ImageJob, TokenDrawer, draw_whole_call, image_batch_key
+from genloom.serve.models import (
+    DiffusionDrawer,
+    ImageJob,
+    TokenDrawer,
+    TranslationJob,
+    Translator,
+    draw_whole_call,
+    image_batch_key,
+)
 from genloom.serve.scheduler import BatchWorker, CallJob, CallQueue
 from genloom.serve.step_scheduler import StepScheduler
+from genloom.tokenizers import SpecialIds, Tokenizer
 
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square left of a red"
             " circle"]
@@ -93,7 +115,33 @@ def make_model(root: Path, method: str) -> ImageGenerator:
     return loaded
 
 
-def make_worker(kind: str, t2i: ImageGenerator, metrics: ServerMetrics) -> CallQueue:
+def make_translator(root: Path) -> tuple[Seq2SeqTransformer, Tokenizer]:
+    torch.manual_seed(0)
+    tokenizer = train_translation_tokenizer(builtin_pairs("numbers", "en", "de", "train"), 2000)
+    config = seq2seq_preset("transformer-small", vocab_size=tokenizer.vocab_size, dropout=0.0,
+                            pad_id=SpecialIds.of(tokenizer).pad)
+    save_checkpoint(root / "translate", Seq2SeqTransformer(config), "seq2seq", config, tokenizer)
+    loaded = load_translation_model(root / "translate")
+    assert isinstance(loaded.model, Seq2SeqTransformer)
+    return loaded.model.eval(), loaded.tokenizer
+
+
+def whole_call_translations(model: Seq2SeqTransformer, tokenizer: Tokenizer, jobs: list[TranslationJob]
+                            ) -> list[list[str]]:
+    """All jobs' texts in one `translate` call, as the server ran them before (jobs share a beam size)."""
+    texts = translate(model, tokenizer, [text for job in jobs for text in job.texts], beam_size=jobs[0].beam_size)
+    return [[text] for text in texts]  # one text per job here
+
+
+def make_worker(kind: str, method: str, loaded: Any, metrics: ServerMetrics) -> CallQueue:
+    if method == "translation":
+        model, tokenizer = loaded
+        if kind == "call":
+            return BatchWorker("tr", functools.partial(whole_call_translations, model, tokenizer), MAX_BATCH,
+                               MAX_QUEUE, metrics)
+        return StepScheduler("tr", TranslationBatch(model, MAX_BATCH, SpecialIds.of(tokenizer)), Translator(tokenizer),
+                             MAX_QUEUE, metrics)
+    t2i = loaded
     if kind == "call":
         return BatchWorker("t2i", functools.partial(draw_whole_call, t2i, None), MAX_BATCH, MAX_QUEUE, metrics)
     if isinstance(t2i, LoadedLatentDiffusion):
@@ -103,12 +151,13 @@ def make_worker(kind: str, t2i: ImageGenerator, metrics: ServerMetrics) -> CallQ
 
 @dataclass
 class Method:
-    """What a benchmark request varies for a method: its setting (steps, or guidance), as an ImageJob."""
+    """What a benchmark request varies for a method: its setting (steps, guidance, or beam size), as a job."""
 
     uniform: tuple[float, ...]  # the setting of the uniform workloads
     mixed: tuple[float, ...]  # client i's setting in the mixed ones: mixed[i % 3]
     label: Callable[[tuple[float, ...]], str]
-    job: Callable[[float, int], ImageJob]  # (setting, seed) -> one image's request
+    job: Callable[[float, int], Any]  # (setting, seed) -> one image's or one sentence's request
+    key: Callable[[Any], Hashable] = image_batch_key  # the requests that can share one whole call
 
 
 METHODS = {
@@ -117,6 +166,9 @@ METHODS = {
                                                      steps=int(steps))),
     "tokens": Method((3.0,), (1.0, 2.0, 3.0), lambda s: f"guidance {' / '.join(f'{x:g}' for x in s)}",
                      lambda guidance, seed: ImageJob(CAPTIONS[seed % len(CAPTIONS)], 1, seed, guidance, "", 1.0)),
+    "translation": Method((4,), (1, 4, 8), lambda s: f"beam {' / '.join(f'{x:g}' for x in s)}",
+                          lambda beam, seed: TranslationJob([num2words(seed % 10_000)], "", int(beam)),
+                          key=lambda job: job.beam_size),
 }
 
 
@@ -129,7 +181,7 @@ class Tally:
 
 def request(worker: CallQueue, method: Method, setting: float, seed: int, tally: Tally,
             arrived: float | None = None) -> None:
-    """One image request, waited for; its latency counts from `arrived` (default: now)."""
+    """One request, waited for; its latency counts from `arrived` (default: now)."""
     start = time.perf_counter() if arrived is None else arrived
     done = threading.Event()
     failed: list[BaseException] = []
@@ -140,7 +192,7 @@ def request(worker: CallQueue, method: Method, setting: float, seed: int, tally:
         done.set()
 
     job = method.job(setting, seed)
-    worker.submit(CallJob(image_batch_key(job), 1, job, deliver))
+    worker.submit(CallJob(method.key(job), 1, job, deliver))
     done.wait()
     with tally.lock:
         if failed:
@@ -214,7 +266,7 @@ def sliced(run: Run, workers: dict[str, CallQueue], order: tuple[str, ...], slic
 
 
 def summary(tally: Tally, elapsed: float) -> tuple[float, float, float]:
-    """(images/s, latency p50 ms, p99 ms)."""
+    """(requests/s, latency p50 ms, p99 ms)."""
     lat = sorted(tally.latencies)
     if not lat:
         return 0.0, float("nan"), float("nan")
@@ -228,14 +280,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per row")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--slices", type=int, default=4, help="turns each scheduler takes within a row")
-    parser.add_argument("--load", type=float, default=0.7, help="open-loop arrival rate, x the 8-client images/s")
+    parser.add_argument("--load", type=float, default=0.7, help="open-loop arrival rate, x the 8-client requests/s")
     args = parser.parse_args()
     torch.set_num_threads(default_threads())  # as `genloom serve` sets them
     metrics = ServerMetrics()
     with tempfile.TemporaryDirectory() as tmp:
         method = METHODS[args.method]
-        t2i = make_model(Path(tmp), args.method)
-        workers = {kind: make_worker(kind, t2i, metrics) for kind in SCHEDULERS}
+        root = Path(tmp)
+        loaded = make_translator(root) if args.method == "translation" else make_model(root, args.method)
+        workers = {kind: make_worker(kind, args.method, loaded, metrics) for kind in SCHEDULERS}
         for worker in workers.values():
             worker.start()
         for worker in workers.values():  # warm-up: first calls allocate
@@ -275,12 +328,14 @@ def main() -> None:
             assert errors == 0, f"{errors} requests failed"
         for worker in workers.values():
             worker.stop()
-    model = "dit-small + vae-32, guidance 3" if args.method == "diffusion" else "dalle-compact + vq-colour"
-    print(f"\n{args.method} requests, {model}, 1 image each, {args.seconds:g} s a row in {args.slices} slices, "
+    model, unit = {"diffusion": ("dit-small + vae-32, guidance 3", "image"),
+                   "tokens": ("dalle-compact + vq-colour", "image"),
+                   "translation": ("transformer-small", "sentence")}[args.method]
+    print(f"\n{args.method} requests, {model}, 1 {unit} each, {args.seconds:g} s a row in {args.slices} slices, "
           f"{torch.get_num_threads()} torch thread(s), zero errors")
-    print_table(["workload", "scheduler", "images/s", "latency p50 / p99 (ms)"], rows)
+    print_table(["workload", "scheduler", f"{unit}s/s", "latency p50 / p99 (ms)"], rows)
     print("\nstep-level against whole-call, same round")
-    print_table(["workload", "images/s", "latency p50", "latency p99"], ratios)
+    print_table(["workload", f"{unit}s/s", "latency p50", "latency p99"], ratios)
 
 
 if __name__ == "__main__":
