@@ -96,10 +96,13 @@ def test_a_diffusion_request_joins_the_running_passes(server, client):
         assert np.abs(pixels.astype(int) - image).max() <= 1  # the same image, to rounding of batched products
 
 
-@pytest.mark.parametrize("job", [ImageJob("a red circle", 2, 0, 2.0, "", 1.0, steps=250),  # diffusion: 250 passes
-                                 ImageJob("a red circle", 2, 0, 2.0, "", 1.0)])  # tokens: 16 image tokens
-def test_a_cancelled_image_request_leaves_the_steps(server, monkeypatch, job):
-    scheduler = server.models["diffusion" if job.steps == 250 else "images"].worker
+@pytest.mark.parametrize(("model", "job"), [
+    ("diffusion", ImageJob("a red circle", 2, 0, 2.0, "", 1.0, steps=250)),  # 250 denoiser passes
+    ("images", ImageJob("a red circle", 2, 0, 2.0, "", 1.0)),  # 16 image tokens
+    ("translate", TranslationJob(["a red circle", "a cyan triangle"], "", 4)),  # random weights: to the length limit
+])
+def test_a_cancelled_request_leaves_the_steps(server, monkeypatch, model, job):
+    scheduler = server.models[model].worker
     step = scheduler.batch.step
     monkeypatch.setattr(scheduler.batch, "step", lambda: time.sleep(0.01) or step())  # cancelled well before the end
     delivered: list[object] = []
@@ -113,24 +116,35 @@ def test_a_cancelled_image_request_leaves_the_steps(server, monkeypatch, job):
     assert not group.done  # it left at once; it did not run out its steps
 
 
-def test_token_image_requests_with_other_settings_share_the_running_steps(server, client, monkeypatch):
-    """A token-method request sent while another samples joins its steps, though its guidance and temperature
-    differ (a whole call could not have shared them), and draws the images `imagine` draws alone."""
-    scheduler = server.models["images"].worker
-    batch_rows: list[int] = []
+def _slow_steps(scheduler, monkeypatch) -> list[int]:
+    """Make each of the scheduler's steps 20 ms slower, so a second request surely arrives while the first runs;
+    returns the list the rows of every step are recorded in."""
+    rows: list[int] = []
     step = scheduler.batch.step
 
-    def slow_step():  # 20 ms a step, so the second request surely arrives while the first samples
-        batch_rows.append(scheduler.batch.rows)
+    def slow_step():
+        rows.append(scheduler.batch.rows)
         time.sleep(0.02)
         return step()
 
     monkeypatch.setattr(scheduler.batch, "step", slow_step)
-    first_reply: list[tuple[int, object]] = []
-    first = threading.Thread(target=lambda: first_reply.append(http(
-        "POST", server.url + "/v1/images/generations",
-        {"model": "images", "prompt": "a blue square", "n": 2, "seed": 0, "guidance_scale": 2.0})[::2]))
-    first.start()
+    return rows
+
+
+def _post_in_background(url: str, body: dict) -> tuple[threading.Thread, list[tuple[int, object]]]:
+    """POST `body` on a thread of its own; the list gets (status, reply) when it is answered."""
+    reply: list[tuple[int, object]] = []
+    thread = threading.Thread(target=lambda: reply.append(http("POST", url, body)[::2]))
+    thread.start()
+    return thread, reply
+
+
+def test_token_image_requests_with_other_settings_share_the_running_steps(server, client, monkeypatch):
+    """A token-method request sent while another samples joins its steps, though its guidance and temperature
+    differ (a whole call could not have shared them), and draws the images `imagine` draws alone."""
+    batch_rows = _slow_steps(server.models["images"].worker, monkeypatch)
+    first, first_reply = _post_in_background(server.url + "/v1/images/generations", {
+        "model": "images", "prompt": "a blue square", "n": 2, "seed": 0, "guidance_scale": 2.0})
     _wait_for(lambda: len(batch_rows) >= 2)
     second = client.images.generate(model="images", prompt="a red circle", n=2,  # 2 + 2: the test server's batch
                                     extra_body={"seed": 7, "guidance_scale": 1.0, "temperature": 0.7,
@@ -150,22 +164,10 @@ def test_translations_with_other_beam_sizes_share_the_running_steps(server, monk
     """A greedy translation sent while a beam search runs joins its steps (a whole call could not have shared them:
     their beam sizes differ), and each request gets the texts `translate` gives it alone."""
     served = server.models["translate"]
-    scheduler = served.worker
-    batch_rows: list[int] = []
-    step = scheduler.batch.step
-
-    def slow_step():  # 20 ms a step, so the second request surely arrives while the first decodes
-        batch_rows.append(scheduler.batch.rows)
-        time.sleep(0.02)
-        return step()
-
-    monkeypatch.setattr(scheduler.batch, "step", slow_step)
+    batch_rows = _slow_steps(served.worker, monkeypatch)
     first_texts, second_texts = ["a red circle", "a blue square above a green triangle"], ["a cyan triangle"]
-    first_reply: list[tuple[int, object]] = []
-    first_body = {"model": "translate", "text": first_texts, "beam_size": 4}
-    first = threading.Thread(target=lambda: first_reply.append(
-        http("POST", server.url + "/v1/translations/text", first_body)[::2]))
-    first.start()
+    first, first_reply = _post_in_background(server.url + "/v1/translations/text",
+                                             {"model": "translate", "text": first_texts, "beam_size": 4})
     _wait_for(lambda: len(batch_rows) >= 2)
     status, _, second = http("POST", server.url + "/v1/translations/text",
                              {"model": "translate", "text": second_texts, "beam_size": 1})
@@ -177,19 +179,3 @@ def test_translations_with_other_beam_sizes_share_the_running_steps(server, monk
     assert [t["text"] for t in second["translations"]] == translate(served.model, served.tokenizer, second_texts,
                                                                       beam_size=1)
 
-
-def test_a_cancelled_translation_leaves_the_steps(server, monkeypatch):
-    scheduler = server.models["translate"].worker
-    step = scheduler.batch.step
-    monkeypatch.setattr(scheduler.batch, "step", lambda: time.sleep(0.01) or step())  # cancelled well before the end
-    delivered: list[object] = []
-    call = CallJob(None, 2, TranslationJob(["a red circle", "a cyan triangle"], "", 4),
-                   lambda result, error: delivered.append(result))
-    scheduler.submit(call)
-    _wait_for(lambda: len(scheduler.live) == 1)
-    (group,) = scheduler.live
-    call.cancelled = True  # what the HTTP handler does when its client is gone
-    _wait_for(lambda: scheduler.batch.rows == 0)
-    assert not scheduler.batch.groups and not scheduler.live and not delivered
-    assert scheduler.batch.decoder.rows == 0  # its hypotheses' rows are free
-    assert not group.done  # it left at once; it did not run out its steps
