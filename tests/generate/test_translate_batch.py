@@ -4,14 +4,12 @@ fixed-batch reference does alone; sources that end free their rows; removal; gro
 from __future__ import annotations
 
 import pytest
-import torch
 from translation_helpers import SOURCES
 
-from genloom.data.translation import encode_source, pad_sequences
+from genloom.data.translation import encode_source
 from genloom.errors import GenloomError
-from genloom.generate.beam import beam_search, greedy_search
-from genloom.generate.translate import make_decoder
-from genloom.generate.translate_batch import TranslationBatch, max_target_lengths
+from genloom.generate.translate import translate_fixed_batch
+from genloom.generate.translate_batch import TranslationBatch
 from genloom.tokenizers import SpecialIds
 
 
@@ -23,16 +21,7 @@ def encoded(tok, texts: list[str]) -> list[list[int]]:
 def reference(model, tok, source: list[int], beam_size: int, max_len_a: float = 1.2, max_len_b: int = 10
               ) -> list[int]:
     """One source alone, through the fixed-batch searches and the model's cached incremental decoder."""
-    ids = SpecialIds.of(tok)
-    lengths = max_target_lengths(model, [source], max_len_a, max_len_b)
-    with torch.no_grad():
-        src = pad_sequences([source], ids.pad)
-        valid = model.source_key_valid(src)
-        memory, valid = model.encode(src, valid).repeat_interleave(beam_size, 0), valid.repeat_interleave(beam_size, 0)
-        decoder = make_decoder(model, memory, valid, lengths[0])
-        if beam_size == 1:
-            return greedy_search(decoder, 1, ids.bos, ids.eos, lengths)[0]
-        return beam_search(decoder, 1, beam_size, ids.bos, ids.eos, lengths, alpha=0.6)[0].tokens
+    return translate_fixed_batch(model, [source], SpecialIds.of(tok), beam_size, 0.6, max_len_a, max_len_b)[0]
 
 
 def test_requests_joining_at_different_steps_translate_as_alone(trained):
@@ -64,11 +53,13 @@ def test_a_source_that_ends_frees_its_rows_before_its_request_ends(trained):
     short, long = encoded(tok, ["9", "7 7 7 7 7 7 7 7"])
     batch = TranslationBatch(model, capacity=4, ids=SpecialIds.of(tok), max_len_a=1.0, max_len_b=0)
     group = batch.add([short, long], beam_size=1)
-    widths = []
+    widths, running = [], []
     while not group.done:
         batch.step()
         widths.append(batch.decoder.rows)
+        running.append(batch.rows)
     assert widths[0] == 1 and widths[-1] == 0  # the short one left after one step, the long one later
+    assert running[0] == 1  # and its place in the batch is free for the scheduler at once
     assert group.sample == [reference(model, tok, s, 1, 1.0, 0) for s in (short, long)]
     assert len(group.sample[0]) == 1 and len(group.sample[1]) > 1
 

@@ -18,7 +18,11 @@ from torch import Tensor, nn
 from genloom.data.translation import encode_source, pad_sequences
 from genloom.errors import GenloomError
 from genloom.generate.beam import IncrementalDecoder, beam_search, greedy_search
-from genloom.generate.translate_batch import TranslationBatch, check_source_lengths, max_target_lengths
+from genloom.generate.translate_batch import (
+    TranslationBatch,
+    check_source_lengths,
+    max_target_lengths,
+)
 from genloom.models.lstm import LSTMSeq2Seq, State
 from genloom.models.seq2seq import Seq2SeqTransformer
 from genloom.tokenizers import SpecialIds, Tokenizer
@@ -96,7 +100,7 @@ def check_sources(model: nn.Module, tokenizer: Tokenizer, sources: Sequence[str]
 
 
 @torch.no_grad()
-def translate_ids(
+def translate_fixed_batch(
     model: nn.Module,
     sources: Sequence[Sequence[int]],
     ids: SpecialIds,
@@ -106,21 +110,14 @@ def translate_ids(
     max_len_b: int = 10,
     recompute: bool = False,
 ) -> list[list[int]]:
-    """Target ids (no BOS/EOS) for one batch of encoded sources; the model must be in eval mode.
-
-    The sources run as one group of a `TranslationBatch`, the engine the server shares between requests.
-    recompute=True runs the reference instead: the same searches in a fixed batch, re-running the Transformer's
-    decoder over the whole prefix at every step without any cache (for measuring what the cache saves)."""
+    """Target ids (no BOS/EOS) for encoded sources decoded as one fixed batch: the searches of beam.py over the
+    model's incremental decoder, beam_size rows per source from start to end. The reference `TranslationBatch` is
+    tested against; recompute=True re-runs the Transformer's decoder over the whole prefix at every step without
+    any cache (for measuring what the cache saves). The model must be in eval mode."""
     if not isinstance(model, Seq2SeqTransformer | LSTMSeq2Seq):
         raise GenloomError(f"cannot translate with a {type(model).__name__}; need a seq2seq or lstm model")
     if beam_size < 1:
         raise GenloomError(f"beam size ({beam_size}) must be at least 1")
-    if not recompute:
-        batch = TranslationBatch(model, len(sources), ids, alpha, max_len_a, max_len_b)
-        group = batch.add(sources, beam_size)
-        while not group.done:
-            batch.step()
-        return group.sample
     max_lengths = max_target_lengths(model, sources, max_len_a, max_len_b)
     device = next(model.parameters()).device
     src = pad_sequences(sources, ids.pad).to(device)  # (B, S)
@@ -148,9 +145,14 @@ def translate(
     recompute: bool = False,
 ) -> list[str]:
     """Translations of `sources`, in input order. beam_size 1 is greedy decoding; alpha is GNMT's length
-    penalty. Sources are batched by length, so batch_size changes speed, not results (up to float noise)."""
+    penalty. Sources are batched by length, so batch_size changes speed, not results (up to float noise).
+
+    Each batch runs as one request of a `TranslationBatch` (a source's hypotheses leave it as its search ends).
+    recompute=True runs the reference instead: the same batches with no KV cache (`translate_fixed_batch`)."""
     if batch_size < 1:
         raise GenloomError(f"batch size ({batch_size}) must be at least 1")
+    if beam_size < 1:
+        raise GenloomError(f"beam size ({beam_size}) must be at least 1")
     ids = SpecialIds.of(tokenizer)
     encoded = [encode_source(tokenizer, ids, text) for text in sources]
     check_source_lengths(model, encoded)  # before any work, not after the shorter batches
@@ -161,11 +163,18 @@ def translate(
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            outputs = translate_ids(
-                model, [encoded[i] for i in chunk], ids, beam_size, alpha, max_len_a, max_len_b, recompute
-            )
-            for i, out in zip(chunk, outputs, strict=True):
-                results[i] = tokenizer.decode(out)
+            chunk_sources = [encoded[i] for i in chunk]
+            if recompute:
+                targets = translate_fixed_batch(model, chunk_sources, ids, beam_size, alpha, max_len_a, max_len_b,
+                                                recompute=True)
+            else:
+                batch = TranslationBatch(model, len(chunk), ids, alpha, max_len_a, max_len_b)
+                group = batch.add(chunk_sources, beam_size)
+                while not group.done:
+                    batch.step()
+                targets = group.sample
+            for i, target in zip(chunk, targets, strict=True):
+                results[i] = tokenizer.decode(target)
     finally:
         model.train(was_training)
     return results

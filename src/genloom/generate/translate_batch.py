@@ -91,6 +91,11 @@ class TranslationGroup:
         return sum(len(s.tokens) for s in self.searches)
 
     @property
+    def running(self) -> int:
+        """Sources still being searched."""
+        return sum(not s.done for s in self.searches)
+
+    @property
     def sample(self) -> list[list[int]]:
         """Each source's best target ids (no BOS or EOS), once done."""
         return [s.result for s in self.searches]
@@ -105,8 +110,9 @@ class TranslationBatch:
             batch.step()  # the groups that finished with this step
         group.sample      # target ids per source
 
-    capacity: the sources a step holds (`rows` counts the live groups' sources); the scheduler admits requests while
-    theirs fit, and a larger one runs alone. The model must be in eval mode.
+    capacity: the sources a step holds (`rows` counts the sources still being searched: one that has ended frees its
+    place before the rest of its request); the scheduler admits requests while theirs fit, and a larger one runs
+    alone. The model must be in eval mode.
     """
 
     def __init__(self, model: nn.Module, capacity: int, ids: SpecialIds, alpha: float = 0.6,
@@ -120,8 +126,8 @@ class TranslationBatch:
 
     @property
     def rows(self) -> int:
-        """Sources being translated."""
-        return sum(len(g.searches) for g in self.groups)
+        """Sources being translated (their searches not yet ended)."""
+        return sum(g.running for g in self.groups)
 
     def add(self, sources: Sequence[Sequence[int]], beam_size: int) -> TranslationGroup:
         """Encode `sources` (ids ending in EOS) and start their searches at the next step."""
