@@ -189,7 +189,8 @@ def row_decoder(model: nn.Module) -> RowDecoder:
 class TransformerRows:
     """A `Seq2SeqTransformer`'s rows: per decoder layer, the self-attention keys and values in a `SlotKVCache`
     (row i's from column 0, `columns[i]` filled) and the projected memory (cross-attention keys and values, and
-    the source mask) padded to the model's max_len. The storage grows when a request needs more rows."""
+    the source mask), right-padded. The storage grows, doubling, when rows, target columns or source columns run
+    out (columns up to the model's max_len), so a batch of short sentences holds short caches."""
 
     def __init__(self, model: Seq2SeqTransformer) -> None:
         self.model = model
@@ -200,38 +201,45 @@ class TransformerRows:
         self.rows = 0
         self.columns: list[int] = []  # per row: target tokens read so far (its next token's position)
         self.source_lengths: list[int] = []  # per row: its source's length, EOS included
-        self._allocate(0)
-
-    def _allocate(self, capacity: int) -> None:
-        """Storage for `capacity` rows, keeping the live rows' contents."""
-        shape = (capacity, self.n_heads, self.max_len, self.head_dim)
-        old: list[SlotKVCache] | None = getattr(self, "self_caches", None)
         # Any: a SlotKVCache quacks as the KVCache the decoder's blocks take.
-        self.self_caches: list[Any] = [
-            SlotKVCache(capacity, self.n_heads, self.max_len, self.head_dim, self.device, self.dtype)
-            for _ in self.model.decoder.blocks
-        ]
-        cross = [(torch.zeros(shape, device=self.device, dtype=self.dtype),
-                  torch.zeros(shape, device=self.device, dtype=self.dtype)) for _ in self.model.decoder.blocks]
-        src_valid = torch.zeros(capacity, self.max_len, dtype=torch.bool, device=self.device)
-        if old is not None:
-            n = self.rows
-            for new_cache, old_cache in zip(self.self_caches, old, strict=True):
-                new_cache.k[:n], new_cache.v[:n] = old_cache.k[:n], old_cache.v[:n]
-            for (k, v), (old_k, old_v) in zip(cross, self.cross, strict=True):
-                k[:n], v[:n] = old_k[:n], old_v[:n]
-            src_valid[:n] = self.src_valid[:n]
-        self.cross: list[tuple[Tensor, Tensor]] = cross
-        self.src_valid: Tensor = src_valid
+        self.self_caches: list[Any] = [self._slots(0, 0) for _ in model.decoder.blocks]
+        self.cross: list[tuple[Tensor, Tensor]] = [(self._zeros(0, 0), self._zeros(0, 0)) for _ in model.decoder.blocks]
+        self.src_valid = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # (capacity, source columns)
 
-    @property
-    def capacity(self) -> int:
-        return self.src_valid.shape[0]
+    def _zeros(self, rows: int, columns: int) -> Tensor:
+        return torch.zeros(rows, self.n_heads, columns, self.head_dim, device=self.device, dtype=self.dtype)
+
+    def _slots(self, rows: int, columns: int) -> SlotKVCache:
+        return SlotKVCache(rows, self.n_heads, columns, self.head_dim, self.device, self.dtype)
+
+    def _reserve(self, rows: int, target: int, source: int) -> None:
+        """Storage for at least `rows` rows, `target` self-attention columns and `source` memory columns, keeping
+        the live rows' contents."""
+        have_rows, have_source = self.src_valid.shape
+        have_target = self.self_caches[0].k.shape[2]
+        if rows <= have_rows and target <= have_target and source <= have_source:
+            return
+
+        def grown(need: int, have: int, limit: int | None = None) -> int:
+            size = have if need <= have else max(need, 2 * have)
+            return size if limit is None else min(size, limit)
+
+        new_rows, new_target = grown(rows, have_rows), grown(target, have_target, self.max_len)
+        new_source = grown(source, have_source, self.max_len)
+        n = self.rows
+        caches = [self._slots(new_rows, new_target) for _ in self.self_caches]
+        for new, old in zip(caches, self.self_caches, strict=True):
+            new.k[:n, :, :have_target], new.v[:n, :, :have_target] = old.k[:n], old.v[:n]
+        cross = [(self._zeros(new_rows, new_source), self._zeros(new_rows, new_source)) for _ in self.cross]
+        for (k, v), (old_k, old_v) in zip(cross, self.cross, strict=True):
+            k[:n, :, :have_source], v[:n, :, :have_source] = old_k[:n], old_v[:n]
+        src_valid = torch.zeros(new_rows, new_source, dtype=torch.bool, device=self.device)
+        src_valid[:n, :have_source] = self.src_valid[:n]
+        self.self_caches, self.cross, self.src_valid = caches, cross, src_valid
 
     def join(self, src: Tensor) -> None:
         m, s = src.shape
-        if self.rows + m > self.capacity:
-            self._allocate(max(self.rows + m, 2 * self.capacity))
+        self._reserve(self.rows + m, self.self_caches[0].k.shape[2], s)
         src = src.to(self.device)
         valid = self.model.source_key_valid(src)
         memory = self.model.encode(src, valid)  # (m, S, d)
@@ -247,6 +255,7 @@ class TransformerRows:
     def step(self, tokens: Tensor) -> Tensor:
         n = self.rows
         width = max(self.columns) + 1  # from the Python list: no device sync
+        self._reserve(n, width, 0)
         fill = torch.tensor(self.columns, device=self.device)  # (n,) each row's columns before this token
         for cache in self.self_caches:
             cache.rows, cache.fill, cache.width = n, fill, width
@@ -263,8 +272,7 @@ class TransformerRows:
         order = rows.tolist()
         if order == list(range(self.rows)):
             return  # nothing moved (greedy rows, or beams that kept their order)
-        if m > self.capacity:  # a beam search widening from its first row to k
-            self._allocate(max(m, 2 * self.capacity))
+        self._reserve(m, 0, 0)  # a beam search widening from its first row to k
         width = max(self.columns, default=0)
         s = max(self.source_lengths, default=0)
         index = rows.to(self.device)
