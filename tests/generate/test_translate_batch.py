@@ -9,7 +9,7 @@ from translation_helpers import SOURCES
 from genloom.data.translation import encode_source
 from genloom.errors import GenloomError
 from genloom.generate.translate import translate_fixed_batch
-from genloom.generate.translate_batch import TranslationBatch
+from genloom.generate.translate_batch import TransformerRows, TranslationBatch
 from genloom.tokenizers import SpecialIds
 
 
@@ -86,7 +86,7 @@ def test_a_request_larger_than_the_capacity_runs(trained):
     group = batch.add(sources, 4)  # 24 hypotheses: the storage grows
     while not group.done:
         batch.step()
-    if hasattr(batch.decoder, "src_valid"):  # the Transformer's memory is as wide as its longest source, not max_len
+    if isinstance(batch.decoder, TransformerRows):  # its memory is as wide as its longest source, not max_len
         assert batch.decoder.src_valid.shape[1] == max(map(len, sources)) < model.config.max_len
     assert group.sample == [reference(model, tok, s, 4) for s in sources]
 
