@@ -104,3 +104,21 @@ def test_bad_requests_are_refused_before_they_join(trained):
     assert batch.groups == [] and batch.decoder.rows == 0
     with pytest.raises(GenloomError, match="capacity"):
         TranslationBatch(model, capacity=0, ids=SpecialIds.of(tok))
+
+
+def test_a_failed_step_ends_every_request_and_the_batch_goes_on(trained, monkeypatch):
+    model, tok, _ = trained
+    batch = TranslationBatch(model, capacity=8, ids=SpecialIds.of(tok))
+    first = batch.add(encoded(tok, SOURCES[:2]), 4)
+    batch.step()
+    step = batch.decoder.step
+    monkeypatch.setattr(batch.decoder, "step", lambda tokens: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batch.step()
+    assert batch.groups == [] and batch.rows == 0 and batch.decoder.rows == 0
+    batch.remove(first)  # what the scheduler does with the requests it fails: a no-op now
+    monkeypatch.setattr(batch.decoder, "step", step)
+    again = batch.add(encoded(tok, SOURCES[2:4]), 2)
+    while not again.done:
+        batch.step()
+    assert again.sample == [reference(model, tok, s, 2) for s in encoded(tok, SOURCES[2:4])]

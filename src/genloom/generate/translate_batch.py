@@ -150,15 +150,23 @@ class TranslationBatch:
             return []
         searches = [s for g in self.groups for s in g.searches if s.tokens]
         tokens = torch.tensor([t for s in searches for t in s.tokens])
-        with torch.inference_mode():
-            log_probs = self.decoder.step(tokens)  # (rows, V)
-            keep: list[int] = []
-            first = 0
-            for search in searches:
-                live = len(search.tokens)
-                keep.extend(first + o for o in search.advance(log_probs[first : first + live]))
-                first += live
-            self.decoder.select(torch.tensor(keep, dtype=torch.long))
+        try:
+            with torch.inference_mode():
+                log_probs = self.decoder.step(tokens)  # (rows, V)
+                keep: list[int] = []
+                first = 0
+                for search in searches:
+                    live = len(search.tokens)
+                    keep.extend(first + o for o in search.advance(log_probs[first : first + live]))
+                    first += live
+                self.decoder.select(torch.tensor(keep, dtype=torch.long))
+        except BaseException:
+            # The searches and the decoder's rows may no longer match: every request ends here (the caller fails
+            # them), and the batch starts empty rather than decode one request with another's state.
+            self.groups = []
+            with torch.inference_mode():
+                self.decoder.select(torch.zeros(0, dtype=torch.long))
+            raise
         finished = [g for g in self.groups if g.done]
         self.groups = [g for g in self.groups if not g.done]
         return finished

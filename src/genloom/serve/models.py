@@ -198,10 +198,10 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         worker: StepScheduler
         if isinstance(t2i, LoadedLatentDiffusion):
             worker = StepScheduler(name, DiffusionBatch(t2i.model, settings.max_batch), DiffusionDrawer(t2i),
-                                    settings.max_queue, metrics)
+                                   settings.max_queue, metrics)
         else:
             worker = StepScheduler(name, ImageTokenBatch(t2i.model, settings.max_batch), TokenDrawer(t2i),
-                                    settings.max_queue, metrics)
+                                   settings.max_queue, metrics)
         return ImageModel(name, IMAGES, family, t2i.path, None, worker,
                           {"size": f"{side}x{side}", "method": method_of(t2i), "steps": _default_steps(t2i),
                            "rerank": False}, t2i)
