@@ -29,25 +29,25 @@ def _decode_batch(model, tok, sources: list[str], beam: bool) -> list[list[int]]
         return greedy_search(decoder, len(src), ids.bos, ids.eos, max_lengths)
 
 
-def test_beam_one_equals_greedy(trained):
+def test_beam_one_equals_greedy(translator):
     # Beam search keeps hypotheses that ended early: with beam 1 it returns a shorter one ending in EOS if that
     # scores higher than greedy's final output, so the two agree where the model is confident (training pairs).
-    model, tok, _ = trained
+    model, tok, _ = translator
     sources = [s for s, _ in TRAIN[::5]]
     greedy = _decode_batch(model, tok, sources, beam=False)
     assert _decode_batch(model, tok, sources, beam=True) == greedy
     assert len({tuple(g) for g in greedy}) >= 5  # not one constant output
 
 
-def test_batched_equals_one_by_one(trained):
-    model, tok, _ = trained
+def test_batched_equals_one_by_one(translator):
+    model, tok, _ = translator
     for beam in (1, 4):
         batched = translate(model, tok, SOURCES, beam_size=beam, batch_size=8)
         assert batched == [translate(model, tok, [s], beam_size=beam, batch_size=1)[0] for s in SOURCES]
 
 
-def test_cached_equals_recompute(trained):
-    model, tok, _ = trained
+def test_cached_equals_recompute(translator):
+    model, tok, _ = translator
     if not hasattr(model.config, "max_len"):
         with pytest.raises(GenloomError, match="only to the Transformer"):
             translate(model, tok, SOURCES[:1], recompute=True)
@@ -57,16 +57,16 @@ def test_cached_equals_recompute(trained):
         assert translate(model, tok, SOURCES, beam_size=beam, recompute=True) == cached
 
 
-def test_checkpoint_round_trip_translates_identically(trained):
-    model, tok, run_dir = trained
+def test_checkpoint_round_trip_translates_identically(translator):
+    model, tok, run_dir = translator
     loaded = load_pretrained(run_dir)
     assert loaded.family in ("seq2seq", "lstm") and not loaded.model.training
     expected = translate(model, tok, SOURCES, beam_size=4)
     assert translate(loaded.model, loaded.tokenizer, SOURCES, beam_size=4) == expected
 
 
-def test_translate_keeps_training_mode_and_rejects_bad_input(trained):
-    model, tok, _ = trained
+def test_translate_keeps_training_mode_and_rejects_bad_input(translator):
+    model, tok, _ = translator
     model.train()
     translate(model, tok, SOURCES[:2], beam_size=2)
     assert model.training
@@ -78,10 +78,10 @@ def test_translate_keeps_training_mode_and_rejects_bad_input(trained):
             translate(model, tok, ["1 " * 30])
 
 
-def test_stream_keeps_input_order_and_blank_lines(trained):
+def test_stream_keeps_input_order_and_blank_lines(translator):
     from genloom.generate.translate import translate_stream
 
-    model, tok, _ = trained
+    model, tok, _ = translator
     sources = ["12", "", "7", "95", "  ", "3"]
     expected = translate(model, tok, [s for s in sources if s.strip()], beam_size=2)
     streamed = list(translate_stream(model, tok, iter(sources), window=2, beam_size=2))

@@ -24,8 +24,8 @@ def reference(model, tok, source: list[int], beam_size: int, max_len_a: float = 
     return translate_fixed_batch(model, [source], SpecialIds.of(tok), beam_size, 0.6, max_len_a, max_len_b)[0]
 
 
-def test_requests_joining_at_different_steps_translate_as_alone(trained):
-    model, tok, _ = trained
+def test_requests_joining_at_different_steps_translate_as_alone(translator):
+    model, tok, _ = translator
     batch = TranslationBatch(model, capacity=16, ids=SpecialIds.of(tok))
     requests = [(encoded(tok, SOURCES[:3]), 4), (encoded(tok, SOURCES[3:5]), 1), (encoded(tok, SOURCES[-4:]), 3)]
     groups = [batch.add(*requests[0])]
@@ -47,8 +47,8 @@ def test_requests_joining_at_different_steps_translate_as_alone(trained):
     assert batch.rows == 0 and batch.decoder.rows == 0
 
 
-def test_a_source_that_ends_frees_its_rows_before_its_request_ends(trained):
-    model, tok, _ = trained
+def test_a_source_that_ends_frees_its_rows_before_its_request_ends(translator):
+    model, tok, _ = translator
     # Target limits of |source| - 1 tokens: the one-token source ends at its first token, the long one goes on.
     short, long = encoded(tok, ["9", "7 7 7 7 7 7 7 7"])
     batch = TranslationBatch(model, capacity=4, ids=SpecialIds.of(tok), max_len_a=1.0, max_len_b=0)
@@ -64,8 +64,8 @@ def test_a_source_that_ends_frees_its_rows_before_its_request_ends(trained):
     assert len(group.sample[0]) == 1 and len(group.sample[1]) > 1
 
 
-def test_removed_request_leaves_at_once_and_the_others_are_unchanged(trained):
-    model, tok, _ = trained
+def test_removed_request_leaves_at_once_and_the_others_are_unchanged(translator):
+    model, tok, _ = translator
     batch = TranslationBatch(model, capacity=16, ids=SpecialIds.of(tok))
     kept = batch.add(encoded(tok, SOURCES[:2]), 4)
     gone = batch.add(encoded(tok, SOURCES[2:4]), 4)
@@ -79,8 +79,8 @@ def test_removed_request_leaves_at_once_and_the_others_are_unchanged(trained):
     assert kept.sample == [reference(model, tok, s, 4) for s in encoded(tok, SOURCES[:2])]
 
 
-def test_a_request_larger_than_the_capacity_runs(trained):
-    model, tok, _ = trained
+def test_a_request_larger_than_the_capacity_runs(translator):
+    model, tok, _ = translator
     batch = TranslationBatch(model, capacity=1, ids=SpecialIds.of(tok))
     sources = encoded(tok, SOURCES[:6])
     group = batch.add(sources, 4)  # 24 hypotheses: the storage grows
@@ -91,8 +91,8 @@ def test_a_request_larger_than_the_capacity_runs(trained):
     assert group.sample == [reference(model, tok, s, 4) for s in sources]
 
 
-def test_bad_requests_are_refused_before_they_join(trained):
-    model, tok, _ = trained
+def test_bad_requests_are_refused_before_they_join(translator):
+    model, tok, _ = translator
     batch = TranslationBatch(model, capacity=4, ids=SpecialIds.of(tok))
     with pytest.raises(GenloomError, match="beam size"):
         batch.add(encoded(tok, ["1"]), 0)
@@ -106,8 +106,8 @@ def test_bad_requests_are_refused_before_they_join(trained):
         TranslationBatch(model, capacity=0, ids=SpecialIds.of(tok))
 
 
-def test_a_failed_step_ends_every_request_and_the_batch_goes_on(trained, monkeypatch):
-    model, tok, _ = trained
+def test_a_failed_step_ends_every_request_and_the_batch_goes_on(translator, monkeypatch):
+    model, tok, _ = translator
     batch = TranslationBatch(model, capacity=8, ids=SpecialIds.of(tok))
     first = batch.add(encoded(tok, SOURCES[:2]), 4)
     batch.step()
