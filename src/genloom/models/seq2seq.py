@@ -217,9 +217,11 @@ class Seq2SeqTransformer(nn.Module):
 
         tokens, positions: (B, 1). key_valid: (B, W) True at each row's own self-attention columns, its new token's
         included. self_caches: per layer, caches that write each row's key at its own column (`SlotKVCache`s of
-        genloom.generate.batch quack as KVCache). cross_caches: per layer, the rows' projected memories (B, H, S,
-        hd); src_key_valid: (B, S) True at their real source tokens."""
-        last = int(positions.max())
+        genloom.generate.batch quack as KVCache), whose `length` is the widest row's position. cross_caches: per
+        layer, the rows' projected memories (B, H, S, hd); src_key_valid: (B, S) True at their real source
+        tokens."""
+        # The caches know the widest row in Python (its position is the cache's length): no device sync a step.
+        last = self_caches[0].length
         if last >= self.config.max_len:
             raise GenloomError(f"target position {last} exceeds the model's max_len {self.config.max_len}")
         x = self.embed_dropout(self.tgt_embedding(tokens) * self.embed_scale + self.positions(positions))  # (B, 1, d)

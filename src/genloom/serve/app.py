@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -58,7 +58,6 @@ from genloom.serve.models import (
     TextModel,
     TranslationJob,
     TranslationModel,
-    image_batch_key,
     new_seed,
 )
 from genloom.serve.scheduler import CallJob, CallQueue, QueueFull, TextJob, TextScheduler, TokenEvent
@@ -231,7 +230,7 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         codec.encode([body.prompt, body.negative_prompt])  # a caption that does not fit: 400 now, not in a batch
         job = ImageJob(body.prompt, body.n, new_seed() if body.seed is None else body.seed, body.guidance_scale,
                        body.negative_prompt, body.temperature, body.rerank, steps)
-        pngs = await _call(served, image_batch_key(job), body.rerank or body.n, job)
+        pngs = await _call(served, body.rerank or body.n, job)
         metrics.images.labels(served.name).inc(len(pngs))
         return {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(png).decode("ascii"),
                                                        "revised_prompt": None} for png in pngs],
@@ -247,7 +246,7 @@ def create_app(models: dict[str, ServedModel], metrics: ServerMetrics, config: S
         prefix = direction_prefix(served.tokenizer, body.source_language, body.target_language)
         check_sources(served.model, served.tokenizer, [prefix + t for t in texts])
         job = TranslationJob(texts, prefix, body.beam_size)
-        results = await _call(served, (body.beam_size,), len(texts), job)
+        results = await _call(served, len(texts), job)
         return {"object": "translation", "model": served.name,
                 "translations": [{"index": i, "text": text} for i, text in enumerate(results)]}
 
@@ -500,11 +499,10 @@ def _relay(loop: asyncio.AbstractEventLoop) -> _Relay:
     return _RELAYS[loop]
 
 
-async def _call(served: ServedModel, key: Hashable, items: int, payload: Any) -> Any:
-    """Run a request with one result (images, translations) on the model's worker: it joins the running steps
-    (`items` images or texts) and leaves when its last step is done. `key` names the requests that could share one
-    whole call (a `BatchWorker`, the benchmarks' reference); the server's step scheduler needs none. A client gone
-    before its request starts is skipped; one gone mid-way frees its rows before the next step."""
+async def _call(served: ServedModel, items: int, payload: Any) -> Any:
+    """Run a request with one result (images, translations) on the model's step scheduler: it joins the running
+    steps (`items` images or texts) and leaves when its last step is done. A client gone before its request starts
+    is skipped; one gone mid-way frees its rows before the next step."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Any] = loop.create_future()
 
@@ -518,7 +516,7 @@ async def _call(served: ServedModel, key: Hashable, items: int, payload: Any) ->
                 done.set_result(result)
         loop.call_soon_threadsafe(settle)
 
-    job = CallJob(key, items, payload, deliver)
+    job = CallJob(None, items, payload, deliver)  # no key: only a whole-call BatchWorker groups by it
     assert isinstance(served.worker, CallQueue)
     try:
         served.worker.submit(job)

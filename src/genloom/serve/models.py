@@ -241,7 +241,7 @@ class ImageJob:
 def image_batch_key(job: ImageJob) -> tuple[float, float, int | None, int]:
     """Requests that can share one whole call (`draw_whole_call`): the same guidance, temperature, reranking and
     steps (seeds, prompts and negative prompts are per image). The server's `StepScheduler` shares its steps
-    between any requests and ignores it; the whole-call reference of benchmarks/step_serving.py uses it."""
+    between any requests and needs none; the whole-call reference of benchmarks/step_serving.py groups by it."""
     return (job.guidance_scale, job.temperature, job.rerank, job.steps)
 
 
