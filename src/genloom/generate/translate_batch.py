@@ -343,7 +343,4 @@ class LSTMRows:
 
 def _pad_to(x: Tensor, length: int) -> Tensor:
     """x (B, S, ...) right-padded with zeros (False) to `length` positions along dim 1."""
-    if x.shape[1] == length:
-        return x
-    pad = torch.zeros(x.shape[0], length - x.shape[1], *x.shape[2:], dtype=x.dtype, device=x.device)
-    return torch.cat([x, pad], dim=1)
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.shape[1]))
