@@ -61,6 +61,21 @@ def _failure_reason(error: BaseException) -> str:
     return first_line(error)
 
 
+def _interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (`KeyboardInterrupt`) a write failure stands for, if any.
+
+    `torch.save` into a Python file calls back into Python for every write, and a signal handler can raise
+    there; torch's C++ swallows the interrupt and fails later as a RuntimeError ("unexpected pos ..."), with the
+    interrupt as its context. That is the user stopping the run, not a write error: it must exit as one.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def atomic_directory(
     final: Path, write: Callable[[Path], None], is_own: IsOwn, what: str, label: str = "directory"
 ) -> None:
@@ -69,7 +84,7 @@ def atomic_directory(
     `final` may be new, empty, or `is_own(final)` (an earlier output of the same writer, `what`, which is
     replaced); anything else is refused before writing (see `genloom.outputs.check_output_dir`). A failure to
     write (disk full, a file-size limit) is one GenloomError `cannot write LABEL FINAL: REASON`, and leaves what
-    was there untouched.
+    was there untouched; so does Ctrl-C or SIGTERM mid-write, which stays the KeyboardInterrupt it is.
     """
     check_output_dir(final, is_own, what)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +96,9 @@ def atomic_directory(
         except GenloomError:
             raise
         except Exception as e:  # OSError, or a library's wrapper around one (safetensors, torch.save)
+            interruption = _interruption_behind(e)
+            if interruption is not None:
+                raise interruption from None
             raise GenloomError(f"cannot write {label} {final}: {_failure_reason(e)}") from None
         if final.exists():
             # A directory cannot be replaced in one rename; move the old one aside first, then drop it.
