@@ -86,6 +86,24 @@ def test_an_interrupt_mid_save_stays_an_interrupt_and_keeps_the_last_checkpoint(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary copy left behind
 
 
+def test_an_interrupt_between_the_two_renames_puts_the_earlier_checkpoint_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_checkpoint(tmp_path / "best", GPT(CONFIG), "gpt", CONFIG, TOKENIZER, metadata={"step": 1})
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Path) -> Path:
+        if self.name.startswith(".best.tmp-"):  # the new copy's rename into place, after the old one moved aside
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "best", GPT(CONFIG), "gpt", CONFIG, TOKENIZER, metadata={"step": 2})
+    assert read_checkpoint_config(tmp_path / "best")["step"] == 1 and is_genloom_checkpoint(tmp_path / "best")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
 def test_checkpoints_get_the_permissions_of_any_other_file(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:

@@ -89,6 +89,7 @@ def atomic_directory(
     check_output_dir(final, is_own, what)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    old: Path | None = None
     try:
         try:
             write(tmp)
@@ -104,13 +105,15 @@ def atomic_directory(
             # A directory cannot be replaced in one rename; move the old one aside first, then drop it.
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             final.rename(old)  # onto the empty placeholder: allowed for directories on POSIX
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        tmp.rename(final)
     except BaseException:
+        if old is not None and not final.exists():
+            old.rename(final)  # stopped between the two renames: the earlier copy goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
