@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import BinaryIO
 
 import pytest
@@ -86,19 +88,47 @@ def test_an_interrupt_mid_save_stays_an_interrupt_and_keeps_the_last_checkpoint(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary copy left behind
 
 
-def test_an_interrupt_between_the_two_renames_puts_the_earlier_checkpoint_back(
+def test_a_sigterm_between_the_two_renames_waits_for_the_new_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Stopped(Exception):
+        pass
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped
+
+    save_checkpoint(tmp_path / "best", GPT(CONFIG), "gpt", CONFIG, TOKENIZER, metadata={"step": 1})
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Path) -> Path:
+        if self.name.startswith(".best.tmp-"):  # the new copy's rename into place, after the old one moved aside
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped):
+            save_checkpoint(tmp_path / "best", GPT(CONFIG), "gpt", CONFIG, TOKENIZER, metadata={"step": 2})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert read_checkpoint_config(tmp_path / "best")["step"] == 2 and is_genloom_checkpoint(tmp_path / "best")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_a_new_copy_that_cannot_take_its_place_puts_the_earlier_one_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     save_checkpoint(tmp_path / "best", GPT(CONFIG), "gpt", CONFIG, TOKENIZER, metadata={"step": 1})
     real_rename = Path.rename
 
     def rename(self: Path, target: Path) -> Path:
-        if self.name.startswith(".best.tmp-"):  # the new copy's rename into place, after the old one moved aside
-            raise KeyboardInterrupt
+        if self.name.startswith(".best.tmp-"):
+            raise OSError(5, "Input/output error")
         return real_rename(self, target)
 
     monkeypatch.setattr(Path, "rename", rename)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(OSError, match="Input/output error"):  # the CLI prints it as one line
         save_checkpoint(tmp_path / "best", GPT(CONFIG), "gpt", CONFIG, TOKENIZER, metadata={"step": 2})
     assert read_checkpoint_config(tmp_path / "best")["step"] == 1 and is_genloom_checkpoint(tmp_path / "best")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]

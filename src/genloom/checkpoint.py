@@ -37,7 +37,7 @@ from torch import Tensor, nn
 import genloom
 from genloom.config import config_to_dict, read_json
 from genloom.errors import GenloomError, first_line
-from genloom.outputs import IsOwn, apply_umask, check_output_dir
+from genloom.outputs import IsOwn, apply_umask, check_output_dir, interruptions_deferred
 from genloom.tokenizers import Tokenizer
 
 MODEL_FILE = "model.safetensors"
@@ -84,12 +84,12 @@ def atomic_directory(
     `final` may be new, empty, or `is_own(final)` (an earlier output of the same writer, `what`, which is
     replaced); anything else is refused before writing (see `genloom.outputs.check_output_dir`). A failure to
     write (disk full, a file-size limit) is one GenloomError `cannot write LABEL FINAL: REASON`, and leaves what
-    was there untouched; so does Ctrl-C or SIGTERM mid-write, which stays the KeyboardInterrupt it is.
+    was there untouched; so does Ctrl-C or SIGTERM mid-write, which stays the KeyboardInterrupt it is. One that
+    comes once the write is done waits for the new copy to take the earlier one's place.
     """
     check_output_dir(final, is_own, what)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    old: Path | None = None
     try:
         try:
             write(tmp)
@@ -101,19 +101,23 @@ def atomic_directory(
             if interruption is not None:
                 raise interruption from None
             raise GenloomError(f"cannot write {label} {final}: {_failure_reason(e)}") from None
-        if final.exists():
-            # A directory cannot be replaced in one rename; move the old one aside first, then drop it.
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            final.rename(old)  # onto the empty placeholder: allowed for directories on POSIX
-        tmp.rename(final)
+        with interruptions_deferred():  # stopped between the renames, the run would have neither copy in place
+            old: Path | None = None
+            if final.exists():
+                # A directory cannot be replaced in one rename; move the old one aside first, then drop it.
+                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+                final.rename(old)  # onto the empty placeholder: allowed for directories on POSIX
+            try:
+                tmp.rename(final)
+            except OSError:
+                if old is not None:
+                    old.rename(final)  # the new copy could not take its place: the earlier one goes back
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        if old is not None and not final.exists():
-            old.rename(final)  # stopped between the two renames: the earlier copy goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temporaries(directory: Path) -> list[str]:
@@ -359,8 +363,9 @@ class CheckpointManager:
         path = self.run_dir / f"checkpoint-{step:07d}"
         save_checkpoint(path, model, family, model_config, tokenizer, training_state, {"step": step, **metadata},
                         ema_weights)
-        for old in list_checkpoints(self.run_dir)[: -self.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        with interruptions_deferred():  # a checkpoint is deleted whole, never left half-deleted
+            for old in list_checkpoints(self.run_dir)[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
         return path
 
     def save_best(self, step: int, model: nn.Module, family: str, model_config: Any, tokenizer: Tokenizer | None,

@@ -9,20 +9,50 @@ never destroy a run, a checkpoint or a folder of someone's files:
 - a file output that exists is replaced only when the user says so (`--overwrite`).
 
 Files are written with the permissions the umask gives any other file; `tempfile.mkdtemp` alone would make
-every checkpoint directory 0700, unreadable to the group that shares a machine.
+every checkpoint directory 0700, unreadable to the group that shares a machine. The renames that publish an
+output hold Ctrl-C and SIGTERM until they are done (`interruptions_deferred`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from genloom.errors import GenloomError
 
 IsOwn = Callable[[Path], bool]
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def interruptions_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them to the handlers they would have reached.
+
+    For the few renames that replace an output: stopped between them, a run would be left with its earlier
+    checkpoint moved aside and the new one not yet in place. Only the main thread receives Python's signals, so
+    elsewhere this does nothing; a handler installed outside Python is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.getsignal(s) for s in _INTERRUPTS}
+    swapped = [s for s, handler in previous.items() if handler is not None]
+    for s in swapped:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s in swapped:
+            signal.signal(s, previous[s])
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # the restored handler runs now: KeyboardInterrupt, genloom's Terminated, ...
 
 
 def check_output_dir(path: Path, is_own: IsOwn, what: str) -> None:
