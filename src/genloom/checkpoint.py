@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,14 +51,17 @@ BEST_DIR = "best"
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[A-Za-z0-9_]+$")
 
 
-def _failure_reason(error: BaseException) -> str:
-    """The most telling line of a write failure: the OSError behind it (disk full, file too large), if any."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what it was raised from or while handling, and so on."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return first_line(error)
+
+
+def _failure_reason(error: BaseException) -> str:
+    """The most telling line of a write failure: the OSError behind it (disk full, file too large), if any."""
+    return next((e.strerror for e in _causes(error) if isinstance(e, OSError) and e.strerror), first_line(error))
 
 
 def _interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
@@ -68,12 +71,7 @@ def _interruption_behind(error: BaseException) -> KeyboardInterrupt | None:
     there; torch's C++ swallows the interrupt and fails later as a RuntimeError ("unexpected pos ..."), with the
     interrupt as its context. That is the user stopping the run, not a write error: it must exit as one.
     """
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((e for e in _causes(error) if isinstance(e, KeyboardInterrupt)), None)
 
 
 def atomic_directory(
