@@ -189,8 +189,11 @@ def test_train_clip_and_rerank_in_imagine_and_eval(
     assert {p["image_seed"] for p in params[:2]} <= {4, 5, 6} and {p["image_seed"] for p in params[2:]} <= {7, 8, 9}
     alone = cli_ok(capsys, "imagine", t2i, "a cyan square", "--n-images", 1, "--seed", params[3]["image_seed"],
                    "--out", tmp_path / "alone", "--device", "cpu")
-    redrawn = np.asarray(Image.open(alone.splitlines()[0]))
-    assert np.array_equal(redrawn, np.asarray(Image.open(tmp_path / "r" / "003-a-cyan-square.png")))
+    redrawn = np.asarray(Image.open(alone.splitlines()[0])).astype(int)
+    kept = np.asarray(Image.open(tmp_path / "r" / "003-a-cyan-square.png")).astype(int)
+    # The same tokens (tests/generate/test_imagine.py compares them); decoded in a batch of 6 candidates against 1,
+    # the VQ decoder's convolutions can round a pixel 1/255 apart.
+    assert np.abs(redrawn - kept).max() <= 1
     scored = cli_ok(capsys, "eval", "text-to-image", t2i, "--n-per-caption", 1, "--max-captions", 2,
                     "--guidance-scales", "1", "--rerank", 2, "--clip", clip, "--device", "cpu")
     assert "each the best of 2 by the reranker" in scored and len(_summary(scored)) == 1

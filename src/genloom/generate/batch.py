@@ -304,13 +304,13 @@ class DecodeBatch:
         return outputs
 
     def _choose_all(self, logits: Tensor) -> list[StepOutput]:
-        """A token for every live row. Rows that sample alike (same temperature, top-k and top-p, no generator of
-        their own, no bias or penalty, no log-probabilities) share one sampling call: the same distribution per row, and
+        """A token for every live row. Rows that sample alike (same temperature, top-k and top-p, each with a
+        generator of its own or none with one, no bias or penalty, no log-probabilities) share one sampling call:
         per-row work would cost a 16-row batch more than its forward pass on a small model."""
         rows = self.rows
         if self.vocab_limit is not None:
             logits[:, self.vocab_limit :] = float("-inf")
-        groups: dict[tuple[float, int | None, float | None], list[int]] = {}
+        groups: dict[tuple[float, int | None, float | None, bool], list[int]] = {}
         outputs: list[StepOutput | None] = [None] * len(rows)
         for i, row in enumerate(rows):
             if row.forced:
@@ -319,15 +319,17 @@ class DecodeBatch:
                 outputs[i] = StepOutput(row, token, logprobs, False)
                 continue
             cfg = row.sampling
-            plain = (row.generator is None and row.top_logprobs is None and cfg.repetition_penalty == 1.0
-                     and cfg.presence_penalty == 0 and cfg.frequency_penalty == 0 and not cfg.logit_bias)
+            plain = (row.top_logprobs is None and cfg.repetition_penalty == 1.0 and cfg.presence_penalty == 0
+                     and cfg.frequency_penalty == 0 and not cfg.logit_bias)
             if plain:
-                groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p), []).append(i)
+                seeded = row.generator is not None and cfg.temperature > 0
+                groups.setdefault((cfg.temperature, cfg.top_k, cfg.top_p, seeded), []).append(i)
             else:
                 outputs[i] = self._choose(row, logits[i : i + 1])
-        for members in groups.values():
+        for (*_, seeded), members in groups.items():
             index = torch.tensor(members, device=self.device)
-            chosen = choose_tokens(logits.index_select(0, index), rows[members[0]].sampling, None).tolist()
+            generators = [g for i in members if (g := rows[i].generator) is not None] if seeded else None
+            chosen = choose_tokens(logits.index_select(0, index), rows[members[0]].sampling, generators).tolist()
             for i, token in zip(members, chosen, strict=True):
                 outputs[i] = StepOutput(rows[i], int(token), None, False)
         return [out for out in outputs if out is not None]

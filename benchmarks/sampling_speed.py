@@ -1,0 +1,119 @@
+"""Drawing the next token: genloom's inverse-CDF sampler against torch.multinomial, on the CPU.
+
+torch.multinomial is what Hugging Face transformers' `generate(do_sample=True)` calls (one call for the batch),
+and what genloom called before (one call per row when each row has its own seeded generator, so that a row's
+tokens do not depend on its batch). On a CPU it draws an exponential variate for every vocabulary entry;
+genloom's `sample` draws one uniform number per row and searches the cumulative sum.
+
+1. The sampling call alone: rows x vocabulary (a character vocabulary, 1,024 image codes, GPT-2's 50,257),
+   torch's global RNG and a generator per row; median microseconds over `--calls` calls.
+2. A decoding step of the server's engine (`DecodeBatch`, 16 rows at temperature 1) on a GPT with GPT-2's
+   vocabulary and the `tiny` preset's body (4 layers, d_model 128): the same engine with torch.multinomial put
+   back in place of `sample`, the two interleaved `--repeats` times; median step ms.
+
+Usage: python benchmarks/sampling_speed.py [--threads 1] [--calls 200] [--repeats 3]   (about a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from common import print_table
+from torch import Tensor
+
+from genloom.generate import sampling
+from genloom.generate.batch import DecodeBatch
+from genloom.generate.sampling import SamplingConfig
+from genloom.models.gpt import GPT, GPTConfig
+
+GPT2_VOCAB = 50257
+Sampler = Callable[[Tensor, list[torch.Generator] | None], Tensor]
+
+
+def multinomial(probs: Tensor, generators: list[torch.Generator] | None) -> Tensor:
+    """The peer: one torch.multinomial call for the batch, or one per row with its own generator."""
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+
+
+def median_us(sampler: Sampler, probs: Tensor, generators: list[torch.Generator] | None, n: int) -> float:
+    for _ in range(5):
+        sampler(probs, generators)
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        sampler(probs, generators)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def sampling_rows(calls: int) -> list[list[str]]:
+    rows = []
+    for vocab in (80, 1024, GPT2_VOCAB):
+        for batch in (1, 16):
+            probs = torch.randn(batch, vocab, generator=torch.Generator().manual_seed(0)).softmax(-1)
+            for seeded in (False, True):
+                generators = [torch.Generator().manual_seed(i) for i in range(batch)] if seeded else None
+                peer = median_us(multinomial, probs, generators, calls)
+                ours = median_us(sampling.sample, probs, generators, calls)
+                rows.append([f"{vocab:,}", str(batch), "a generator per row" if seeded else "global",
+                             f"{peer:,.0f}", f"{ours:,.0f}", f"{peer / ours:.1f}x"])
+    return rows
+
+
+def step_ms(model: GPT, sampler: Sampler, seeded: bool, steps: int = 30) -> float:
+    """Median ms of a 16-row decoding step with `sampler` in place of genloom's."""
+    original = sampling.sample
+    sampling.sample = sampler  # choose_tokens looks the sampler up in its module at each call
+    try:
+        batch = DecodeBatch(model, 16)
+        prompts = [[(7 * i + j) % GPT2_VOCAB for j in range(8 + i)] for i in range(16)]
+        configs = [SamplingConfig(max_new_tokens=steps + 10, temperature=1.0, seed=i if seeded else None,
+                                  stop_at_eos=False) for i in range(16)]
+        batch.add(prompts, configs)
+        for _ in range(3):
+            batch.step()
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            batch.step()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e3
+    finally:
+        sampling.sample = original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (genloom serve uses cores - 1)")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
+    print_table(["vocabulary", "rows", "RNG", "torch.multinomial us", "genloom sample us", "speed-up"],
+                sampling_rows(args.calls))
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=GPT2_VOCAB, context_length=256, n_layers=4, d_model=128, n_heads=4,
+                          bias=False, activation="gelu")).eval()
+    rows = []
+    for seeded in (False, True):
+        peer, ours = [], []
+        for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
+            peer.append(step_ms(model, multinomial, seeded))
+            ours.append(step_ms(model, sampling.sample, seeded))
+        rows.append(["a generator per row" if seeded else "global", " / ".join(f"{t:.1f}" for t in peer),
+                     " / ".join(f"{t:.1f}" for t in ours), f"{statistics.median(peer) / statistics.median(ours):.2f}x"])
+    print(f"\nDecodeBatch step, 16 rows, GPT-2 vocabulary ({GPT2_VOCAB:,}), tiny body, temperature 1 "
+          f"({args.repeats} interleaved repeats):\n")
+    print_table(["RNG", "torch.multinomial ms", "genloom sample ms", "speed-up"], rows)
+
+
+if __name__ == "__main__":
+    main()
