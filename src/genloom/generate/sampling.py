@@ -101,8 +101,8 @@ def sample(probs: Tensor, generators: list[torch.Generator] | None) -> Tensor:
     (so a row's token does not depend on which rows share its batch) or from torch's global RNG.
 
     torch.multinomial draws an exponential variate for every vocabulary entry on a CPU: 16 rows of GPT-2's
-    50,257 tokens took 27 ms a step (31 ms with a generator a row, one call each), against 1.4 ms (3.1 ms) this
-    way (`benchmarks/sampling_speed.py`).
+    50,257 tokens took 28 ms (23 ms as one call per row with its generator) against 1.3 ms (1.4 ms) this way,
+    on one thread (`benchmarks/sampling_speed.py`).
     """
     precise = torch.float32 if probs.device.type == "mps" else torch.float64  # MPS has no float64
     if generators is None:
