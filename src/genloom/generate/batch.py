@@ -327,9 +327,12 @@ class DecodeBatch:
             else:
                 outputs[i] = self._choose(row, logits[i : i + 1])
         for (*_, seeded), members in groups.items():
-            index = torch.tensor(members, device=self.device)
+            if len(members) == len(rows):  # members are in row order: every row's logits as they are, no copy
+                selected = logits
+            else:
+                selected = logits.index_select(0, torch.tensor(members, device=self.device))
             generators = [g for i in members if (g := rows[i].generator) is not None] if seeded else None
-            chosen = choose_tokens(logits.index_select(0, index), rows[members[0]].sampling, generators).tolist()
+            chosen = choose_tokens(selected, rows[members[0]].sampling, generators).tolist()
             for i, token in zip(members, chosen, strict=True):
                 outputs[i] = StepOutput(rows[i], int(token), None, False)
         return [out for out in outputs if out is not None]

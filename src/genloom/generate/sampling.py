@@ -92,8 +92,10 @@ def choose_tokens(logits: Tensor, cfg: SamplingConfig, generators: list[torch.Ge
     torch's global RNG."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
-    return sample(logits.softmax(dim=-1), generators)
+    logits = logits.float()
+    if cfg.temperature != 1.0:  # a pass over B x V saved at the default
+        logits = logits / cfg.temperature
+    return sample(filter_logits(logits, cfg.top_k, cfg.top_p).softmax(dim=-1), generators)
 
 
 def sample(probs: Tensor, generators: list[torch.Generator] | None) -> Tensor:
