@@ -10,7 +10,11 @@ genloom's `sample` draws one uniform number per row and searches the cumulative 
 2. A decoding step of the server's engine (`DecodeBatch`, 16 rows at temperature 1) on a GPT with GPT-2's
    vocabulary and the `tiny` preset's body (4 layers, d_model 128): the same engine with torch.multinomial put
    back in place of `sample`, the two interleaved `--repeats` times; median step ms.
-3. `imagine` (the token method, each image with its own generator): 16 images of one caption from a random
+3. The top-p filter (`filter_logits`, top_p 0.95) at GPT-2's vocabulary, 16 rows, against sorting the whole
+   vocabulary (Hugging Face's TopPLogitsWarper; genloom before): genloom seeks the set among the 256 most likely
+   tokens, then 2,048, then sorts. Rows of random logits of scale 8 and 5 (sets of tens and about a hundred
+   tokens), 3 (thousands: the 2,048 fail, then the sort) and 0.3 (most of the vocabulary).
+4. `imagine` (the token method, each image with its own generator): 16 images of one caption from a random
    `dalle-compact` over a random `vq-colour` (64 tokens of 512 per image), guidance 1.5; images/s, interleaved
    the same way.
 
@@ -73,6 +77,37 @@ def sampling_rows(calls: int) -> list[list[str]]:
     return rows
 
 
+def top_p_by_sorting(logits: Tensor, top_p: float) -> Tensor:
+    """The peer: the top-p filter as a sort of the whole vocabulary finds the set."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, (probs.cumsum(dim=-1) - probs) >= top_p)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def genloom_top_p(logits: Tensor, top_p: float) -> Tensor:
+    return sampling.filter_logits(logits, None, top_p)
+
+
+def top_p_rows(calls: int) -> list[list[str]]:
+    rows = []
+    for name, scale in (("scale 8", 8.0), ("scale 5", 5.0), ("scale 3", 3.0), ("scale 0.3", 0.3)):
+        logits = torch.randn(16, GPT2_VOCAB, generator=torch.Generator().manual_seed(0)) * scale
+        kept = torch.isfinite(sampling.filter_logits(logits, None, 0.95)).sum(dim=-1).float().mean()
+        times = {}
+        for label, top_p_filter in (("peer", top_p_by_sorting), ("ours", genloom_top_p)):
+            top_p_filter(logits, 0.95)
+            samples = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                top_p_filter(logits, 0.95)
+                samples.append(time.perf_counter() - start)
+            times[label] = statistics.median(samples) * 1e3
+        rows.append([name, f"{kept:,.0f}", f"{times['peer']:.1f}", f"{times['ours']:.1f}",
+                     f"{times['peer'] / times['ours']:.1f}x"])
+    return rows
+
+
 def step_ms(model: GPT, sampler: Sampler, seeded: bool, steps: int = 30) -> float:
     """Median ms of a 16-row decoding step with `sampler` in place of genloom's."""
     original = sampling.sample
@@ -126,6 +161,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
     print_table(["vocabulary", "rows", "RNG", "torch.multinomial us", "genloom sample us", "speed-up"],
                 sampling_rows(args.calls))
+
+    print(f"\ntop-p 0.95 filter, 16 rows of GPT-2's vocabulary ({GPT2_VOCAB:,}), median of {args.calls // 10} calls:\n")
+    print_table(["rows", "tokens kept (mean)", "full sort ms", "genloom ms", "speed-up"], top_p_rows(args.calls // 10))
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=GPT2_VOCAB, context_length=256, n_layers=4, d_model=128, n_heads=4,

@@ -1,12 +1,14 @@
 """Drawing tokens: inverse-CDF sampling follows the distribution, never draws a token of probability 0, and a row's
-draw depends on its own generator only."""
+draw depends on its own generator only; the top-p set found among the most likely tokens is the one a full sort
+finds."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from genloom.generate.sampling import SamplingConfig, choose_tokens, inverse_cdf, sample
+from genloom.generate import sampling
+from genloom.generate.sampling import SamplingConfig, choose_tokens, filter_logits, inverse_cdf, sample
 
 PROBS = torch.tensor([0.0, 0.1, 0.0, 0.2, 0.3, 0.4, 0.0, 0.0], dtype=torch.float64)
 
@@ -47,3 +49,24 @@ def test_filtered_tokens_are_never_drawn() -> None:
     tokens = choose_tokens(logits, SamplingConfig(temperature=2.0, top_k=3), None)
     top3 = logits.topk(3, dim=-1).indices
     assert (top3 == tokens[:, None]).any(dim=-1).all()
+
+
+def _nucleus_by_sorting(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The top-p set as a full sort of the vocabulary finds it (Hugging Face's TopPLogitsWarper, genloom before)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(dim=-1)
+    keep_sorted = (probs.cumsum(dim=-1) - probs) < top_p
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 3.0])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_the_top_p_set_equals_sorting_the_whole_vocabulary(
+    scale: float, top_p: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One candidate first, so that rows take each way: a top-1, a top-8, then a sort of all 100 tokens.
+    monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", 1)
+    logits = torch.randn(64, 100, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * scale
+    assert torch.equal(sampling.nucleus(logits, top_p), _nucleus_by_sorting(logits, top_p))
+    kept = torch.isfinite(filter_logits(logits, None, top_p))
+    assert torch.equal(kept, _nucleus_by_sorting(logits, top_p)) and kept.any(dim=-1).all()
