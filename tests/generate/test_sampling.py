@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from genloom.errors import GenloomError
 from genloom.generate import sampling
 from genloom.generate.sampling import SamplingConfig, choose_tokens, filter_logits, inverse_cdf, sample
 
@@ -70,3 +71,10 @@ def test_the_top_p_set_equals_sorting_the_whole_vocabulary(
     assert torch.equal(sampling.nucleus(logits, top_p), _nucleus_by_sorting(logits, top_p))
     kept = torch.isfinite(filter_logits(logits, None, top_p))
     assert torch.equal(kept, _nucleus_by_sorting(logits, top_p)) and kept.any(dim=-1).all()
+
+
+def test_nan_logits_are_one_clear_error_not_a_token() -> None:
+    logits = torch.zeros(2, 10)
+    logits[1, 3] = float("nan")
+    with pytest.raises(GenloomError, match="NaN or infinite"):
+        choose_tokens(logits, SamplingConfig(temperature=1.0), None)

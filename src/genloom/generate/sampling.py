@@ -145,6 +145,9 @@ def inverse_cdf(probs: Tensor, uniforms: Tensor) -> Tensor:
     last token that has probability, where a product rounded up to the total would land."""
     cdf = probs.to(uniforms.dtype, copy=True).cumsum_(dim=-1)  # (B, V); in place: one buffer of B x V, not two
     total = cdf[:, -1:].contiguous()  # (B, 1): 1 up to rounding
+    if not bool(torch.isfinite(total).all()):  # a search would return some token, silently
+        raise GenloomError("the model's next-token logits are NaN or infinite, so no token can be drawn (a diverged "
+                           "checkpoint, or an overflow in half precision)")
     chosen = torch.searchsorted(cdf, uniforms[:, None] * total, right=True)  # (B, 1)
     last = torch.searchsorted(cdf, total)  # (B, 1): where the sum reaches its total, the last token it can choose
     return torch.minimum(chosen, last).squeeze(-1)
