@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,3 +32,14 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("---" for _ in headers) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def run_clients(client: Callable[[int], None], clients: int) -> float:
+    """Run client(0) .. client(clients - 1) on threads of their own until all return; the seconds that took."""
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from common import print_table
+from common import print_table, run_clients
 
 from genloom.checkpoint import save_checkpoint
 from genloom.cli.serve import default_threads
@@ -236,13 +236,8 @@ def load(server: Server, clients: int, seconds: float, send, prompts: list[str])
             send(server.port, prompts[k % len(prompts)], tally)
             k += clients
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return tally, time.perf_counter() - started, rss_start, server.rss_mib()
+    elapsed = run_clients(client, clients)
+    return tally, elapsed, rss_start, server.rss_mib()
 
 
 def scheduler_alone(gpt_path: Path, clients: int, seconds: float) -> tuple[float, float]:
@@ -279,16 +274,11 @@ def scheduler_alone(gpt_path: Path, clients: int, seconds: float) -> tuple[float
                 gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
 
     scheduler.start()
-    started = time.perf_counter()
     try:
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        elapsed = run_clients(client, clients)
     finally:
         scheduler.stop()
-    return tokens[0] / (time.perf_counter() - started), pct(gaps, 0.5)
+    return tokens[0] / elapsed, pct(gaps, 0.5)
 
 
 def histogram_median(counts: list[tuple[float, float]]) -> float:

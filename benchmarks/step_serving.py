@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import print_table
+from common import print_table, run_clients
 from num2words import num2words
 
 from genloom.checkpoint import save_checkpoint
@@ -211,13 +211,7 @@ def closed_loop(worker: CallQueue, method: Method, clients: int, settings: tuple
         while time.perf_counter() < deadline:
             request(worker, method, settings[i % len(settings)], next(seeds), tally)
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return tally, time.perf_counter() - start
+    return tally, run_clients(client, clients)
 
 
 def open_loop(worker: CallQueue, method: Method, rate: float, settings: tuple[float, ...], seconds: float, seed: int
