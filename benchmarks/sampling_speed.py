@@ -26,7 +26,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from common import print_table
@@ -108,26 +109,33 @@ def top_p_rows(calls: int) -> list[list[str]]:
     return rows
 
 
+@contextmanager
+def sampler_in_place(sampler: Sampler) -> Iterator[None]:
+    """genloom's engines drawing with `sampler`: choose_tokens looks `sample` up in its module at each call."""
+    original = sampling.sample
+    sampling.sample = sampler
+    try:
+        yield
+    finally:
+        sampling.sample = original
+
+
 def step_ms(model: GPT, sampler: Sampler, seeded: bool, steps: int = 30) -> float:
     """Median ms of a 16-row decoding step with `sampler` in place of genloom's."""
-    original = sampling.sample
-    sampling.sample = sampler  # choose_tokens looks the sampler up in its module at each call
-    try:
-        batch = DecodeBatch(model, 16)
-        prompts = [[(7 * i + j) % GPT2_VOCAB for j in range(8 + i)] for i in range(16)]
-        configs = [SamplingConfig(max_new_tokens=steps + 10, temperature=1.0, seed=i if seeded else None,
-                                  stop_at_eos=False) for i in range(16)]
-        batch.add(prompts, configs)
+    batch = DecodeBatch(model, 16)
+    prompts = [[(7 * i + j) % GPT2_VOCAB for j in range(8 + i)] for i in range(16)]
+    configs = [SamplingConfig(max_new_tokens=steps + 10, temperature=1.0, seed=i if seeded else None,
+                              stop_at_eos=False) for i in range(16)]
+    batch.add(prompts, configs)
+    times = []
+    with sampler_in_place(sampler):
         for _ in range(3):
             batch.step()
-        times = []
         for _ in range(steps):
             start = time.perf_counter()
             batch.step()
             times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1e3
-    finally:
-        sampling.sample = original
+    return statistics.median(times) * 1e3
 
 
 def image_models() -> tuple[dalle.Dalle, Tokenizer, vqvae.VQVAE]:
@@ -141,14 +149,10 @@ def image_models() -> tuple[dalle.Dalle, Tokenizer, vqvae.VQVAE]:
 
 
 def images_per_s(models: tuple[dalle.Dalle, Tokenizer, vqvae.VQVAE], sampler: Sampler) -> float:
-    original = sampling.sample
-    sampling.sample = sampler
-    try:
+    with sampler_in_place(sampler):
         start = time.perf_counter()
         imagine(*models, ["a red circle"], n_images=16, guidance_scale=1.5, seed=0, progress=False)
         return 16 / (time.perf_counter() - start)
-    finally:
-        sampling.sample = original
 
 
 def main() -> None:
