@@ -7,10 +7,20 @@ import math
 import pytest
 import torch
 
+import genloom.nn.attention as attention
 from genloom.nn import KVCache, MultiHeadAttention, RotaryEmbedding, build_attention_mask
 
 D, H = 16, 4
 HD = D // H
+
+
+@pytest.fixture(autouse=True, params=["sdpa", "matmul"])
+def attention_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs once through SDPA and once through `attend`'s matrix products, whatever this machine's
+    threads would choose."""
+    path: str = request.param
+    monkeypatch.setattr(attention, "uses_matmul", lambda q, k: path == "matmul")
+    return path
 
 
 def _mha(**kwargs: object) -> MultiHeadAttention:
@@ -282,16 +292,14 @@ def test_causal_attention_on_a_hand_computed_example() -> None:
 def test_cpu_autocast_attends_in_fp32(cross: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # Under CPU bf16 autocast the projections run in bf16 but attention itself in fp32 (its bf16 backward is
     # far slower on CPU): same result as fp32 to bf16 precision, and gradients reach every parameter.
-    import genloom.nn.attention as attention
-
     seen: list[torch.dtype] = []
-    sdpa = attention.F.scaled_dot_product_attention
+    attend = attention.attend
 
-    def recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    def recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: object) -> torch.Tensor:
         seen.extend((q.dtype, k.dtype, v.dtype))
-        return sdpa(q, k, v, **kwargs)  # type: ignore[arg-type]
+        return attend(q, k, v, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    monkeypatch.setattr(attention, "attend", recording)
     mha = _mha(cross=cross).train()
     x, context = torch.randn(2, 5, D), torch.randn(2, 3, D)
     expected = mha(x, context if cross else None, is_causal=not cross)
@@ -301,3 +309,71 @@ def test_cpu_autocast_attends_in_fp32(cross: bool, monkeypatch: pytest.MonkeyPat
     torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
     out.float().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mha.parameters())
+
+
+def _qkv(b: int, t_q: int, t_k: int, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    torch.manual_seed(1)
+    return [torch.randn(b, H, t, HD, dtype=dtype, requires_grad=True) for t in (t_q, t_k, t_k)]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    return attention.F.scaled_dot_product_attention(q, k, v, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("masking", ["none", "causal", "padding", "additive"])
+def test_matmul_attention_equals_sdpa_forward_and_backward(masking: str) -> None:
+    q, k, v = _qkv(3, 5, 5 if masking == "causal" else 7)
+    mask: torch.Tensor | None = None
+    if masking == "padding":
+        mask = torch.ones(3, 1, 5, 7, dtype=torch.bool)
+        mask[1, :, :, 4:] = False
+    elif masking == "additive":
+        mask = torch.randn(3, 1, 5, 7)
+    expected = _sdpa(q, k, v, attn_mask=mask, is_causal=masking == "causal")
+    grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    out = attention.attend(q, k, v, mask, 0.0, masking == "causal")
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(torch.autograd.grad(out.square().sum(), (q, k, v)), grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_matmul_attention_gives_a_query_without_keys_finite_values() -> None:
+    # A NaN there would reach every row through the product with the values of masked positions.
+    q, k, v = _qkv(1, 3, 4)
+    mask = torch.ones(1, 1, 3, 4, dtype=torch.bool)
+    mask[0, 0, 1] = False
+    out = attention.attend(q, k, v, mask)
+    assert torch.isfinite(out).all()
+    keep = [0, 2]
+    torch.testing.assert_close(out[:, :, keep], _sdpa(q[:, :, keep], k, v))
+
+
+def test_matmul_attention_in_bf16_takes_its_softmax_in_fp32() -> None:
+    q, k, v = _qkv(2, 6, 6)
+    out = attention.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, 0.0, True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), _sdpa(q, k, v, is_causal=True), atol=0.03, rtol=0.03)
+
+
+def test_matmul_attention_dropout() -> None:
+    q, k, v = _qkv(2, 6, 6)
+    torch.manual_seed(0)
+    dropped = attention.attend(q, k, v, None, 0.5)
+    assert torch.isfinite(dropped).all() and not torch.allclose(dropped, attention.attend(q, k, v))
+
+
+def test_uses_matmul_for_several_queries_over_few_keys_on_a_cpu_with_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the module's own rule, not the fixture's
+    few, many = torch.empty(2, H, attention.MATMUL_MAX_KEYS, HD), torch.empty(2, H, attention.MATMUL_MAX_KEYS + 1, HD)
+    queries, one = torch.empty(2, H, 8, HD), torch.empty(2, H, 1, HD)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert attention.uses_matmul(queries, few)
+        assert attention.uses_matmul(queries[:1], few[:1])  # a row alone is attended as in its batch
+        assert not attention.uses_matmul(queries, many)  # long sequences: SDPA's flash kernel is faster
+        assert not attention.uses_matmul(one, few)  # a decoding step
+        torch.set_num_threads(1)
+        assert not attention.uses_matmul(queries, few)
+    finally:
+        torch.set_num_threads(threads)

@@ -2,6 +2,10 @@
 
 Masks follow SDPA's boolean convention: True means "may attend". A mask has shape (B, 1, T_q, T_k) and
 broadcasts over heads.
+
+On a CPU with more than one thread, short sequences are attended by two batched matrix products instead
+(`attend`): SDPA's CPU flash kernel pays a fixed cost for every (batch, head) slice, and on 2 threads it runs
+short sequences slower than on one.
 """
 
 from __future__ import annotations
@@ -103,6 +107,48 @@ def build_document_mask(document_ids: Tensor) -> Tensor:
     return (same & causal)[:, None]  # (B, 1, T, T)
 
 
+# The longest key sequence that `attend` gives to matrix products on a CPU. Measured on 2 cores (fp32, 6 heads of
+# 32; benchmarks/attention_speed.py): at 64 keys the products are 1.1-1.6x as fast as SDPA's flash kernel forward
+# and 1.4-1.6x forward and backward, at 16 keys 1.5-4.5x (the more batch rows, the more); at 128 they are even, and
+# from 192 they are 3-5x slower, as the (T_q, T_k) scores outgrow the cache.
+MATMUL_MAX_KEYS = 64
+
+
+def uses_matmul(q: Tensor, k: Tensor) -> bool:
+    """Whether `attend` computes this attention by matrix products: on a CPU running more than one thread, for
+    several queries (a decoding step's one query stays with SDPA, whose kernel is faster there) over at most
+    MATMUL_MAX_KEYS keys. The rule reads no batch size, so a row is attended the same way alone or in a batch."""
+    return (q.device.type == "cpu" and q.shape[-2] > 1 and k.shape[-2] <= MATMUL_MAX_KEYS
+            and torch.get_num_threads() > 1)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
+           is_causal: bool = False) -> Tensor:
+    """`F.scaled_dot_product_attention` (q (B, H, T_q, hd), k and v (B, H, T_k, hd), the same arguments), or the same
+    attention by two matrix products where that is faster (`uses_matmul`)."""
+    if uses_matmul(q, k):
+        return attend_by_matmul(q, k, v, mask, dropout_p, is_causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
+def attend_by_matmul(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
+                     is_causal: bool = False) -> Tensor:
+    """softmax(q kᵀ / √hd + mask) v as two batched matrix products, with SDPA's arguments and result."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T_q, T_k)
+    if is_causal:  # top-left aligned, as SDPA's
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if mask is not None and mask.dtype == torch.bool:
+        # The lowest finite value rather than -inf: a query with no allowed key gets finite (unused) weights
+        # instead of NaNs, which a later product would spread through its masked values to every row.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    elif mask is not None:
+        scores = scores + mask  # an additive mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    if dropout_p > 0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v  # (B, H, T_q, hd)
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention (one fused QKV projection) or cross-attention (Q from x, K/V from `context`)."""
 
@@ -199,13 +245,11 @@ class MultiHeadAttention(nn.Module):
             # only the projections around it in bf16, where AMX makes matrix products fast: that step then runs
             # 1.4x as fast as in fp32 (benchmarks/train_speed.py, 2 cores).
             with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
-                                                   dropout_p=dropout_p, is_causal=causal_flag)
+                y = attend(q.float(), k.float(), v.float(), mask, dropout_p, causal_flag)
         elif k.dtype != q.dtype:  # a cache that stores keys and values narrower than the model (16-bit KV cache)
-            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=causal_flag).to(q.dtype)
+            y = attend(q.to(k.dtype), k, v, mask, dropout_p, causal_flag).to(q.dtype)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal_flag)
+            y = attend(q, k, v, mask, dropout_p, causal_flag)
         # y: (B, H, T, hd)
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.out_proj(y)

@@ -1,0 +1,190 @@
+"""Attention on the CPU: SDPA's flash kernel against `genloom.nn.attention.attend`'s two matrix products, at the shapes
+genloom's models attend, then whole training steps and denoiser passes with the rule on and off.
+
+`attend` gives attention over at most `MATMUL_MAX_KEYS` (64) keys with several queries to matrix products when torch
+runs more than one thread (`uses_matmul`). The reason: SDPA's CPU flash kernel pays a fixed cost per (batch, head)
+slice, and on 2 threads it runs short sequences about twice as slow as on one, while matrix products use both.
+
+Part 1, one attention call (q, k, v of (batch, heads, T, 32), fp32, the threads given): forward under no_grad,
+and forward + backward, for each model's shapes, SDPA against the matrix products.
+Part 2, the rule on (`attend` as shipped) against off (every call to SDPA, `MATMUL_MAX_KEYS = 0`), the same model
+and inputs:
+- dit-small's training step, batch 64, as the shapes benchmark trains it (benchmarks/train_speed.py's case);
+- a dit-small denoiser pass as sampling runs it: 16 images at guidance 3, 32 rows, no grad;
+- the tiny GPT's training step as benchmarks/train_shakespeare.py trains it (nanoGPT's CPU configuration:
+  batch 12, context 64, 4 layers, 4 heads of 32).
+Each timing is the median of `--steps` after warm-up; the two settings alternate `--rounds` times, and the ratio
+is taken within each round, as these shared machines drift between minutes.
+
+Usage: python benchmarks/attention_speed.py [--threads 2] [--rounds 3] [--steps 10]   (about 4 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from common import print_table
+from torch import Tensor, nn
+from train_speed import dit_case
+
+import genloom.nn.attention as attention
+from genloom.models.dit import DiT, preset
+from genloom.models.gpt import GPT
+from genloom.models.gpt import preset as gpt_preset
+
+HEAD_DIM = 32
+# (what attends like this, batch, heads, queries, keys, causal, padded keys)
+SHAPES = [
+    ("dit-small self-attention, batch 64 (shapes: 16 patches)", 64, 6, 16, 16, False, False),
+    ("dit-small cross-attention to the caption (24 positions)", 64, 6, 16, 24, False, True),
+    ("dit-small caption encoder", 64, 6, 24, 24, False, True),
+    ("dit-small self-attention, digits (patch 1: 64 patches)", 64, 6, 64, 64, False, False),
+    ("dit-small sampling, 32 rows (16 images, guidance 3)", 32, 6, 16, 16, False, False),
+    ("tiny GPT, nanoGPT's batch 12 x context 64", 12, 4, 64, 64, True, False),
+    ("translation, 64 sentences of 24 tokens, 8 heads", 64, 8, 24, 24, True, True),
+    ("prefill of one 16-token prompt, 4 heads", 1, 4, 16, 16, True, False),
+    ("past the limit: 128 keys (attend leaves them to SDPA)", 64, 6, 128, 128, False, False),
+]
+
+
+def median_ms(run: Callable[[], object], steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+@contextlib.contextmanager
+def rule(max_keys: int) -> Iterator[None]:
+    """`attend` with MATMUL_MAX_KEYS set to max_keys (0: every call goes to SDPA)."""
+    saved = attention.MATMUL_MAX_KEYS
+    attention.MATMUL_MAX_KEYS = max_keys
+    try:
+        yield
+    finally:
+        attention.MATMUL_MAX_KEYS = saved
+
+
+def attention_calls(rounds: int, steps: int) -> None:
+    rows = []
+    for name, batch, heads, t_q, t_k, causal, padded in SHAPES:
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(batch, heads, t, HEAD_DIM, requires_grad=True) for t in (t_q, t_k, t_k))
+        mask = None
+        if padded:  # a third of the keys are padding
+            valid = torch.arange(t_k) < t_k - t_k // 3
+            mask = valid.expand(batch, t_k)[:, None, None, :]
+            if causal:
+                mask = mask & torch.ones(t_q, t_k, dtype=torch.bool).tril()
+                causal = False
+        grad = torch.randn(batch, heads, t_q, HEAD_DIM)
+
+        def sdpa(q: Tensor = q, k: Tensor = k, v: Tensor = v, mask: Tensor | None = mask,
+                 causal: bool = causal) -> Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+        def matmul(q: Tensor = q, k: Tensor = k, v: Tensor = v, mask: Tensor | None = mask,
+                   causal: bool = causal) -> Tensor:
+            return attention.attend_by_matmul(q, k, v, mask, 0.0, causal)
+
+        cells = []
+        for backward in (False, True):
+            ratios, times = [], {"sdpa": [], "matmul": []}
+            for _ in range(rounds):
+                for label, function in (("sdpa", sdpa), ("matmul", matmul)):
+                    if backward:
+                        times[label].append(median_ms(lambda f=function, g=grad: f().backward(g), steps))
+                    else:
+                        with torch.no_grad():
+                            times[label].append(median_ms(function, steps))
+                ratios.append(times["sdpa"][-1] / times["matmul"][-1])
+            cells += [f"{statistics.mean(times['sdpa']):.3f} / {statistics.mean(times['matmul']):.3f}",
+                      spread(ratios)]
+        rows.append([f"{name}: ({batch}, {heads}, {t_q}->{t_k})", *cells])
+    print(f"\none attention call, mean of {rounds} rounds' medians (ms), {torch.get_num_threads()} threads")
+    print_table(["shape", "forward: SDPA / matmul", "speed-up", "forward + backward: SDPA / matmul", "speed-up"],
+                rows)
+
+
+def training_step(model: nn.Module, loss_of: Callable[[nn.Module], Tensor]) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the trainer's
+
+    def step() -> None:
+        loss = loss_of(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def dit_sampling_pass() -> Callable[[], None]:
+    torch.manual_seed(0)
+    model = DiT(preset("dit-small", text_vocab_size=300, pad_id=0)).eval()
+    latents, t = torch.randn(32, 4, 8, 8), torch.full((32,), 500.0)
+    text = torch.randint(1, 300, (32, 24))
+    text[:, 12:] = 0
+    caption = model.encode_caption(text)  # once per sampling call, as the sampler does
+
+    def run() -> None:
+        with torch.no_grad():
+            model(latents, t, caption=caption)
+
+    return run
+
+
+def shakespeare_step() -> Callable[[], None]:
+    torch.manual_seed(0)
+    model = GPT(gpt_preset("tiny", vocab_size=65))
+    x, y = torch.randint(0, 65, (12, 64)), torch.randint(0, 65, (12, 64))
+    return training_step(model, lambda m: F.cross_entropy(m(x).flatten(0, 1), y.flatten()))
+
+
+def whole_steps(rounds: int, steps: int) -> None:
+    cases = [("dit-small training step, batch 64", training_step(*dit_case())),
+             ("dit-small denoiser pass, 32 rows (sampling)", dit_sampling_pass()),
+             ("tiny GPT training step, 12 x 64 (Tiny Shakespeare)", shakespeare_step())]
+    rows = []
+    for name, run in cases:
+        ratios, off, on = [], [], []
+        for _ in range(rounds):
+            with rule(max_keys=0):
+                off.append(median_ms(run, steps))
+            on.append(median_ms(run, steps))
+            ratios.append(off[-1] / on[-1])
+        rows.append([name, " / ".join(f"{x:.1f}" for x in off), " / ".join(f"{x:.1f}" for x in on), spread(ratios)])
+    print(f"\nwhole steps, median ms per round, {torch.get_num_threads()} threads")
+    print_table(["step", "every attention by SDPA", f"attend (matmul up to {attention.MATMUL_MAX_KEYS} keys)",
+                 "speed-up: mean (rounds)"], rows)
+
+
+def spread(ratios: list[float]) -> str:
+    return f"{statistics.mean(ratios):.2f}x ({', '.join(f'{r:.2f}' for r in ratios)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--parts", default="calls,steps")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if "calls" in args.parts:
+        attention_calls(args.rounds, args.steps)
+    if "steps" in args.parts:
+        whole_steps(args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
