@@ -377,3 +377,13 @@ def test_uses_matmul_for_several_queries_over_few_keys_on_a_cpu_with_threads(mon
         assert not attention.uses_matmul(queries, few)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_attention_compiles_without_graph_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Reading the thread count is not traceable: under torch.compile the rule must not reach it.
+    monkeypatch.undo()
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(_mha())(torch.randn(2, 8, D), is_causal=True)
+    assert explanation.graph_break_count == 0

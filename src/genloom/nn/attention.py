@@ -117,9 +117,11 @@ MATMUL_MAX_KEYS = 64
 def uses_matmul(q: Tensor, k: Tensor) -> bool:
     """Whether `attend` computes this attention by matrix products: on a CPU running more than one thread, for
     several queries (a decoding step's one query stays with SDPA, whose kernel is faster there) over at most
-    MATMUL_MAX_KEYS keys. The rule reads no batch size, so a row is attended the same way alone or in a batch."""
+    MATMUL_MAX_KEYS keys. The rule reads no batch size, so a row is attended the same way alone or in a batch.
+    Under torch.compile it is SDPA: the compiler makes its own kernel, and reading the thread count would split
+    the graph."""
     return (q.device.type == "cpu" and q.shape[-2] > 1 and k.shape[-2] <= MATMUL_MAX_KEYS
-            and torch.get_num_threads() > 1)
+            and not torch.compiler.is_compiling() and torch.get_num_threads() > 1)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
