@@ -9,7 +9,8 @@ Part 1, one attention call (q, k, v of (batch, heads, T, 32), fp32, the threads 
 and forward + backward, for each model's shapes, SDPA against the matrix products.
 Part 2, the rule on (`attend` as shipped) against off (every call to SDPA, `MATMUL_MAX_KEYS = 0`), the same model
 and inputs:
-- dit-small's training step, batch 64, as the shapes benchmark trains it (benchmarks/train_speed.py's case);
+- dit-small's training step, batch 64, as the shapes benchmark trains it: 8x8x4 latents in 16 patches, captions of
+  the shapes set's lengths (5, 9 or 10 of 10 positions: <s>, the caption's BPE tokens, </s>);
 - a dit-small denoiser pass as sampling runs it: 16 images at guidance 3, 32 rows, no grad;
 - the tiny GPT's training step as benchmarks/train_shakespeare.py trains it (nanoGPT's CPU configuration:
   batch 12, context 64, 4 layers, 4 heads of 32).
@@ -31,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from common import print_table
 from torch import Tensor, nn
-from train_speed import dit_case
 
 import genloom.nn.attention as attention
 from genloom.models.dit import DiT, preset
@@ -39,12 +39,13 @@ from genloom.models.gpt import GPT
 from genloom.models.gpt import preset as gpt_preset
 
 HEAD_DIM = 32
+SHAPES_TEXT_LEN = 10  # the shapes set's longest caption: 8 BPE tokens, <s> and </s>
 # (what attends like this, batch, heads, queries, keys, causal, padded keys)
 SHAPES = [
     ("dit-small self-attention, batch 64 (shapes: 16 patches)", 64, 6, 16, 16, False, False),
-    ("dit-small cross-attention to the caption (24 positions)", 64, 6, 16, 24, False, True),
-    ("dit-small caption encoder", 64, 6, 24, 24, False, True),
-    ("dit-small self-attention, digits (patch 1: 64 patches)", 64, 6, 64, 64, False, False),
+    ("dit-small cross-attention to the caption (10 positions)", 64, 6, 16, 10, False, True),
+    ("dit-small caption encoder", 64, 6, 10, 10, False, True),
+    ("dit-small self-attention over 64 patches (8x8 latents, patch 1)", 64, 6, 64, 64, False, False),
     ("dit-small sampling, 32 rows (16 images, guidance 3)", 32, 6, 16, 16, False, False),
     ("tiny GPT, nanoGPT's batch 12 x context 64", 12, 4, 64, 64, True, False),
     ("translation, 64 sentences of 24 tokens, 8 heads", 64, 8, 24, 24, True, True),
@@ -81,8 +82,8 @@ def attention_calls(rounds: int, steps: int) -> None:
         torch.manual_seed(0)
         q, k, v = (torch.randn(batch, heads, t, HEAD_DIM, requires_grad=True) for t in (t_q, t_k, t_k))
         mask = None
-        if padded:  # a third of the keys are padding
-            valid = torch.arange(t_k) < t_k - t_k // 3
+        if padded:  # the last fifth of the keys are padding
+            valid = torch.arange(t_k) < t_k - t_k // 5
             mask = valid.expand(batch, t_k)[:, None, None, :]
             if causal:
                 mask = mask & torch.ones(t_q, t_k, dtype=torch.bool).tril()
@@ -128,12 +129,24 @@ def training_step(model: nn.Module, loss_of: Callable[[nn.Module], Tensor]) -> C
     return step
 
 
-def dit_sampling_pass() -> Callable[[], None]:
+def dit_shapes(batch: int, train: bool) -> tuple[DiT, Tensor, Tensor, Tensor]:
+    """dit-small as the shapes benchmark builds it, and a batch of (latents, timesteps, captions)."""
     torch.manual_seed(0)
-    model = DiT(preset("dit-small", text_vocab_size=300, pad_id=0)).eval()
-    latents, t = torch.randn(32, 4, 8, 8), torch.full((32,), 500.0)
-    text = torch.randint(1, 300, (32, 24))
-    text[:, 12:] = 0
+    model = DiT(preset("dit-small", text_vocab_size=512, text_len=SHAPES_TEXT_LEN, pad_id=0)).train(train)
+    latents, t = torch.randn(batch, 4, 8, 8), torch.rand(batch) * 1000
+    text = torch.randint(1, 512, (batch, SHAPES_TEXT_LEN))
+    lengths = torch.tensor([5, 9, 10])[torch.randint(0, 3, (batch,))]
+    text[torch.arange(SHAPES_TEXT_LEN)[None, :] >= lengths[:, None]] = 0  # padding
+    return model, latents, t, text
+
+
+def dit_training_step() -> Callable[[], None]:
+    model, latents, t, text = dit_shapes(64, train=True)
+    return training_step(model, lambda m: (m(latents, t, text) - latents).pow(2).mean())
+
+
+def dit_sampling_pass() -> Callable[[], None]:
+    model, latents, t, text = dit_shapes(32, train=False)
     caption = model.encode_caption(text)  # once per sampling call, as the sampler does
 
     def run() -> None:
@@ -151,7 +164,7 @@ def shakespeare_step() -> Callable[[], None]:
 
 
 def whole_steps(rounds: int, steps: int) -> None:
-    cases = [("dit-small training step, batch 64", training_step(*dit_case())),
+    cases = [("dit-small training step, batch 64 (shapes)", dit_training_step()),
              ("dit-small denoiser pass, 32 rows (sampling)", dit_sampling_pass()),
              ("tiny GPT training step, 12 x 64 (Tiny Shakespeare)", shakespeare_step())]
     rows = []
