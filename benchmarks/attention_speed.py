@@ -5,7 +5,7 @@ genloom's models attend, then whole training steps and denoiser passes with the 
 runs more than one thread (`uses_matmul`). The reason: SDPA's CPU flash kernel pays a fixed cost per (batch, head)
 slice, and on 2 threads it runs short sequences about twice as slow as on one, while matrix products use both.
 
-Part 1, one attention call (q, k, v of (batch, heads, T, 32), fp32, the threads given): forward under no_grad,
+Part 1, one attention call (q, k, v of (batch, heads, T, head size), fp32, the threads given): forward under no_grad,
 and forward + backward, for each model's shapes, SDPA against the matrix products.
 Part 2, the rule on (`attend` as shipped) against off (every call to SDPA, `MATMUL_MAX_KEYS = 0`), the same model
 and inputs:
@@ -13,7 +13,8 @@ and inputs:
   the shapes set's lengths (5, 9 or 10 of 10 positions: <s>, the caption's BPE tokens, </s>);
 - a dit-small denoiser pass as sampling runs it: 16 images at guidance 3, 32 rows, no grad;
 - the tiny GPT's training step as benchmarks/train_shakespeare.py trains it (nanoGPT's CPU configuration:
-  batch 12, context 64, 4 layers, 4 heads of 32).
+  batch 12, context 64, 4 layers, 4 heads of 32);
+- transformer-small's training step on a Multi30k-sized batch (160 pairs of 24 tokens).
 Each timing is the median of `--steps` after warm-up; the two settings alternate `--rounds` times, and the ratio
 is taken within each round, as these shared machines drift between minutes.
 
@@ -37,20 +38,21 @@ import genloom.nn.attention as attention
 from genloom.models.dit import DiT, preset
 from genloom.models.gpt import GPT
 from genloom.models.gpt import preset as gpt_preset
+from genloom.models.seq2seq import Seq2SeqTransformer
+from genloom.models.seq2seq import preset as seq2seq_preset
 
-HEAD_DIM = 32
 SHAPES_TEXT_LEN = 10  # the shapes set's longest caption: 8 BPE tokens, <s> and </s>
-# (what attends like this, batch, heads, queries, keys, causal, padded keys)
+# (what attends like this, batch, heads, queries, keys, head size, causal, padded keys)
 SHAPES = [
-    ("dit-small self-attention, batch 64 (shapes: 16 patches)", 64, 6, 16, 16, False, False),
-    ("dit-small cross-attention to the caption (10 positions)", 64, 6, 16, 10, False, True),
-    ("dit-small caption encoder", 64, 6, 10, 10, False, True),
-    ("dit-small self-attention over 64 patches (8x8 latents, patch 1)", 64, 6, 64, 64, False, False),
-    ("dit-small sampling, 32 rows (16 images, guidance 3)", 32, 6, 16, 16, False, False),
-    ("tiny GPT, nanoGPT's batch 12 x context 64", 12, 4, 64, 64, True, False),
-    ("translation, 64 sentences of 24 tokens, 8 heads", 64, 8, 24, 24, True, True),
-    ("prefill of one 16-token prompt, 4 heads", 1, 4, 16, 16, True, False),
-    ("past the limit: 128 keys (attend leaves them to SDPA)", 64, 6, 128, 128, False, False),
+    ("dit-small self-attention, batch 64 (shapes: 16 patches)", 64, 6, 16, 16, 32, False, False),
+    ("dit-small cross-attention to the caption (10 positions)", 64, 6, 16, 10, 32, False, True),
+    ("dit-small caption encoder", 64, 6, 10, 10, 32, False, True),
+    ("dit-small self-attention over 64 patches (8x8 latents, patch 1)", 64, 6, 64, 64, 32, False, False),
+    ("dit-small sampling, 32 rows (16 images, guidance 3)", 32, 6, 16, 16, 32, False, False),
+    ("tiny GPT, nanoGPT's batch 12 x context 64", 12, 4, 64, 64, 32, True, False),
+    ("transformer-small decoder, 160 sentences of 24 tokens", 160, 4, 24, 24, 64, True, True),
+    ("prefill of one 16-token prompt, 4 heads", 1, 4, 16, 16, 32, True, False),
+    ("past the limit: 128 keys (attend leaves them to SDPA)", 64, 6, 128, 128, 32, False, False),
 ]
 
 
@@ -78,9 +80,9 @@ def rule(max_keys: int) -> Iterator[None]:
 
 def attention_calls(rounds: int, steps: int) -> None:
     rows = []
-    for name, batch, heads, t_q, t_k, causal, padded in SHAPES:
+    for name, batch, heads, t_q, t_k, head_dim, causal, padded in SHAPES:
         torch.manual_seed(0)
-        q, k, v = (torch.randn(batch, heads, t, HEAD_DIM, requires_grad=True) for t in (t_q, t_k, t_k))
+        q, k, v = (torch.randn(batch, heads, t, head_dim, requires_grad=True) for t in (t_q, t_k, t_k))
         mask = None
         if padded:  # the last fifth of the keys are padding
             valid = torch.arange(t_k) < t_k - t_k // 5
@@ -88,7 +90,7 @@ def attention_calls(rounds: int, steps: int) -> None:
             if causal:
                 mask = mask & torch.ones(t_q, t_k, dtype=torch.bool).tril()
                 causal = False
-        grad = torch.randn(batch, heads, t_q, HEAD_DIM)
+        grad = torch.randn(batch, heads, t_q, head_dim)
 
         def sdpa(q: Tensor = q, k: Tensor = k, v: Tensor = v, mask: Tensor | None = mask,
                  causal: bool = causal) -> Tensor:
@@ -111,7 +113,7 @@ def attention_calls(rounds: int, steps: int) -> None:
                 ratios.append(times["sdpa"][-1] / times["matmul"][-1])
             cells += [f"{statistics.mean(times['sdpa']):.3f} / {statistics.mean(times['matmul']):.3f}",
                       spread(ratios)]
-        rows.append([f"{name}: ({batch}, {heads}, {t_q}->{t_k})", *cells])
+        rows.append([f"{name}: ({batch}, {heads}, {t_q}->{t_k}, {head_dim})", *cells])
     print(f"\none attention call, mean of {rounds} rounds' medians (ms), {torch.get_num_threads()} threads")
     print_table(["shape", "forward: SDPA / matmul", "speed-up", "forward + backward: SDPA / matmul", "speed-up"],
                 rows)
@@ -163,10 +165,22 @@ def shakespeare_step() -> Callable[[], None]:
     return training_step(model, lambda m: F.cross_entropy(m(x).flatten(0, 1), y.flatten()))
 
 
+def translation_step() -> Callable[[], None]:
+    """transformer-small on a Multi30k-sized batch: 160 pairs of 24 BPE tokens a side (about the 4,096 padded tokens
+    of benchmarks/translate_multi30k.py's batches), the last 4 of each source padding."""
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(seq2seq_preset("transformer-small"))
+    pad = model.config.pad_id
+    src, tgt = torch.randint(4, 8000, (160, 24)), torch.randint(4, 8000, (160, 25))
+    src[:, -4:] = pad
+    return training_step(model, lambda m: m.loss(src, tgt[:, :-1], tgt[:, 1:]))
+
+
 def whole_steps(rounds: int, steps: int) -> None:
     cases = [("dit-small training step, batch 64 (shapes)", dit_training_step()),
              ("dit-small denoiser pass, 32 rows (sampling)", dit_sampling_pass()),
-             ("tiny GPT training step, 12 x 64 (Tiny Shakespeare)", shakespeare_step())]
+             ("tiny GPT training step, 12 x 64 (Tiny Shakespeare)", shakespeare_step()),
+             ("transformer-small training step, 160 x 24 (Multi30k)", translation_step())]
     rows = []
     for name, run in cases:
         ratios, off, on = [], [], []

@@ -136,15 +136,17 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_
 def attend_by_matmul(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
                      is_causal: bool = False) -> Tensor:
     """softmax(q kᵀ / √hd + mask) v as two batched matrix products, with SDPA's arguments and result."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, T_q, T_k)
+    # In place on the fresh scores (the product's backward needs only q and k): every (T_q, T_k) tensor
+    # allocated is one more that the allocator may hand over as new pages, to be faulted in.
+    scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, T_q, T_k)
     if is_causal:  # top-left aligned, as SDPA's
         mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
     if mask is not None and mask.dtype == torch.bool:
         # The lowest finite value rather than -inf: a query with no allowed key gets finite (unused) weights
         # instead of NaNs, which a later product would spread through its masked values to every row.
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
     elif mask is not None:
-        scores = scores + mask  # an additive mask
+        scores += mask  # an additive mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
