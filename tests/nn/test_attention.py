@@ -355,6 +355,12 @@ def test_matmul_attention_in_bf16_takes_its_softmax_in_fp32() -> None:
     torch.testing.assert_close(out.float(), _sdpa(q, k, v, is_causal=True), atol=0.03, rtol=0.03)
 
 
+def test_matmul_attention_refuses_a_mask_with_is_causal() -> None:
+    q, k, v = _qkv(1, 3, 3)
+    with pytest.raises(ValueError, match="not both"):
+        attention.attend_by_matmul(q, k, v, torch.ones(3, 3, dtype=torch.bool), 0.0, True)
+
+
 def test_matmul_attention_dropout() -> None:
     q, k, v = _qkv(2, 6, 6)
     torch.manual_seed(0)

@@ -136,6 +136,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_
 def attend_by_matmul(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
                      is_causal: bool = False) -> Tensor:
     """softmax(q kᵀ / √hd + mask) v as two batched matrix products, with SDPA's arguments and result."""
+    if is_causal and mask is not None:
+        raise ValueError("give a mask or is_causal, not both (as scaled_dot_product_attention)")
     # In place on the fresh scores (the product's backward needs only q and k): every (T_q, T_k) tensor
     # allocated is one more that the allocator may hand over as new pages, to be faulted in.
     scores = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)  # (B, H, T_q, T_k)
