@@ -24,14 +24,12 @@ Usage: python benchmarks/attention_speed.py [--threads 2] [--rounds 3] [--steps 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import print_table
+from common import median_ms, print_table, replaced
 from torch import Tensor, nn
 
 import genloom.nn.attention as attention
@@ -54,28 +52,6 @@ SHAPES = [
     ("prefill of one 16-token prompt, 4 heads", 1, 4, 16, 16, 32, True, False),
     ("past the limit: 128 keys (attend leaves them to SDPA)", 64, 6, 128, 128, 32, False, False),
 ]
-
-
-def median_ms(run: Callable[[], object], steps: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-@contextlib.contextmanager
-def rule(max_keys: int) -> Iterator[None]:
-    """`attend` with MATMUL_MAX_KEYS set to max_keys (0: every call goes to SDPA)."""
-    saved = attention.MATMUL_MAX_KEYS
-    attention.MATMUL_MAX_KEYS = max_keys
-    try:
-        yield
-    finally:
-        attention.MATMUL_MAX_KEYS = saved
 
 
 def attention_calls(rounds: int, steps: int) -> None:
@@ -185,7 +161,7 @@ def whole_steps(rounds: int, steps: int) -> None:
     for name, run in cases:
         ratios, off, on = [], [], []
         for _ in range(rounds):
-            with rule(max_keys=0):
+            with replaced(attention, "MATMUL_MAX_KEYS", 0):  # every call to SDPA
                 off.append(median_ms(run, steps))
             on.append(median_ms(run, steps))
             ratios.append(off[-1] / on[-1])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,3 +46,27 @@ def run_clients(client: Callable[[int], None], clients: int) -> float:
     for t in threads:
         t.join()
     return time.perf_counter() - start
+
+
+def median_ms(run: Callable[[], object], steps: int, warmup: int = 3) -> float:
+    """The median wall time of `steps` calls of run() after `warmup` untimed ones, in ms."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+@contextlib.contextmanager
+def replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """owner.name set to value inside the block, restored after: genloom code that looks the name up at each call
+    (a module's function or constant) runs with the replacement."""
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)

@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
-from common import print_table
+from common import print_table, replaced
 from torch import Tensor
 
 from genloom.data.captions import CaptionCodec, train_caption_tokenizer
@@ -109,17 +108,6 @@ def top_p_rows(calls: int) -> list[list[str]]:
     return rows
 
 
-@contextmanager
-def sampler_in_place(sampler: Sampler) -> Iterator[None]:
-    """genloom's engines drawing with `sampler`: choose_tokens looks `sample` up in its module at each call."""
-    original = sampling.sample
-    sampling.sample = sampler
-    try:
-        yield
-    finally:
-        sampling.sample = original
-
-
 def step_ms(model: GPT, sampler: Sampler, seeded: bool, steps: int = 30) -> float:
     """Median ms of a 16-row decoding step with `sampler` in place of genloom's."""
     batch = DecodeBatch(model, 16)
@@ -128,7 +116,7 @@ def step_ms(model: GPT, sampler: Sampler, seeded: bool, steps: int = 30) -> floa
                               stop_at_eos=False) for i in range(16)]
     batch.add(prompts, configs)
     times = []
-    with sampler_in_place(sampler):
+    with replaced(sampling, "sample", sampler):  # choose_tokens looks `sample` up at each call
         for _ in range(3):
             batch.step()
         for _ in range(steps):
@@ -149,7 +137,7 @@ def image_models() -> tuple[dalle.Dalle, Tokenizer, vqvae.VQVAE]:
 
 
 def images_per_s(models: tuple[dalle.Dalle, Tokenizer, vqvae.VQVAE], sampler: Sampler) -> float:
-    with sampler_in_place(sampler):
+    with replaced(sampling, "sample", sampler):  # choose_tokens looks `sample` up at each call
         start = time.perf_counter()
         imagine(*models, ["a red circle"], n_images=16, guidance_scale=1.5, seed=0, progress=False)
         return 16 / (time.perf_counter() - start)
@@ -166,8 +154,9 @@ def main() -> None:
     print_table(["vocabulary", "rows", "RNG", "torch.multinomial us", "genloom sample us", "speed-up"],
                 sampling_rows(args.calls))
 
-    print(f"\ntop-p 0.95 filter, 16 rows of GPT-2's vocabulary ({GPT2_VOCAB:,}), median of {args.calls // 10} calls:\n")
-    print_table(["rows", "tokens kept (mean)", "full sort ms", "genloom ms", "speed-up"], top_p_rows(args.calls // 10))
+    top_p_calls = max(1, args.calls // 10)
+    print(f"\ntop-p 0.95 filter, 16 rows of GPT-2's vocabulary ({GPT2_VOCAB:,}), median of {top_p_calls} calls:\n")
+    print_table(["rows", "tokens kept (mean)", "full sort ms", "genloom ms", "speed-up"], top_p_rows(top_p_calls))
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=GPT2_VOCAB, context_length=256, n_layers=4, d_model=128, n_heads=4,

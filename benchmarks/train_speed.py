@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from common import print_table, set_threads
+from common import median_ms, print_table, set_threads
 from torch import Tensor, nn
 
 from genloom.models.dit import DiT, preset
@@ -65,14 +64,7 @@ def median_step_ms(model: nn.Module, loss_of: Callable[[nn.Module], Tensor], bf1
         loss.backward()
         optimizer.step()
 
-    for _ in range(5):  # warm-up: oneDNN builds its bf16 kernels on first use
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return median_ms(step, steps, warmup=5)  # warm-up: oneDNN builds its bf16 kernels on first use
 
 
 def main() -> None:
