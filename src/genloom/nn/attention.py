@@ -107,10 +107,10 @@ def build_document_mask(document_ids: Tensor) -> Tensor:
     return (same & causal)[:, None]  # (B, 1, T, T)
 
 
-# The longest key sequence that `attend` gives to matrix products on a CPU. Measured on 2 cores (fp32, 6 heads of
-# 32; benchmarks/attention_speed.py): at 64 keys the products are 1.1-1.6x as fast as SDPA's flash kernel forward
-# and 1.4-1.6x forward and backward, at 16 keys 1.5-4.5x (the more batch rows, the more); at 128 they are even, and
-# from 192 they are 3-5x slower, as the (T_q, T_k) scores outgrow the cache.
+# The longest key sequence that `attend` gives to matrix products on a CPU. Measured on 2 cores against SDPA's flash
+# kernel (fp32; benchmarks/attention_speed.py, README): at 10-24 keys 2-4x as fast, forward and backward; at 64
+# keys 1.2-1.8x forward and backward, and 0.5-1.4x forward alone from run to run (the fresh scores' pages); at 128
+# even in training and 0.4x forward; from 192 3-5x slower, as the (T_q, T_k) scores outgrow the cache.
 MATMUL_MAX_KEYS = 64
 
 
