@@ -18,7 +18,8 @@ and inputs:
 Each timing is the median of `--steps` after warm-up; the two settings alternate `--rounds` times, and the ratio
 is taken within each round, as these shared machines drift between minutes.
 
-Usage: python benchmarks/attention_speed.py [--threads 2] [--rounds 3] [--steps 10]   (about 5 minutes)
+Usage: python benchmarks/attention_speed.py [--threads 2] [--rounds 3] [--steps 10] [--parts calls,steps]
+       (about 5 minutes)
 """
 
 from __future__ import annotations

@@ -331,7 +331,7 @@ def test_matmul_attention_equals_sdpa_forward_and_backward(masking: str) -> None
         mask = torch.randn(3, 1, 5, 7)
     expected = _sdpa(q, k, v, attn_mask=mask, is_causal=masking == "causal")
     grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
-    out = attention.attend(q, k, v, mask, 0.0, masking == "causal")
+    out = attention.attend_by_matmul(q, k, v, mask, 0.0, masking == "causal")
     torch.testing.assert_close(out, expected)
     for got, want in zip(torch.autograd.grad(out.square().sum(), (q, k, v)), grads, strict=True):
         torch.testing.assert_close(got, want)
@@ -342,7 +342,7 @@ def test_matmul_attention_gives_a_query_without_keys_finite_values() -> None:
     q, k, v = _qkv(1, 3, 4)
     mask = torch.ones(1, 1, 3, 4, dtype=torch.bool)
     mask[0, 0, 1] = False
-    out = attention.attend(q, k, v, mask)
+    out = attention.attend_by_matmul(q, k, v, mask)
     assert torch.isfinite(out).all()
     keep = [0, 2]
     torch.testing.assert_close(out[:, :, keep], _sdpa(q[:, :, keep], k, v))
@@ -350,7 +350,7 @@ def test_matmul_attention_gives_a_query_without_keys_finite_values() -> None:
 
 def test_matmul_attention_in_bf16_takes_its_softmax_in_fp32() -> None:
     q, k, v = _qkv(2, 6, 6)
-    out = attention.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, 0.0, True)
+    out = attention.attend_by_matmul(q.bfloat16(), k.bfloat16(), v.bfloat16(), None, 0.0, True)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), _sdpa(q, k, v, is_causal=True), atol=0.03, rtol=0.03)
 
@@ -364,8 +364,8 @@ def test_matmul_attention_refuses_a_mask_with_is_causal() -> None:
 def test_matmul_attention_dropout() -> None:
     q, k, v = _qkv(2, 6, 6)
     torch.manual_seed(0)
-    dropped = attention.attend(q, k, v, None, 0.5)
-    assert torch.isfinite(dropped).all() and not torch.allclose(dropped, attention.attend(q, k, v))
+    dropped = attention.attend_by_matmul(q, k, v, None, 0.5)
+    assert torch.isfinite(dropped).all() and not torch.allclose(dropped, attention.attend_by_matmul(q, k, v))
 
 
 def test_uses_matmul_for_several_queries_over_few_keys_on_a_cpu_with_threads(monkeypatch: pytest.MonkeyPatch) -> None:
