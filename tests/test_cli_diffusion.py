@@ -43,7 +43,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, st
         assert main(["train", "text-to-image", "--method", "diffusion", *common, "--prediction", "v_prediction",
                      "--min-snr-gamma", "5", "--out", "ddpm"]) == 0
         assert main(["train", "text-to-image", "--method", "diffusion", *common, "--objective", "flow",
-                     "--caption-dropout", "0", "--random-flip", "--dtype", "bf16", "--out", "flow"]) == 0
+                     "--caption-dropout", "0", "--random-flip", "--dtype", "bf16", "--logit-mean", "0.5",
+                     "--logit-std", "0.8", "--out", "flow"]) == 0
     return root / "vae", root / "ddpm", root / "flow", out.getvalue()
 
 
@@ -59,6 +60,8 @@ def test_training_saves_the_process_the_autoencoder_and_the_ema(runs) -> None:
     assert load_training_state(flow / "checkpoint-0000004")["train_config"]["dtype"] == "bf16"
     loaded = load_image_generator(flow)
     assert isinstance(loaded, LoadedLatentDiffusion) and loaded.model.config.process.objective == "flow"
+    # The flow's training noise levels are the checkpoint's record, like the rest of the process.
+    assert (loaded.model.config.process.logit_mean, loaded.model.config.process.logit_std) == (0.5, 0.8)
     assert read_data_record(ddpm)["data"] == "builtin:shapes" and "random_flip" not in read_data_record(ddpm)
     # --random-flip: the training images and their mirrors (the run record says so).
     assert read_data_record(flow)["random_flip"] is True
@@ -123,6 +126,13 @@ def test_a_token_model_refuses_the_diffusion_flags(tmp_path: Path, capsys) -> No
                                                              "--preview-every", 2)
     assert "--patch-size: a flag of --method diffusion, not of --method tokens" in cli_fails(
         capsys, "train", "text-to-image", *DATA, "--image-tokenizer", "vq", "--patch-size", 1, *TINY, "--out", "x")
+
+
+def test_a_process_setting_out_of_range_is_a_one_line_error(runs, capsys) -> None:
+    vae = runs[0]
+    message = cli_fails(capsys, "train", "text-to-image", "--method", "diffusion", *DATA, "--autoencoder", vae,
+                        "--objective", "flow", "--logit-std", 0, *TINY, "--out", "x")
+    assert "logit_std (0.0)" in message and "must be > 0" in message
 
 
 def test_eval_scores_a_diffusion_model_per_steps_and_guidance(runs, capsys) -> None:

@@ -125,6 +125,10 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--min-snr-gamma", type=non_negative_float, default=0.0,
                    help="ddpm: min-SNR-γ loss weighting (5 is the paper's); 0: off")
     f.add_argument("--flow-shift", type=float, default=1.0, help="flow: shift of the sampling noise levels (SD3)")
+    f.add_argument("--logit-mean", type=float, default=0.0,
+                   help="flow: training noise levels are sigmoid(N(mean, std^2)) (SD3's logit-normal); a mean > 0 "
+                   "trains more at high noise, where the layout a caption asks for is decided")
+    f.add_argument("--logit-std", type=float, default=1.0, help="flow: the std of that normal")
     t = add_training_flags(p, out="runs/text-to-image", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
     t.add_argument("--batch-size", type=positive_int, default=32, help="(caption, image) pairs per micro-batch")
     t.add_argument("--caption-dropout", type=non_negative_float,
@@ -310,7 +314,8 @@ def _train_latent_diffusion(args: argparse.Namespace) -> None:
     try:
         process = DiffusionConfig(objective=args.objective, prediction=args.prediction, beta_schedule=args.schedule,
                                   train_timesteps=args.train_timesteps, min_snr_gamma=args.min_snr_gamma,
-                                  flow_shift=args.flow_shift, caption_dropout=_caption_dropout(args))
+                                  flow_shift=args.flow_shift, logit_mean=args.logit_mean,
+                                  logit_std=args.logit_std, caption_dropout=_caption_dropout(args))
     except ValueError as e:
         raise GenloomError(str(e)) from None
     data, train, val, _ = _load_data(args, args.resolution or resolution)
