@@ -46,6 +46,9 @@ STEPS = "10,20,50"
 GUIDANCE = "1,2,3,5"
 RERANK, RERANK_GUIDANCE = 8, "1,2,3"  # best of 8 by the CLIP reranker, as the token method's row
 BATCH = 16  # images per sampling call in the sampler benchmark
+# Shapes: the flow's training noise levels are sigmoid(N(SHAPES_LOGIT_MEAN, 1)); README's rows before session 19
+# used 0 (SD3's, the CLI's default), which left relations at chance in runs of this budget.
+SHAPES_LOGIT_MEAN = 0.5
 
 
 def part_sampler(repeats: int = 5) -> dict[str, Any]:
@@ -154,8 +157,8 @@ def part_emoji(out: Path, minutes: float) -> dict[str, Any]:
 
 
 def part_shapes(out: Path, minutes: float, seed: int | None, random_flip: bool, autoencoder: Path | None,
-                clip: Path | None, text_layers: int | None = None, dtype: str = "fp32", logit_mean: float = 0.0,
-                steps: str = STEPS, guidance: str = GUIDANCE) -> dict[str, Any]:
+                clip: Path | None, text_layers: int | None = None, dtype: str = "fp32",
+                logit_mean: float = SHAPES_LOGIT_MEAN, steps: str = STEPS, guidance: str = GUIDANCE) -> dict[str, Any]:
     """vae-32 (3 min; or `autoencoder`, one trained before by this part) + a flow dit-small for `minutes`, scored
     with one sample per image and, given a `clip` reranker, with the best of RERANK."""
     vae, dit, log = autoencoder or out / "vae", out / "dit", out / "shapes.log"
@@ -256,7 +259,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                         help="shapes: the denoiser's autocast (bf16: ~1.2x the steps of a whole run on a CPU with "
                         "AMX, README 'Training speed'; the README's shapes rows are fp32)")
-    parser.add_argument("--logit-mean", type=float, default=0.5,
+    parser.add_argument("--logit-mean", type=float, default=SHAPES_LOGIT_MEAN,
                         help="shapes: the flow's training noise levels, sigmoid(N(mean, 1)): more at high noise, "
                         "where relations are learned (README's rows before session 19: 0, SD3's and the CLI's default)")
     parser.add_argument("--shapes-steps", default=STEPS, help="shapes: the sampling steps to score")
