@@ -55,6 +55,7 @@ def test_training_saves_the_process_the_autoencoder_and_the_ema(runs) -> None:
     process = json.loads((ddpm / "best" / "config.json").read_text())["model"]["process"]
     assert process["objective"] == "ddpm" and process["prediction"] == "v_prediction"
     assert process["min_snr_gamma"] == 5 and process["caption_dropout"] == 0.1
+    assert process["beta_schedule"] == "linear" and process["logit_mean"] == 0  # flags not given: the defaults
     assert (ddpm / "checkpoint-0000004" / "ema.safetensors").is_file()  # diffusion keeps an EMA by default
     # --dtype bf16 trains under autocast (attention in fp32 on CPU: tests/nn/test_attention.py).
     assert load_training_state(flow / "checkpoint-0000004")["train_config"]["dtype"] == "bf16"
@@ -133,6 +134,18 @@ def test_a_process_setting_out_of_range_is_a_one_line_error(runs, capsys) -> Non
     message = cli_fails(capsys, "train", "text-to-image", "--method", "diffusion", *DATA, "--autoencoder", vae,
                         "--objective", "flow", "--logit-std", 0, *TINY, "--out", "x")
     assert "logit_std (0.0)" in message and "must be > 0" in message
+
+
+def test_a_flag_of_the_other_objective_is_refused(runs, capsys) -> None:
+    # It would be stored in the checkpoint's process and never read: a ddpm run "trained at --logit-mean 0.5".
+    common = ["train", "text-to-image", "--method", "diffusion", *DATA, "--autoencoder", runs[0], *TINY, "--out", "x"]
+    assert "--flow-shift, --logit-mean: a flag of --objective flow, not of --objective ddpm" in cli_fails(
+        capsys, *common, "--logit-mean", 0.5, "--flow-shift", 3)
+    assert "--schedule: a flag of --objective ddpm, not of --objective flow" in cli_fails(
+        capsys, *common, "--objective", "flow", "--schedule", "cosine")
+    assert not Path("x").exists()  # refused before anything was written
+    assert "--logit-mean: a flag of --method diffusion, not of --method tokens" in cli_fails(
+        capsys, "train", "text-to-image", *DATA, "--image-tokenizer", "vq", "--logit-mean", 0.5, *TINY, "--out", "x")
 
 
 def test_eval_scores_a_diffusion_model_per_steps_and_guidance(runs, capsys) -> None:

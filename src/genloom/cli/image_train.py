@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from genloom.cli.common import (
     add_dtype_flag,
@@ -117,18 +117,21 @@ def _add_train_text_to_image(sub: argparse._SubParsersAction) -> None:
     f = p.add_argument_group("diffusion process (--method diffusion; saved in the checkpoint, which sampling obeys)")
     f.add_argument("--objective", choices=("ddpm", "flow"), default="ddpm",
                    help="ddpm: denoise along a noise schedule; flow: rectified flow / flow matching")
-    f.add_argument("--prediction", choices=("epsilon", "v_prediction", "sample"), default="epsilon",
-                   help="ddpm: what the denoiser outputs (the noise, v, or the clean latent)")
-    f.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"), default="linear",
-                   help="ddpm: the β schedule")
+    # The objective-specific flags default to None (DiffusionConfig's defaults apply), so that one given with the
+    # other objective is refused instead of silently ignored.
+    f.add_argument("--prediction", choices=("epsilon", "v_prediction", "sample"),
+                   help="ddpm: what the denoiser outputs (the noise, v, or the clean latent; default epsilon)")
+    f.add_argument("--schedule", choices=("linear", "scaled_linear", "cosine"),
+                   help="ddpm: the β schedule (default linear)")
     f.add_argument("--train-timesteps", type=positive_int, default=1000)
-    f.add_argument("--min-snr-gamma", type=non_negative_float, default=0.0,
-                   help="ddpm: min-SNR-γ loss weighting (5 is the paper's); 0: off")
-    f.add_argument("--flow-shift", type=float, default=1.0, help="flow: shift of the sampling noise levels (SD3)")
-    f.add_argument("--logit-mean", type=float, default=0.0,
-                   help="flow: training noise levels are sigmoid(N(mean, std^2)) (SD3's logit-normal); a mean > 0 "
-                   "trains more at high noise, where the layout a caption asks for is decided")
-    f.add_argument("--logit-std", type=float, default=1.0, help="flow: the std of that normal")
+    f.add_argument("--min-snr-gamma", type=non_negative_float,
+                   help="ddpm: min-SNR-γ loss weighting (5 is the paper's; default 0: off)")
+    f.add_argument("--flow-shift", type=float,
+                   help="flow: shift of the sampling noise levels (SD3; default 1)")
+    f.add_argument("--logit-mean", type=float,
+                   help="flow: training noise levels are sigmoid(N(mean, std^2)) (SD3's logit-normal; default 0); a "
+                   "mean > 0 trains more at high noise, where the layout a caption asks for is decided")
+    f.add_argument("--logit-std", type=float, help="flow: the std of that normal (default 1)")
     t = add_training_flags(p, out="runs/text-to-image", lr_help="peak learning rate", warmup=100, weight_decay=0.1)
     t.add_argument("--batch-size", type=positive_int, default=32, help="(caption, image) pairs per micro-batch")
     t.add_argument("--caption-dropout", type=non_negative_float,
@@ -258,7 +261,8 @@ def _cmd_train_text_to_image(args: argparse.Namespace) -> None:
     from genloom.train.distributed import shutdown_distributed
     from genloom.train.text_to_image import train_text_to_image
 
-    _refuse_other_method_flags(args, "tokens", ("autoencoder", "patch_size", "text_layers"))
+    _refuse_other_method_flags(args, "tokens", ("autoencoder", "patch_size", "text_layers", *OBJECTIVE_FLAGS["ddpm"],
+                                                *OBJECTIVE_FLAGS["flow"]))
     vq_path, resolution = _vq_for(args)
     data, train, val, _ = _load_data(args, args.resolution or resolution)
     train = _training_pairs(args, train)
@@ -291,6 +295,23 @@ def _refuse_other_method_flags(args: argparse.Namespace, method: str, others: tu
         raise GenloomError(f"{flags}: a flag of --method {other}, not of --method {method}")
 
 
+# DiffusionConfig's fields that only one objective reads, by the CLI flag that sets each.
+OBJECTIVE_FLAGS = {"ddpm": {"prediction": "prediction", "schedule": "beta_schedule", "min_snr_gamma": "min_snr_gamma"},
+                   "flow": {"flow_shift": "flow_shift", "logit_mean": "logit_mean", "logit_std": "logit_std"}}
+
+
+def _objective_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The given flags of args.objective as DiffusionConfig fields; a one-line error for a flag of the other
+    objective (it would be stored in the checkpoint and never read)."""
+    for objective, flags in OBJECTIVE_FLAGS.items():
+        given = [flag for flag in flags if getattr(args, flag) is not None]
+        if objective != args.objective and given:
+            names = ", ".join("--" + flag.replace("_", "-") for flag in given)
+            raise GenloomError(f"{names}: a flag of --objective {objective}, not of --objective {args.objective}")
+    return {field: getattr(args, flag) for flag, field in OBJECTIVE_FLAGS[args.objective].items()
+            if getattr(args, flag) is not None}
+
+
 def _train_latent_diffusion(args: argparse.Namespace) -> None:
     from genloom.diffusion.process import DiffusionConfig
     from genloom.registry import AUTOENCODER, read_model_config
@@ -312,10 +333,8 @@ def _train_latent_diffusion(args: argparse.Namespace) -> None:
                                "image-autoencoder`")
         resolution = read_model_config("vae", autoencoder).resolution
     try:
-        process = DiffusionConfig(objective=args.objective, prediction=args.prediction, beta_schedule=args.schedule,
-                                  train_timesteps=args.train_timesteps, min_snr_gamma=args.min_snr_gamma,
-                                  flow_shift=args.flow_shift, logit_mean=args.logit_mean,
-                                  logit_std=args.logit_std, caption_dropout=_caption_dropout(args))
+        process = DiffusionConfig(objective=args.objective, train_timesteps=args.train_timesteps,
+                                  caption_dropout=_caption_dropout(args), **_objective_flags(args))
     except ValueError as e:
         raise GenloomError(str(e)) from None
     data, train, val, _ = _load_data(args, args.resolution or resolution)
