@@ -16,7 +16,7 @@
 - emoji: the vae-32 autoencoder on the OpenMoji glyphs: validation PSNR, KL and latent scale.
 - shapes: a vae-32 autoencoder (32x32 -> 8x8x4) and a flow dit-small (30 min, training noise levels
   sigmoid(N(0.5, 1)): `--logit-mean 0.5`); caption alignment on seen and held-out
-  (colour, shape) combinations, by steps and guidance.
+  (colour, shape) combinations, by steps and guidance; the target is judged at 20 steps and guidance 4.
 
 Each command and its output go to OUT/PART/*.log; results accumulate in OUT/results.json and a README table is
 printed at the end.
@@ -44,11 +44,16 @@ from genloom.models.vae import preset as vae_preset
 
 STEPS = "10,20,50"
 GUIDANCE = "1,2,3,5"
-RERANK, RERANK_GUIDANCE = 8, "1,2,3"  # best of 8 by the CLIP reranker, as the token method's row
+# Best of 8 by the CLIP reranker, as the token method's row (README's rows before session 20: guidance 1,2,3).
+RERANK, RERANK_GUIDANCE = 8, "2,3,4"
 BATCH = 16  # images per sampling call in the sampler benchmark
 # Shapes: the flow's training noise levels are sigmoid(N(SHAPES_LOGIT_MEAN, 1)); README's rows before session 19
 # used 0 (SD3's, the CLI's default), which left relations at chance in runs of this budget.
 SHAPES_LOGIT_MEAN = 0.5
+# The shapes setting the >= 95 % seen target is judged at: fixed in session 20 from runs A and B (README) before
+# the runs that checked it were trained. Every other setting is scored and printed beside it.
+SHAPES_TARGET_STEPS, SHAPES_TARGET_GUIDANCE = 20, 4.0
+SHAPES_GUIDANCE = "1,2,3,4,5"
 
 
 def part_sampler(repeats: int = 5) -> dict[str, Any]:
@@ -158,7 +163,8 @@ def part_emoji(out: Path, minutes: float) -> dict[str, Any]:
 
 def part_shapes(out: Path, minutes: float, seed: int | None, random_flip: bool, autoencoder: Path | None,
                 clip: Path | None, text_layers: int | None = None, dtype: str = "fp32",
-                logit_mean: float = SHAPES_LOGIT_MEAN, steps: str = STEPS, guidance: str = GUIDANCE) -> dict[str, Any]:
+                logit_mean: float = SHAPES_LOGIT_MEAN, steps: str = STEPS, guidance: str = SHAPES_GUIDANCE
+                ) -> dict[str, Any]:
     """vae-32 (3 min; or `autoencoder`, one trained before by this part) + a flow dit-small for `minutes`, scored
     with one sample per image and, given a `clip` reranker, with the best of RERANK."""
     vae, dit, log = autoencoder or out / "vae", out / "dit", out / "shapes.log"
@@ -238,9 +244,10 @@ def readme_table(results: dict[str, Any]) -> str:
     if "shapes" in results:
         s = results["shapes"]
         for row in s["rows"]:  # every setting scored, not the best of them: they are all on the same captions
+            judged = (row["steps"], row["scale"]) == (SHAPES_TARGET_STEPS, SHAPES_TARGET_GUIDANCE)
             lines.append(f"| shapes, flow, {s['minutes']:g} min, {row['steps']} steps, guidance {row['scale']:g}: "
                          f"all correct seen / held-out | {pct(row['seen'])} / {pct(row['held_out'])} | "
-                         "≥ 95 % / ≥ 60 % |")
+                         f"{'≥ 95 % / ≥ 60 % (the setting judged)' if judged else ''} |")
     return "\n".join(lines)
 
 
@@ -263,7 +270,7 @@ def main() -> None:
                         help="shapes: the flow's training noise levels, sigmoid(N(mean, 1)): more at high noise, "
                         "where relations are learned (README's rows before session 19: 0, SD3's and the CLI's default)")
     parser.add_argument("--shapes-steps", default=STEPS, help="shapes: the sampling steps to score")
-    parser.add_argument("--shapes-guidance", default=GUIDANCE, help="shapes: the guidance scales to score")
+    parser.add_argument("--shapes-guidance", default=SHAPES_GUIDANCE, help="shapes: the guidance scales to score")
     parser.add_argument("--autoencoder", type=Path,
                         help="shapes: the vae run of an earlier shapes part to reuse instead of training one")
     parser.add_argument("--clip", type=Path, help="shapes: a reranker (the reranker part's OUT/reranker/clip) for "
