@@ -22,6 +22,8 @@ from genloom.data.image_sets import IMAGE_DATA_HELP
 from genloom.errors import GenloomError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from genloom.data.images import ImageCaptionSet
     from genloom.train.image_tokenizer import ImageReconstructionTask
 
@@ -288,11 +290,16 @@ def _caption_dropout(args: argparse.Namespace) -> float:
 
 def _refuse_other_method_flags(args: argparse.Namespace, method: str, others: tuple[str, ...]) -> None:
     """A one-line error for a flag that only the other method reads (it would be silently ignored)."""
-    given = [name for name in others if getattr(args, name) is not None]
+    _refuse_flags(args, others, f"--method {next(m for m in METHODS if m != method)}", f"--method {method}")
+
+
+def _refuse_flags(args: argparse.Namespace, names: Iterable[str], theirs: str, ours: str) -> None:
+    """A one-line error naming each of `names` (argparse dests, None when not given) that was given: flags of
+    `theirs` (e.g. "--objective flow"), not of `ours`."""
+    given = [name for name in names if getattr(args, name) is not None]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        other = next(m for m in METHODS if m != method)
-        raise GenloomError(f"{flags}: a flag of --method {other}, not of --method {method}")
+        raise GenloomError(f"{flags}: a flag of {theirs}, not of {ours}")
 
 
 # DiffusionConfig's fields that only one objective reads, by the CLI flag that sets each.
@@ -303,11 +310,8 @@ OBJECTIVE_FLAGS = {"ddpm": {"prediction": "prediction", "schedule": "beta_schedu
 def _objective_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The given flags of args.objective as DiffusionConfig fields; a one-line error for a flag of the other
     objective (it would be stored in the checkpoint and never read)."""
-    for objective, flags in OBJECTIVE_FLAGS.items():
-        given = [flag for flag in flags if getattr(args, flag) is not None]
-        if objective != args.objective and given:
-            names = ", ".join("--" + flag.replace("_", "-") for flag in given)
-            raise GenloomError(f"{names}: a flag of --objective {objective}, not of --objective {args.objective}")
+    other = next(o for o in OBJECTIVE_FLAGS if o != args.objective)
+    _refuse_flags(args, OBJECTIVE_FLAGS[other], f"--objective {other}", f"--objective {args.objective}")
     return {field: getattr(args, flag) for flag, field in OBJECTIVE_FLAGS[args.objective].items()
             if getattr(args, flag) is not None}
 
