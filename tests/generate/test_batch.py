@@ -7,7 +7,7 @@ import torch
 
 from genloom.errors import GenloomError
 from genloom.generate import SamplingConfig, generate_tokens
-from genloom.generate.batch import DecodeBatch, prompt_logprobs
+from genloom.generate.batch import DecodeBatch, SlotKVCache, prepare_step, prompt_logprobs
 from genloom.generate.sampling import apply_logit_bias, apply_output_penalties
 from genloom.models.gpt import GPT, GPTConfig
 
@@ -184,3 +184,34 @@ def test_a_16_bit_cache_keeps_rows_independent_and_close_to_the_models_own_numbe
     expected = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(added.generated)]
     assert logged == pytest.approx(expected, abs=0.05)
     assert logged != pytest.approx(expected, abs=1e-6)  # the cache did hold 16-bit numbers
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+def test_a_step_writes_each_rows_key_at_its_own_column_in_every_layer(kv_dtype):
+    """`prepare_step` works out where keys go once for all layers; each layer then writes row i's key and value at
+    column fill[i] of slot i, as indexing k[i, :, fill[i]] would, and touches nothing else."""
+    torch.manual_seed(0)
+    layers = [SlotKVCache(5, 3, 12, 4, torch.device("cpu"), kv_dtype) for _ in range(2)]
+    for cache in layers:
+        cache.k.normal_()
+        cache.v.normal_()
+    before = [(cache.k.clone(), cache.v.clone()) for cache in layers]
+    fill = torch.tensor([7, 0, 11])  # three live rows of five slots, each at its own column
+    prepare_step(layers, fill, width=12)
+    for cache, (k0, v0) in zip(layers, before, strict=True):
+        k, v = torch.randn(3, 3, 1, 4), torch.randn(3, 3, 1, 4)
+        keys, values = cache.append(k, v)
+        expected_k, expected_v = k0.clone(), v0.clone()
+        expected_k[torch.arange(3), :, fill] = k[:, :, 0].to(kv_dtype)
+        expected_v[torch.arange(3), :, fill] = v[:, :, 0].to(kv_dtype)
+        assert torch.equal(cache.k, expected_k) and torch.equal(cache.v, expected_v)
+        assert keys.shape == values.shape == (3, 3, 12, 4)
+
+
+def test_rows_at_one_column_write_a_slice():
+    layers = [SlotKVCache(4, 2, 6, 3, torch.device("cpu"), torch.float32)]
+    prepare_step(layers, torch.tensor([2, 2]), width=3, aligned=True)
+    k = torch.randn(2, 2, 1, 3)
+    layers[0].append(k, k)
+    assert layers[0].column == 2
+    assert torch.equal(layers[0].k[:2, :, 2], k[:, :, 0]) and layers[0].k[2:].abs().sum() == 0

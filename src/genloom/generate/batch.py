@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -74,10 +75,10 @@ class SlotKVCache:
     """One layer's keys and values for `capacity` rows, each row filling its slot from column 0.
 
     k, v: (capacity, H, max_len, head_dim), in `dtype` (keys and values given in another are converted). Before
-    each decoding step the engine sets `rows` (live rows are slots 0..rows-1) and `fill` (rows,), the columns each
-    row has written; `append` writes the step's key of row i at column fill[i] and returns the first
-    max(fill) + 1 columns of the live rows (views). An engine whose rows all write one column this step (the image
-    engine's, when its requests are at one step) also sets `column`, and the write is a slice instead of a scatter.
+    each decoding step the engine calls `prepare_step` on its layers' caches: live rows are slots 0..rows-1 and
+    row i has written fill[i] columns; `append` then writes the step's key of row i at column fill[i] and returns
+    the first max(fill) + 1 columns of the live rows (views). When every row writes one column (the image engine's
+    requests at one step) the write is a slice instead of a scatter.
     """
 
     def __init__(self, capacity: int, n_heads: int, max_len: int, head_dim: int, device: torch.device,
@@ -85,14 +86,22 @@ class SlotKVCache:
         self.k = torch.zeros(capacity, n_heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.rows = 0
-        self.fill = torch.zeros(0, dtype=torch.long, device=device)
         self.width = 0  # max(fill) + 1 during a step
         self.column: int | None = None  # set when every row writes the same column: a slice, not a scatter
+        self.targets = torch.zeros(0, dtype=torch.long, device=device)  # (rows * H,) see `write_targets`
 
     @property
     def length(self) -> int:
         """The longest live row before this step (what a model checks against its context)."""
         return self.width - 1
+
+    def write_targets(self, fill: Tensor) -> Tensor:
+        """(rows * H,): where each live row's and head's key goes this step, as an index into the cache's
+        (capacity * H * max_len, head_dim) rows: one `index_copy_` then writes a step's keys, 2.5-3x as fast as
+        indexing k[rows, :, fill] on a CPU (4 heads: 5 us against 13-15 us, twice a layer and step)."""
+        _, heads, max_len, _ = self.k.shape
+        slot_heads = torch.arange(len(fill) * heads, device=fill.device).view(-1, heads)  # (rows, H): r * H + h
+        return (slot_heads * max_len + fill[:, None]).view(-1)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """k, v: (rows, H, 1, hd) of this step. Returns keys and values (rows, H, width, hd)."""
@@ -101,9 +110,9 @@ class SlotKVCache:
             self.k[: self.rows, :, self.column] = k[:, :, 0].to(self.k.dtype)
             self.v[: self.rows, :, self.column] = v[:, :, 0].to(self.v.dtype)
         else:
-            live = torch.arange(self.rows, device=k.device)
-            self.k[live, :, self.fill] = k[:, :, 0].to(self.k.dtype)  # advanced indices first: (rows, H, hd)
-            self.v[live, :, self.fill] = v[:, :, 0].to(self.v.dtype)
+            head_dim = k.shape[-1]
+            self.k.view(-1, head_dim).index_copy_(0, self.targets, k.reshape(-1, head_dim).to(self.k.dtype))
+            self.v.view(-1, head_dim).index_copy_(0, self.targets, v.reshape(-1, head_dim).to(self.v.dtype))
         return self.k[: self.rows, :, : self.width], self.v[: self.rows, :, : self.width]
 
     def store(self, slot: int, k: Tensor, v: Tensor) -> None:
@@ -114,6 +123,20 @@ class SlotKVCache:
     def move(self, source: int, target: int, columns: int) -> None:
         self.k[target, :, :columns] = self.k[source, :, :columns]
         self.v[target, :, :columns] = self.v[source, :, :columns]
+
+
+def prepare_step(caches: Sequence[SlotKVCache], fill: Tensor, width: int, aligned: bool = False) -> None:
+    """Set up one decoding step on every layer's cache: live rows are slots 0..len(fill)-1, row i has written
+    fill[i] columns (a device tensor), width = max(fill) + 1 (from Python: no device sync). aligned: every row writes
+    column width - 1, a slice; else each row's column is its own, and where the keys go is worked out once here for
+    all the layers (they share one shape)."""
+    targets = None if aligned or not caches else caches[0].write_targets(fill)
+    for cache in caches:
+        cache.rows, cache.width = len(fill), width
+        cache.column = width - 1 if aligned else None
+        if targets is not None:
+            assert cache.k.shape == caches[0].k.shape, "the layers' caches share one shape"
+            cache.targets = targets
 
 
 @dataclass
@@ -354,13 +377,12 @@ class DecodeBatch:
     def _advance(self) -> Tensor:
         """Read every live row's last token (its prompt's last, or the token chosen last step) into its slot: the
         next-token logits of the live rows."""
-        rows, n = self.rows, len(self.rows)
+        rows = self.rows
         columns_before = [r.columns for r in rows]
         # The width comes from the Python list: max() of the device tensor would wait for the GPU every token.
         width = max(columns_before) + 1
         fill = torch.tensor(columns_before, device=self.device)  # (n,) columns before this token
-        for cache in self.caches:
-            cache.rows, cache.fill, cache.width = n, fill, width
+        prepare_step(self.caches, fill, width)
         tokens = torch.tensor([[r.generated[-1] if r.generated else r.prompt[-1]] for r in rows],
                               device=self.device)  # (n, 1)
         columns = torch.arange(width, device=self.device)[None, :]  # (1, width)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from genloom.diffusion.guidance import guide
 from genloom.errors import GenloomError
-from genloom.generate.batch import SlotKVCache
+from genloom.generate.batch import SlotKVCache, prepare_step
 from genloom.generate.sampling import SamplingConfig, choose_tokens
 from genloom.models.dalle import Dalle
 
@@ -176,10 +176,9 @@ class ImageTokenBatch:
         index = torch.tensor(steps, device=self.device) - 1  # the grid position of the token each row feeds
         fill = text_len + index  # (R,) columns before this token: a row's column is its position
         width, aligned = text_len + max(steps), min(steps) == max(steps)
-        for cache in self.caches:
-            # Rows all at one step write one column (a slice) and read every column (no key mask): what a lone
-            # request costs.
-            cache.rows, cache.fill, cache.width, cache.column = rows, fill, width, width - 1 if aligned else None
+        # Rows all at one step write one column (a slice) and read every column (no key mask): what a lone request
+        # costs.
+        prepare_step(self.caches, fill, width, aligned)
         key_valid = None if aligned else torch.arange(width, device=self.device)[None, :] <= fill[:, None]
         logits = self.model.step_image_logits(tokens[:, None], index, key_valid, self.caches)  # (R, V)
         if slot_order is not None:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from genloom.data.translation import pad_sequences
 from genloom.errors import GenloomError
-from genloom.generate.batch import SlotKVCache
+from genloom.generate.batch import SlotKVCache, prepare_step
 from genloom.generate.beam import Search, make_search
 from genloom.models.lstm import LSTMSeq2Seq
 from genloom.models.seq2seq import Seq2SeqTransformer
@@ -265,8 +265,7 @@ class TransformerRows:
         width = max(self.columns) + 1  # from the Python list: no device sync
         self._reserve(n, width, 0)
         fill = torch.tensor(self.columns, device=self.device)  # (n,) each row's columns before this token
-        for cache in self.self_caches:
-            cache.rows, cache.fill, cache.width = n, fill, width
+        prepare_step(self.self_caches, fill, width)
         key_valid = torch.arange(width, device=self.device)[None, :] <= fill[:, None]  # (n, width)
         s = max(self.source_lengths)  # sources are right-padded: no row has a real token past this
         cross = [CrossKVCache(k[:n, :, :s], v[:n, :, :s]) for k, v in self.cross]

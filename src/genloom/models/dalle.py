@@ -245,8 +245,8 @@ class Dalle(CaptionImageEmbeddings):
 
         image (R, 1): the token each row feeds; index (R,): its grid position; key_valid (R, width): the cache
         columns each row reads (its caption and image tokens so far, this one's included), or None when every row
-        reads all `width` columns. kv_caches: slot caches (`genloom.generate.batch.SlotKVCache`) whose rows, fill
-        and width the caller has set for this step.
+        reads all `width` columns. kv_caches: slot caches (`genloom.generate.batch.SlotKVCache`) the caller has
+        set up for this step (`prepare_step`).
         """
         x = self.embed_image(image, index)  # (R, 1, d)
         mask = None if key_valid is None else key_valid[:, None, None, :]
