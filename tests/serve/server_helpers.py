@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -221,3 +222,16 @@ def assert_choices_alike(a: Any, b: Any) -> None:
     dumps = [c.model_dump() for c in a], [c.model_dump() for c in b]
     assert _without_floats(dumps[0]) == _without_floats(dumps[1])
     assert _floats(dumps[0]) == pytest.approx(_floats(dumps[1]), abs=1e-5)
+
+
+def timed_passes(server: LiveServer, model: str, run: Callable[[], object], steps: int) -> tuple[float, float]:
+    """(prefills, decoding steps) that `run` adds to `model`'s engine histograms, waiting up to 10 s for `steps`
+    steps: a step's time is recorded after its events are delivered, so a response can arrive first."""
+    def count(name: str) -> float:
+        return server.metrics.registry.get_sample_value(f"genloom_{name}_seconds_count", {"model": model}) or 0.0
+    before = count("prefill"), count("decode_step")
+    run()
+    deadline = time.monotonic() + 10
+    while count("decode_step") - before[1] < steps and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return count("prefill") - before[0], count("decode_step") - before[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import shutil
@@ -14,7 +15,7 @@ import torch
 from chat_helpers import make_calculator_chat
 from cli_helpers import one_error_line, run_cli
 from PIL import Image
-from server_helpers import LiveServer, assert_choices_alike, clip_of, http
+from server_helpers import LiveServer, assert_choices_alike, clip_of, http, timed_passes
 
 from genloom.checkpoint import save_checkpoint
 from genloom.generate import SamplingConfig, generate
@@ -259,8 +260,16 @@ def test_health_and_metrics(server, client):
     assert 'genloom_requests_total{endpoint="/v1/completions",status="200"}' in text
     for name in ("genloom_prompt_tokens_total", "genloom_generated_tokens_total", "genloom_queue_depth",
                  "genloom_running_batch_size", "genloom_time_to_first_token_seconds_bucket",
-                 "genloom_inter_token_latency_seconds_bucket"):
+                 "genloom_inter_token_latency_seconds_bucket", "genloom_decode_step_seconds_bucket",
+                 "genloom_prefill_seconds_bucket"):
         assert name in text, name
+
+
+def test_the_engines_prefills_and_steps_are_timed(server, client):
+    """Every pass of a language model's scheduler lands in the histograms: one prefill for a request, and a step
+    for each of its tokens."""
+    request = functools.partial(client.completions.create, model="lm", prompt="a b", max_tokens=5, temperature=0)
+    assert timed_passes(server, "lm", request, steps=5) == (1, 5)
 
 
 def test_the_page_and_its_files_are_served(server):

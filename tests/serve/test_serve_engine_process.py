@@ -4,6 +4,7 @@ KV cache (`--kv-cache-dtype`) and a compiled step (`--compile`) reach the child 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from server_helpers import (
     batched_and_solo_texts,
     hang_up,
     open_long_stream,
+    timed_passes,
 )
 
 from genloom.errors import GenloomError
@@ -65,6 +67,14 @@ def test_answers_equal_the_in_process_schedulers(server, process_server):
             model="chat", messages=messages, max_tokens=20, temperature=0, stream=True) if c.choices)
         for client in (here, there)]
     assert streamed[0] == streamed[1] != ""
+
+
+def test_the_childs_prefills_and_steps_reach_the_servers_histograms(process_server):
+    (client,) = clients(process_server)
+    request = functools.partial(client.completions.create, model="lm", prompt="a b", max_tokens=5, temperature=0)
+    assert timed_passes(process_server, "lm", request, steps=5) == (1, 5)
+    total = process_server.metrics.registry.get_sample_value("genloom_decode_step_seconds_sum", {"model": "lm"})
+    assert total is not None and total > 0
 
 
 def test_batched_output_equals_solo_output(process_server):

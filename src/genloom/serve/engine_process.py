@@ -10,10 +10,11 @@ scheduler driven alone (serve_load benchmark, README). Here the child runs the s
     parent (HTTP)                                  child (engine)
     EngineProcess.submit ---("submit", jobs)--->   TextScheduler.submit
     EngineProcess.cancel ---("cancel", ids)---->   TextScheduler.cancel
-    reader thread <---("events", [(id, *event)], running, waiting)--- after each step
+    reader thread <---("events", [(id, *event)], running, waiting, prefill s, step s)--- after each step
 
 The parent keeps the model too (for `echo` scoring and the model's metadata), so a text model's weights are held
-twice. Latency metrics are timed on the parent as events arrive, the time a client can see them.
+twice. Latency metrics are timed on the parent as events arrive, the time a client can see them; the prefill and
+decoding-step histograms from the child's own clock, sent with the step's events.
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ from genloom.generate.batch import TokenLogprobs
 from genloom.generate.sampling import SamplingConfig
 from genloom.serve.errors import ApiError
 from genloom.serve.metrics import ServerMetrics
-from genloom.serve.scheduler import QueueFull, TextJob, TextScheduler, TokenEvent, TokenLatency
+from genloom.serve.scheduler import (
+    EngineTimes,
+    LoopTimes,
+    QueueFull,
+    TextJob,
+    TextScheduler,
+    TokenEvent,
+    TokenLatency,
+)
 
 log = logging.getLogger("genloom.serve")
 START_TIMEOUT_S = 300.0  # loading a large checkpoint in the child can take a while
@@ -140,6 +149,7 @@ class EngineProcess:
         """Hand the child's events to their jobs, as they arrive; when the child is gone, end every job."""
         assert self._conn is not None
         running, waiting = self.metrics.running.labels(self.name), self.metrics.queue_depth.labels(self.name)
+        engine_times = EngineTimes(self.metrics, self.name)
         while True:
             try:
                 message = self._conn.recv()
@@ -147,9 +157,10 @@ class EngineProcess:
                 break
             if message[0] != "events":
                 break  # "stopped"
-            _, events, self.running, queued = message
+            _, events, self.running, queued, prefill_s, step_s = message
             running.set(self.running)
             waiting.set(queued)
+            engine_times.record(LoopTimes(prefill_s, step_s))
             now = time.perf_counter()
             for job_id, *fields in events:
                 event = TokenEvent(*fields)
@@ -221,11 +232,13 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
 
     reported = (0, 0)  # (running, waiting) as last sent
 
-    def flush() -> None:  # on the scheduler's thread, after each step: one message for the step's events
+    def flush() -> None:  # on the scheduler's thread, after each pass: one message for the step's events
         nonlocal reported
         state = (scheduler.running, len(scheduler.waiting))
-        if outbox or state != reported:  # a dropped row changes the state without an event
-            conn.send(("events", outbox.copy(), *state))
+        times = scheduler.last_loop
+        # A dropped row changes the state without an event; a prefill whose rows all ended at once has no step.
+        if outbox or state != reported or times.prefill is not None or times.step is not None:
+            conn.send(("events", outbox.copy(), *state, times.prefill, times.step))
             outbox.clear()
             reported = state
 

@@ -25,6 +25,13 @@ class ServerMetrics:
                                              buckets=_LATENCY_BUCKETS, registry=r)
         self.inter_token_latency = Histogram("genloom_inter_token_latency_seconds", "between consecutive tokens of "
                                              "one request", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        # Where the time between tokens goes, inside a language model's engine: every running row waits for both.
+        self.decode_step = Histogram("genloom_decode_step_seconds", "one decoding step of a language model's "
+                                     "running batch (its forward, sampling and events)", ["model"],
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.prefill = Histogram("genloom_prefill_seconds", "reading newly admitted requests' prompts into a "
+                                 "language model's batch, before its next step", ["model"], buckets=_LATENCY_BUCKETS,
+                                 registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

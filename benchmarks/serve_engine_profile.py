@@ -1,0 +1,218 @@
+"""Why 16 streaming clients get about twice one client's time between tokens (issue 14): where it goes, measured.
+
+Three parts:
+
+- **load**: `genloom serve` under serve_load.py's load (its model, its streaming requests; 1 and 16 clients in
+  interleaved slices), read from the server's own histograms after each slice: the engine's decoding steps (count,
+  mean, median) and prefills (how many steps had one before them, and what they add to a step on average),
+  the gap between a request's tokens at the clients, and the CPU each process used (server, engine, clients).
+- **attention**: one layer's attention for a decoding step of 1 and 16 rows (4 heads of 32, keys up to 94
+  columns: serve_load's prompts and 64 tokens), SDPA's CPU kernel against the alternatives that read fewer
+  columns or call no per-(row, head) kernel: two calls over rows sorted by length, and products and sums.
+- **gpt2**: a `DecodeBatch` step of 1 and of 16 rows with GPT-2 small's size (124M, random weights): a model whose
+  16-row step is 16 rows of matrix products rather than fixed per-op overhead.
+
+Usage: python benchmarks/serve_engine_profile.py [--parts load,attention,gpt2] [--seconds 60] [--slices 6]
+       (about 4 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from common import median_ms, print_table
+from serve_load import PROMPTS, Server, histogram_median, load, make_models, pct, stream_completion
+
+from genloom.cli.serve import default_threads
+from genloom.generate.batch import DecodeBatch
+from genloom.generate.sampling import SamplingConfig
+from genloom.models.gpt import GPT, preset
+
+LEVELS = (1, 16)
+
+
+class Histogram:
+    """One model's Prometheus histogram: cumulative (upper bound, count) pairs, its sum and its count."""
+
+    def __init__(self, buckets: list[tuple[float, float]] | None = None, total: float = 0.0,
+                 count: float = 0.0) -> None:
+        self.buckets, self.sum, self.count = buckets or [], total, count
+
+    @classmethod
+    def read(cls, text: str, name: str, model: str = "gpt") -> Histogram:
+        """Histogram `name` of `model` from /metrics text."""
+        histogram = cls()
+        for line in text.splitlines():
+            if not line.startswith(name) or f'model="{model}"' not in line:
+                continue
+            value = float(line.split()[-1])
+            if line.startswith(f"{name}_bucket"):
+                bound = line.split('le="')[1].split('"')[0]
+                histogram.buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
+            elif line.startswith(f"{name}_sum"):
+                histogram.sum = value
+            elif line.startswith(f"{name}_count"):
+                histogram.count = value
+        return histogram
+
+    def combined(self, other: Histogram, sign: float) -> Histogram:
+        """self + sign * other, bucket by bucket (an empty histogram counts as zeros)."""
+        mine = self.buckets or [(bound, 0.0) for bound, _ in other.buckets]
+        theirs = other.buckets or [(bound, 0.0) for bound, _ in mine]
+        buckets = [(bound, a + sign * b) for (bound, a), (_, b) in zip(mine, theirs, strict=True)]
+        return Histogram(buckets, self.sum + sign * other.sum, self.count + sign * other.count)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metrics_text(server: Server) -> str:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("GET", "/metrics")
+    return connection.getresponse().read().decode()
+
+
+def profile_load(seconds: float, slices: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="genloom-serve-profile-"))
+    gpt_path, _ = make_models(root)
+    server = Server([f"--name=gpt={gpt_path}"], 16, None, "process")
+    names = ("genloom_decode_step_seconds", "genloom_prefill_seconds")
+    try:
+        pid = server.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        # The engine is the spawned child (multiprocessing's resource tracker is another).
+        engine = next(int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+        pooled: dict[int, dict] = {n: {"gaps": [], "wall": 0.0, "cpu": [0.0, 0.0, 0.0], "tokens": 0,
+                                       **{name: Histogram() for name in names}} for n in LEVELS}
+        for _ in range(slices):
+            for clients in LEVELS:
+                level = pooled[clients]
+                text = metrics_text(server)
+                before = {name: Histogram.read(text, name) for name in names}
+                cpu = [cpu_seconds(server.process.pid), cpu_seconds(engine), time.process_time()]
+                start = time.perf_counter()
+                tally, _, _, _ = load(server, clients, seconds / slices, stream_completion, PROMPTS)
+                level["wall"] += time.perf_counter() - start
+                now = [cpu_seconds(server.process.pid), cpu_seconds(engine), time.process_time()]
+                level["cpu"] = [c + b - a for c, a, b in zip(level["cpu"], cpu, now, strict=True)]
+                text = metrics_text(server)
+                for name in names:
+                    level[name] = level[name].combined(Histogram.read(text, name).combined(before[name], -1), 1)
+                level["gaps"] += tally.inter_token
+                level["tokens"] += tally.tokens
+    finally:
+        server.close()
+    rows = []
+    for clients in LEVELS:
+        level = pooled[clients]
+        steps, prefills = level["genloom_decode_step_seconds"], level["genloom_prefill_seconds"]
+        wall = level["wall"]
+        rows.append([
+            str(clients), f"{level['tokens'] / wall:.0f}", f"{pct(level['gaps'], 0.5) * 1e3:.2f}",
+            f"{steps.count:.0f}", f"{1e3 * steps.sum / steps.count:.2f} / {1e3 * histogram_median(steps.buckets):.2f}",
+            f"{1e3 * wall / steps.count:.2f}", f"{100 * prefills.count / steps.count:.1f} %",
+            f"{1e3 * prefills.sum / steps.count:.3f}",
+            " / ".join(f"{c / wall:.2f}" for c in level["cpu"])])
+    print(f"\nload: serve_load's requests, {seconds:.0f} s per level in {slices} interleaved slices")
+    print_table(["clients", "tokens/s", "inter-token p50 at the clients (ms)", "engine steps",
+                 "step mean / median (ms)", "wall time per step (ms)", "steps with a prefill",
+                 "prefill time per step (ms)", "CPU: server / engine / clients (cores)"], rows)
+
+
+def attention_timings(rows: int, fill: list[int]) -> list[str]:
+    """One layer's decoding-step attention for `rows` rows with fill[:rows] columns written: us for SDPA in one call,
+    in two calls over the rows sorted by length (each half reading its own longest row's columns), and as products
+    and sums (no kernel per (row, head) pair)."""
+    torch.manual_seed(0)
+    cache_k, cache_v = torch.randn(16, 4, 256, 32), torch.randn(16, 4, 256, 32)  # a slot cache's layer
+    q = torch.randn(rows, 4, 1, 32)
+    fills = sorted(fill[:rows], reverse=True)  # the rows sorted longest first, which the halves need
+    width = fills[0] + 1
+    k, v = cache_k[:rows, :, :width], cache_v[:rows, :, :width]
+    valid = (torch.arange(width)[None] <= torch.tensor(fills)[:, None])[:, None, None]  # (rows, 1, 1, width)
+    half = max(rows // 2, 1)
+    short = fills[half] + 1 if rows > 1 else width  # the shorter half's columns
+
+    def one_call() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=valid)
+
+    def sorted_halves() -> torch.Tensor:
+        if rows == 1:
+            return one_call()
+        return torch.cat([
+            F.scaled_dot_product_attention(q[:half], k[:half], v[:half], attn_mask=valid[:half]),
+            F.scaled_dot_product_attention(q[half:], k[half:, :, :short], v[half:, :, :short],
+                                           attn_mask=valid[half:, ..., :short])])
+
+    def products_and_sums() -> torch.Tensor:
+        scores = (q * k).sum(-1) * q.shape[-1] ** -0.5  # (rows, H, width)
+        weights = torch.softmax(scores.masked_fill(~valid[:, :, 0], float("-inf")), dim=-1)
+        return (weights.unsqueeze(-1) * v).sum(-2, keepdim=True)
+
+    reference = one_call()
+    timings = [str(width)]
+    for run in (one_call, sorted_halves, products_and_sums):
+        assert torch.allclose(run(), reference, atol=1e-5)
+        timings.append(f"{1e3 * median_ms(run, 300, warmup=30):.0f}")
+    return timings
+
+
+def profile_attention() -> None:
+    rng = random.Random(0)
+    fill = [93] + [rng.randrange(15, 93) for _ in range(15)]  # one row near its end, the others anywhere
+    print("\nattention: one layer of a decoding step, 4 heads of 32, us (median of 300)")
+    print_table(["rows", "key columns", "SDPA, one call", "SDPA, two calls over rows sorted by length",
+                 "products and sums"], [[str(rows), *attention_timings(rows, fill)] for rows in LEVELS])
+
+
+def profile_gpt2() -> None:
+    torch.manual_seed(0)
+    model = GPT(preset("gpt2", vocab_size=50257)).eval()
+    rng = random.Random(0)
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=64, stop_at_eos=False)
+    times = {}
+    for rows in LEVELS:
+        batch = DecodeBatch(model, 16)
+        batch.add([[rng.randrange(50257) for _ in range(rng.randrange(5, 30))] for _ in range(rows)],
+                  [sampling] * rows)
+        step: Callable[[], object] = batch.step
+        times[rows] = median_ms(step, 15)
+    print("\ngpt2: a DecodeBatch step of GPT-2 small (124M, random weights), ms (median of 15)")
+    print_table(["1 row", "16 rows", "16 / 1"], [[f"{times[1]:.1f}", f"{times[16]:.1f}",
+                                                  f"{times[16] / times[1]:.2f}x"]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="load,attention,gpt2")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds per client level in the load part")
+    parser.add_argument("--slices", type=int, default=6)
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    unknown = set(parts) - {"load", "attention", "gpt2"}
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}: load, attention, gpt2")
+    torch.set_num_threads(default_threads())  # as `genloom serve` sets them: every core but one
+    if "load" in parts:
+        profile_load(args.seconds, args.slices)
+    if "attention" in parts:
+        profile_attention()
+    if "gpt2" in parts:
+        profile_gpt2()
+
+
+if __name__ == "__main__":
+    main()
