@@ -19,11 +19,13 @@ Usage: python benchmarks/serve_engine_profile.py [--parts load,attention,gpt2] [
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -78,58 +80,65 @@ def cpu_seconds(pid: int) -> float:
 
 
 def metrics_text(server: Server) -> str:
-    import http.client
-
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("GET", "/metrics")
     return connection.getresponse().read().decode()
+
+
+STEP, PREFILL = "genloom_decode_step_seconds", "genloom_prefill_seconds"
+
+
+@dataclass
+class LevelProfile:
+    """One client count, pooled over its slices."""
+
+    gaps: list[float] = field(default_factory=list)  # between a request's tokens, at the clients
+    tokens: int = 0
+    wall: float = 0.0
+    cpu: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # seconds: server, engine, clients
+    histograms: dict[str, Histogram] = field(default_factory=lambda: {STEP: Histogram(), PREFILL: Histogram()})
+
+    def row(self, clients: int) -> list[str]:
+        steps, prefills = self.histograms[STEP], self.histograms[PREFILL]
+        return [str(clients), f"{self.tokens / self.wall:.0f}", f"{pct(self.gaps, 0.5) * 1e3:.2f}",
+                f"{steps.count:.0f}",
+                f"{1e3 * steps.sum / steps.count:.2f} / {1e3 * histogram_median(steps.buckets):.2f}",
+                f"{1e3 * self.wall / steps.count:.2f}", f"{100 * prefills.count / steps.count:.1f} %",
+                f"{1e3 * prefills.sum / steps.count:.3f}", " / ".join(f"{c / self.wall:.2f}" for c in self.cpu)]
 
 
 def profile_load(seconds: float, slices: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-profile-"))
     gpt_path, _ = make_models(root)
     server = Server([f"--name=gpt={gpt_path}"], 16, None, "process")
-    names = ("genloom_decode_step_seconds", "genloom_prefill_seconds")
+    pid = server.process.pid
     try:
-        pid = server.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         # The engine is the spawned child (multiprocessing's resource tracker is another).
         engine = next(int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
-        pooled: dict[int, dict] = {n: {"gaps": [], "wall": 0.0, "cpu": [0.0, 0.0, 0.0], "tokens": 0,
-                                       **{name: Histogram() for name in names}} for n in LEVELS}
+        levels = {clients: LevelProfile() for clients in LEVELS}
         for _ in range(slices):
-            for clients in LEVELS:
-                level = pooled[clients]
-                text = metrics_text(server)
-                before = {name: Histogram.read(text, name) for name in names}
-                cpu = [cpu_seconds(server.process.pid), cpu_seconds(engine), time.process_time()]
+            for clients, level in levels.items():
+                before = {name: Histogram.read(metrics_text(server), name) for name in (STEP, PREFILL)}
+                cpu = [cpu_seconds(pid), cpu_seconds(engine), time.process_time()]
                 start = time.perf_counter()
                 tally, _, _, _ = load(server, clients, seconds / slices, stream_completion, PROMPTS)
-                level["wall"] += time.perf_counter() - start
-                now = [cpu_seconds(server.process.pid), cpu_seconds(engine), time.process_time()]
-                level["cpu"] = [c + b - a for c, a, b in zip(level["cpu"], cpu, now, strict=True)]
+                level.wall += time.perf_counter() - start
+                now = [cpu_seconds(pid), cpu_seconds(engine), time.process_time()]
+                level.cpu = [total + b - a for total, a, b in zip(level.cpu, cpu, now, strict=True)]
                 text = metrics_text(server)
-                for name in names:
-                    level[name] = level[name].combined(Histogram.read(text, name).combined(before[name], -1), 1)
-                level["gaps"] += tally.inter_token
-                level["tokens"] += tally.tokens
+                for name, old in before.items():
+                    level.histograms[name] = level.histograms[name].combined(
+                        Histogram.read(text, name).combined(old, -1), 1)
+                level.gaps += tally.inter_token
+                level.tokens += tally.tokens
     finally:
         server.close()
-    rows = []
-    for clients in LEVELS:
-        level = pooled[clients]
-        steps, prefills = level["genloom_decode_step_seconds"], level["genloom_prefill_seconds"]
-        wall = level["wall"]
-        rows.append([
-            str(clients), f"{level['tokens'] / wall:.0f}", f"{pct(level['gaps'], 0.5) * 1e3:.2f}",
-            f"{steps.count:.0f}", f"{1e3 * steps.sum / steps.count:.2f} / {1e3 * histogram_median(steps.buckets):.2f}",
-            f"{1e3 * wall / steps.count:.2f}", f"{100 * prefills.count / steps.count:.1f} %",
-            f"{1e3 * prefills.sum / steps.count:.3f}",
-            " / ".join(f"{c / wall:.2f}" for c in level["cpu"])])
     print(f"\nload: serve_load's requests, {seconds:.0f} s per level in {slices} interleaved slices")
     print_table(["clients", "tokens/s", "inter-token p50 at the clients (ms)", "engine steps",
                  "step mean / median (ms)", "wall time per step (ms)", "steps with a prefill",
-                 "prefill time per step (ms)", "CPU: server / engine / clients (cores)"], rows)
+                 "prefill time per step (ms)", "CPU: server / engine / clients (cores)"],
+                [level.row(clients) for clients, level in levels.items()])
 
 
 def attention_timings(rows: int, fill: list[int]) -> list[str]:
