@@ -19,7 +19,6 @@ Usage: python benchmarks/serve_engine_profile.py [--parts load,attention,gpt2] [
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import random
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import median_ms, print_table
-from serve_load import PROMPTS, Server, histogram_median, load, make_models, pct, stream_completion
+from serve_load import PROMPTS, Histogram, Server, histogram_median, load, make_models, pct, stream_completion
 
 from genloom.cli.serve import default_threads
 from genloom.generate.batch import DecodeBatch
@@ -41,48 +40,10 @@ from genloom.models.gpt import GPT, preset
 LEVELS = (1, 16)
 
 
-class Histogram:
-    """One model's Prometheus histogram: cumulative (upper bound, count) pairs, its sum and its count."""
-
-    def __init__(self, buckets: list[tuple[float, float]] | None = None, total: float = 0.0,
-                 count: float = 0.0) -> None:
-        self.buckets, self.sum, self.count = buckets or [], total, count
-
-    @classmethod
-    def read(cls, text: str, name: str, model: str = "gpt") -> Histogram:
-        """Histogram `name` of `model` from /metrics text."""
-        histogram = cls()
-        for line in text.splitlines():
-            if not line.startswith(name) or f'model="{model}"' not in line:
-                continue
-            value = float(line.split()[-1])
-            if line.startswith(f"{name}_bucket"):
-                bound = line.split('le="')[1].split('"')[0]
-                histogram.buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
-            elif line.startswith(f"{name}_sum"):
-                histogram.sum = value
-            elif line.startswith(f"{name}_count"):
-                histogram.count = value
-        return histogram
-
-    def combined(self, other: Histogram, sign: float) -> Histogram:
-        """self + sign * other, bucket by bucket (an empty histogram counts as zeros)."""
-        mine = self.buckets or [(bound, 0.0) for bound, _ in other.buckets]
-        theirs = other.buckets or [(bound, 0.0) for bound, _ in mine]
-        buckets = [(bound, a + sign * b) for (bound, a), (_, b) in zip(mine, theirs, strict=True)]
-        return Histogram(buckets, self.sum + sign * other.sum, self.count + sign * other.count)
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metrics_text(server: Server) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    connection.request("GET", "/metrics")
-    return connection.getresponse().read().decode()
 
 
 STEP, PREFILL = "genloom_decode_step_seconds", "genloom_prefill_seconds"
@@ -119,14 +80,14 @@ def profile_load(seconds: float, slices: int) -> None:
         levels = {clients: LevelProfile() for clients in LEVELS}
         for _ in range(slices):
             for clients, level in levels.items():
-                before = {name: Histogram.read(metrics_text(server), name) for name in (STEP, PREFILL)}
+                before = {name: Histogram.read(server.metrics_text(), name) for name in (STEP, PREFILL)}
                 cpu = [cpu_seconds(pid), cpu_seconds(engine), time.process_time()]
                 start = time.perf_counter()
                 tally, _, _, _ = load(server, clients, seconds / slices, stream_completion, PROMPTS)
                 level.wall += time.perf_counter() - start
                 now = [cpu_seconds(pid), cpu_seconds(engine), time.process_time()]
                 level.cpu = [total + b - a for total, a, b in zip(level.cpu, cpu, now, strict=True)]
-                text = metrics_text(server)
+                text = server.metrics_text()
                 for name, old in before.items():
                     level.histograms[name] = level.histograms[name].combined(
                         Histogram.read(text, name).combined(old, -1), 1)

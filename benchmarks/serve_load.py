@@ -84,6 +84,38 @@ def make_models(root: Path) -> tuple[Path, Path]:
     return root / "gpt", root / "t2i" / "final"
 
 
+class Histogram:
+    """One model's Prometheus histogram: cumulative (upper bound, count) pairs, its sum and its count."""
+
+    def __init__(self, buckets: list[tuple[float, float]] | None = None, total: float = 0.0,
+                 count: float = 0.0) -> None:
+        self.buckets, self.sum, self.count = buckets or [], total, count
+
+    @classmethod
+    def read(cls, text: str, name: str, model: str = "gpt") -> Histogram:
+        """Histogram `name` of `model` from /metrics text."""
+        histogram = cls()
+        for line in text.splitlines():
+            if not line.startswith(name) or f'model="{model}"' not in line:
+                continue
+            value = float(line.split()[-1])
+            if line.startswith(f"{name}_bucket"):
+                bound = line.split('le="')[1].split('"')[0]
+                histogram.buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
+            elif line.startswith(f"{name}_sum"):
+                histogram.sum = value
+            elif line.startswith(f"{name}_count"):
+                histogram.count = value
+        return histogram
+
+    def combined(self, other: Histogram, sign: float) -> Histogram:
+        """self + sign * other, bucket by bucket (an empty histogram counts as zeros)."""
+        mine = self.buckets or [(bound, 0.0) for bound, _ in other.buckets]
+        theirs = other.buckets or [(bound, 0.0) for bound, _ in mine]
+        buckets = [(bound, a + sign * b) for (bound, a), (_, b) in zip(mine, theirs, strict=True)]
+        return Histogram(buckets, self.sum + sign * other.sum, self.count + sign * other.count)
+
+
 class Server:
     def __init__(self, models: list[str], max_batch: int, threads: int | None, engine: str = "thread",
                  flags: tuple[str, ...] = ()) -> None:
@@ -96,18 +128,16 @@ class Server:
         line = self.process.stdout.readline()  # "genloom: serving ... at http://127.0.0.1:PORT/ ..."
         self.port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
 
+    def metrics_text(self) -> str:
+        """The server's /metrics, Prometheus text."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read().decode()
+
     def inter_token_buckets(self) -> list[tuple[float, float]]:
         """The server's own inter-token histogram (cumulative (upper bound, count) pairs) from /metrics: the time
         between a request's tokens as the scheduler makes them, before any client reads them."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
-        buckets = []
-        for line in text.splitlines():
-            if line.startswith("genloom_inter_token_latency_seconds_bucket") and 'model="gpt"' in line:
-                bound = line.split('le="')[1].split('"')[0]
-                buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.split()[-1])))
-        return buckets
+        return Histogram.read(self.metrics_text(), "genloom_inter_token_latency_seconds").buckets
 
     def rss_mib(self) -> float:
         """The server's resident memory, its engine processes' included (VmRSS from /proc)."""
