@@ -23,7 +23,7 @@ from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from genloom.models.vae import VAE, VAEConfig
 from genloom.models.vqvae import VQVAE, VQConfig
-from genloom.serve import KVCacheDtype
+from genloom.serve import PREFILL_CHUNK, KVCacheDtype
 from genloom.serve.app import ServerConfig, create_app
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.models import ServeSettings, load_served_models
@@ -111,10 +111,10 @@ class LiveServer:
     def __init__(self, specs: dict[str, Path], api_key: str | None = None, max_batch: int = 4, max_queue: int = 8,
                  max_body_bytes: int = 1 << 20, clip: Path | None = None,
                  engine: Literal["thread", "process"] = "thread", kv_cache_dtype: KVCacheDtype = "auto",
-                 compile: bool = False) -> None:
+                 compile: bool = False, prefill_chunk: int = PREFILL_CHUNK) -> None:
         self.metrics = ServerMetrics()
         settings = ServeSettings(max_batch, max_queue, "cpu", clip, engine, kv_cache_dtype=kv_cache_dtype,
-                                 compile=compile)
+                                 compile=compile, prefill_chunk=prefill_chunk)
         self.models = load_served_models(specs, settings, self.metrics)
         app = create_app(self.models, self.metrics, ServerConfig(api_key=api_key, max_body_bytes=max_body_bytes))
         self.socket = socket.socket()

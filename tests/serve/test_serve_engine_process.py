@@ -1,6 +1,7 @@
 """`--engine process`: a language model decoded in a child process answers exactly as the in-process scheduler
 does, batches, cancels a gone client's row, keeps its queue limit, and fails cleanly when the child dies; a 16-bit
-KV cache (`--kv-cache-dtype`) and a compiled step (`--compile`) reach the child and batch as exactly."""
+KV cache (`--kv-cache-dtype`), a compiled step (`--compile`) and the prefill chunk (`--prefill-chunk`) reach the child
+and answer as the defaults."""
 
 from __future__ import annotations
 
@@ -171,3 +172,17 @@ def test_a_compiled_engine_answers_as_the_eager_one_and_batches_exactly(server, 
     with LiveServer({"lm": checkpoints["lm"]}, engine="process", compile=True) as there:
         assert there.models["lm"].worker.compiled
         assert_answers_alike_and_batches_exactly(server, there, "lm")
+
+
+def test_the_prefill_chunk_reaches_the_child_and_answers_alike(server, checkpoints):
+    """A 30-token prompt read 4 tokens a pass: 8 passes read it, then 5 steps decode, and the answer is the one the
+    default server (which reads it whole) gives."""
+    with LiveServer({"long": checkpoints["long"]}, engine="process", prefill_chunk=4) as there:
+        kw = {"model": "long", "prompt": "abcdefghij" * 3, "max_tokens": 5, "temperature": 0}
+        here_client, there_client = clients(server, there)
+        answers: list[str] = []
+
+        def request() -> None:
+            answers.append(there_client.completions.create(**kw).choices[0].text)
+        assert timed_passes(there, "long", request, steps=5) == (8, 5)
+        assert answers == [here_client.completions.create(**kw).choices[0].text]

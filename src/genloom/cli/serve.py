@@ -11,7 +11,7 @@ from pathlib import Path
 
 from genloom.cli.common import add_compile_flag, positive_int
 from genloom.errors import GenloomError
-from genloom.serve import KV_CACHE_DTYPES
+from genloom.serve import KV_CACHE_DTYPES, PREFILL_CHUNK
 
 API_KEY_ENV = "GENLOOM_API_KEY"
 
@@ -44,6 +44,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="the language models' KV caches: auto (the weights' dtype), or 16 bits, as llama.cpp keeps "
                    "them: half the memory per row, at a small change to the numbers (on a 2-core CPU no faster: "
                    "serve_load benchmark)")
+    p.add_argument("--prefill-chunk", type=positive_int, default=PREFILL_CHUNK, metavar="TOKENS",
+                   help="prompt tokens a language model reads between two decoding steps: a longer prompt is read "
+                   "over several steps, so it delays the running streams by one chunk a step instead of by its whole "
+                   "prefill (vLLM's chunked prefill; a value of at least the context reads every prompt whole)")
     add_compile_flag(p)
     p.set_defaults(func=_cmd_serve)
 
@@ -80,7 +84,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     metrics = ServerMetrics()
     settings = ServeSettings(args.max_batch, args.max_queue, args.device, Path(args.clip) if args.clip else None,
-                             args.engine, args.threads, args.kv_cache_dtype, args.compile)
+                             args.engine, args.threads, args.kv_cache_dtype, args.compile, args.prefill_chunk)
     models = load_served_models(specs, settings, metrics)
     app = create_app(models, metrics, ServerConfig(api_key=args.api_key))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

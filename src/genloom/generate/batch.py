@@ -8,8 +8,11 @@ instead of holding its row until the longest request ends. `DecodeBatch` is that
   slot from column 0; rows of different lengths decode together with a key mask, and each row's positions are
   its own, so a row decodes as it would alone (same tokens greedily or with its seed, whatever shares the batch).
 - New rows are prefilled together (left-padded, as one forward) and their valid columns copied, left-aligned,
-  into free slots. A leaving row's slot is refilled by the last row, so live rows are always slots 0..n-1 and a
-  step runs on views of the cache, never on a gathered copy.
+  into free slots. With a `prefill_chunk` (the server's), prompts are read by `prefill()` instead, at most that many
+  tokens per call, a long prompt in chunks over several steps (vLLM's and Sarathi's chunked prefill): a 1,000-token
+  prompt then delays the rows already decoding by one chunk per step instead of by its whole prefill.
+- A leaving row's slot is refilled by the last row, so live rows are always slots 0..n-1 and a step runs on views
+  of the cache, never on a gathered copy.
 - Every row samples with its own settings (`SamplingConfig`, including OpenAI's logit bias and its presence and
   frequency penalties), its own generator, and can ask for the log-probabilities of its tokens.
 - The cache may hold keys and values in a narrower dtype than the model's (`kv_dtype`; llama.cpp keeps a 16-bit
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +46,7 @@ from genloom.generate.sampling import (
     choose_tokens,
 )
 from genloom.models.gpt import GPT
+from genloom.nn.attention import KVCache
 
 _HEADS: weakref.WeakKeyDictionary[GPT, tuple[tuple[int, int], Tensor]] = weakref.WeakKeyDictionary()
 
@@ -176,6 +181,20 @@ class Row:
 
 
 @dataclass
+class PendingPrompt:
+    """A row whose prompt `DecodeBatch.prefill` has not read whole yet (a batch with a `prefill_chunk`)."""
+
+    row: Row
+    read: int = 0  # prompt tokens read so far, into `caches`
+    caches: list[KVCache] | None = None  # one per layer, made at its first chunk (a prompt read whole needs none)
+
+    @property
+    def unread(self) -> int:
+        """Tokens still to read: every prompt token but the last, which the row's first decoding step reads."""
+        return len(self.row.prompt) - 1 - self.read
+
+
+@dataclass
 class StepOutput:
     row: Row
     token: int
@@ -194,13 +213,30 @@ class DecodeBatch:
                 ...                   # batch.remove(out.row) to end it early (a stop string, a client gone)
 
     kv_dtype: the cache's dtype (default: the model's), e.g. torch.bfloat16 for an fp32 model.
+
+    prefill_chunk: None (default) reads each prompt in `add`. A number of tokens: `add` only queues the prompts, and
+    `prefill()`, called before each step, reads at most that many of them, oldest first: prompts that fit whole go
+    together in one forward (left-padded, the padding counted), and a longer prompt goes alone in chunks of exactly
+    that size. A chunk's bounds depend on nothing but its own prompt, so a row's result does not depend on what
+    else is queued.
+
+        batch = DecodeBatch(model, capacity=16, prefill_chunk=128)
+        batch.add(prompts, cfgs)
+        while batch.busy:
+            batch.prefill()           # rows whose prompt is read join the step
+            for out in batch.step():
+                ...
     """
 
     def __init__(self, model: GPT, capacity: int, max_len: int | None = None, eos_id: int | None = None,
-                 vocab_limit: int | None = None, kv_dtype: torch.dtype | None = None) -> None:
+                 vocab_limit: int | None = None, kv_dtype: torch.dtype | None = None,
+                 prefill_chunk: int | None = None) -> None:
         if capacity < 1:
             raise GenloomError(f"batch capacity ({capacity}) must be at least 1")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise GenloomError(f"the prefill chunk ({prefill_chunk} tokens) must be at least 1 token")
         self.model, self.capacity, self.eos_id = model, capacity, eos_id
+        self.prefill_chunk = prefill_chunk
         self.context = model.config.context_length
         self.max_len = min(max_len or self.context, self.context)
         self.vocab_limit = vocab_limit  # ids >= this are never produced (a vocabulary padded past the tokenizer's)
@@ -215,15 +251,23 @@ class DecodeBatch:
         self.seen = torch.zeros(capacity, vocab, dtype=torch.bool, device=self.device)  # prompt + output
         self.counts = torch.zeros(capacity, vocab, device=self.device)  # output tokens, for OpenAI's penalties
         self.rows: list[Row] = []  # live rows; rows[i].slot == i
+        self.pending: deque[PendingPrompt] = deque()  # added, prompt not yet read (prefill_chunk), oldest first
         self._ids = itertools.count()
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self.rows)
+        """Rows that `add` can take: a row whose prompt is still being read holds its place."""
+        return self.capacity - len(self.rows) - len(self.pending)
+
+    @property
+    def busy(self) -> bool:
+        """Rows are decoding or prompts wait to be read."""
+        return bool(self.rows or self.pending)
 
     def add(self, prompts: list[list[int]], samplings: list[SamplingConfig],
             top_logprobs: list[int | None] | None = None, eos_ids: list[int | None] | None = None) -> list[Row]:
         """Prefill `prompts` (one forward, left-padded) into free slots; they produce tokens from the next step.
+        With a `prefill_chunk`, queue them for `prefill()` instead.
 
         top_logprobs[i]: log-probabilities for row i (see `Row`); eos_ids[i]: the token that ends row i (default:
         the batch's `eos_id`), so base and chat prompts can share a batch."""
@@ -237,9 +281,64 @@ class DecodeBatch:
         for row in new:
             if row.max_new <= 0:  # the prompt fills the context: nothing to generate
                 row.finish_reason = "length"
-        with torch.inference_mode():
-            self._prefill([row for row in new if row.finish_reason is None])
+        starting = [row for row in new if row.finish_reason is None]
+        if self.prefill_chunk is not None:
+            self.pending.extend(PendingPrompt(row) for row in starting)
+        else:
+            with torch.inference_mode():
+                self._prefill(starting)
         return new
+
+    def prefill(self) -> int:
+        """Read queued prompts (a batch with a `prefill_chunk`), at most `prefill_chunk` tokens, oldest first; a row
+        whose prompt is read takes a slot and decodes from the next `step`. Returns the tokens read, padding
+        included (0 without a prefill_chunk: `add` has read every prompt)."""
+        chunk = self.prefill_chunk
+        if chunk is None or not self.pending:
+            return 0
+        budget = chunk
+        with torch.inference_mode():
+            while self.pending and budget > 0:
+                head = self.pending[0]
+                if head.read == 0 and head.unread <= chunk:  # whole prompts: as many as fit, in one forward
+                    group: list[Row] = []
+                    longest = 0
+                    for waiting in self.pending:
+                        if waiting.read > 0 or waiting.unread > chunk:
+                            break
+                        cost = (len(group) + 1) * max(longest, waiting.unread)
+                        if cost > budget:
+                            break
+                        group.append(waiting.row)
+                        longest = max(longest, waiting.unread)
+                    if not group:
+                        break  # the oldest prompt needs more than is left of this call's budget
+                    for _ in group:
+                        self.pending.popleft()
+                    self._prefill(group)
+                    budget -= len(group) * longest
+                else:  # a long prompt: its next chunk, alone and whole, or nothing this call
+                    size = min(chunk, head.unread)
+                    if size > budget:
+                        break
+                    self._read_chunk(head, size)
+                    budget -= size
+        return chunk - budget
+
+    def _read_chunk(self, pending: PendingPrompt, size: int) -> None:
+        """Read the next `size` tokens of a long prompt into its own caches; once it is all read, the row takes a
+        slot."""
+        row = pending.row
+        if pending.caches is None:
+            pending.caches = self.model.make_kv_caches(1, len(row.prompt) - 1)
+        idx = torch.tensor([row.prompt[pending.read : pending.read + size]], device=self.device)  # (1, size)
+        self.model.hidden_states(idx, kv_caches=pending.caches, last_only=True)  # positions continue the caches
+        pending.read += size
+        if pending.unread == 0:
+            self.pending.popleft()
+            self._join(row)
+            for slot_cache, cache in zip(self.caches, pending.caches, strict=True):
+                slot_cache.store(row.slot, cache.k[0], cache.v[0])
 
     def _new_row(self, prompt: list[int], sampling: SamplingConfig, top_logprobs: int | None,
                  eos_id: int | None) -> Row:
@@ -260,11 +359,7 @@ class DecodeBatch:
         """Read every prompt but its last token into the new rows' slots; the last token is read by the next step,
         with the other rows' tokens (so a new row costs its batch no separate step)."""
         for row in new:
-            row.slot = len(self.rows)
-            self.rows.append(row)
-            self.seen[row.slot] = False
-            self.seen[row.slot, torch.tensor(row.prompt, device=self.device)] = True
-            self.counts[row.slot] = 0
+            self._join(row)
         context_rows = [row for row in new if len(row.prompt) > 1]
         if not context_rows:
             return
@@ -284,6 +379,14 @@ class DecodeBatch:
             for slot_cache, cache in zip(self.caches, caches, strict=True):
                 slot_cache.store(row.slot, cache.k[i, :, start:], cache.v[i, :, start:])
 
+    def _join(self, row: Row) -> None:
+        """Give `row` the next slot, with its prompt's tokens seen and no output counted (for the penalties)."""
+        row.slot = len(self.rows)
+        self.rows.append(row)
+        self.seen[row.slot] = False
+        self.seen[row.slot, torch.tensor(row.prompt, device=self.device)] = True
+        self.counts[row.slot] = 0
+
     def force(self, row: Row, tokens: list[int]) -> None:
         """Make `tokens` the row's next tokens, one per step, instead of sampling them."""
         row.forced.extend(tokens)
@@ -291,6 +394,10 @@ class DecodeBatch:
     def remove(self, row: Row) -> None:
         """End `row` now: its slot is free for the next `add`. Removing a row that has left is a no-op."""
         if row.slot < 0:
+            for waiting in self.pending:  # a prompt not read yet: it leaves the queue
+                if waiting.row is row:
+                    self.pending.remove(waiting)
+                    break
             return
         last = self.rows[-1]
         if last is not row:  # keep live rows in slots 0..n-1: the last row moves into the freed slot

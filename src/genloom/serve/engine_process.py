@@ -34,6 +34,7 @@ from typing import Any
 from genloom.errors import GenloomError
 from genloom.generate.batch import TokenLogprobs
 from genloom.generate.sampling import SamplingConfig
+from genloom.serve import PREFILL_CHUNK
 from genloom.serve.errors import ApiError
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import (
@@ -63,10 +64,12 @@ class EngineProcess:
     (submitted, not finished) than the batch has rows."""
 
     def __init__(self, name: str, path: Path, max_batch: int, max_queue: int, device: str, threads: int,
-                 metrics: ServerMetrics, kv_cache_dtype: str = "auto", compiled: bool = False) -> None:
+                 metrics: ServerMetrics, kv_cache_dtype: str = "auto", compiled: bool = False,
+                 prefill_chunk: int = PREFILL_CHUNK) -> None:
         self.name, self.path, self.max_batch, self.max_queue = name, path, max_batch, max_queue
         self.device, self.threads, self.metrics, self.kv_cache_dtype = device, threads, metrics, kv_cache_dtype
         self.compiled = compiled  # the child decodes with a torch.compile'd step, compiled before it is ready
+        self.prefill_chunk = prefill_chunk  # prompt tokens the child's scheduler reads per pass
         self.jobs: dict[int, TextJob] = {}  # outstanding, by id
         self.running = 0  # rows in the child's batch, as it last reported
         self.dead: str | None = None  # why the child is gone, once it is
@@ -84,7 +87,7 @@ class EngineProcess:
         parent_end, child_end = context.Pipe()
         self._process = context.Process(target=_engine_main, name=f"genloom-engine-{self.name}", daemon=True,
                                         args=(child_end, str(self.path), self.max_batch, self.device, self.threads,
-                                              self.kv_cache_dtype, self.compiled))
+                                              self.kv_cache_dtype, self.compiled, self.prefill_chunk))
         self._process.start()
         child_end.close()
         self._conn = parent_end
@@ -192,7 +195,7 @@ class EngineProcess:
 
 
 def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threads: int, kv_cache_dtype: str,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, prefill_chunk: int = PREFILL_CHUNK) -> None:
     """The child: load the model, run its `TextScheduler`, and relay jobs in and events out until told to stop
     or the parent is gone (the pipe closes)."""
     import signal
@@ -243,7 +246,7 @@ def _engine_main(conn: Connection, path: str, max_batch: int, device: str, threa
             reported = state
 
     scheduler = TextScheduler("engine", model, tokenizer, max_batch, sys.maxsize, None, after_step=flush,
-                              kv_dtype=kv_dtype)
+                              kv_dtype=kv_dtype, prefill_chunk=prefill_chunk)
     tool = decoder_tool(tokenizer)  # one calculator serves every row: it reads only the row's tokens
     scheduler.start()
     conn.send(("ready",))

@@ -29,9 +29,9 @@ class ServerMetrics:
         self.decode_step = Histogram("genloom_decode_step_seconds", "one decoding step of a language model's "
                                      "running batch (its forward, sampling and events)", ["model"],
                                      buckets=_LATENCY_BUCKETS, registry=r)
-        self.prefill = Histogram("genloom_prefill_seconds", "reading newly admitted requests' prompts into a "
-                                 "language model's batch, before its next step", ["model"], buckets=_LATENCY_BUCKETS,
-                                 registry=r)
+        self.prefill = Histogram("genloom_prefill_seconds", "reading waiting prompts into a language model's batch "
+                                 "(at most --prefill-chunk tokens), before its next step", ["model"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -45,7 +45,7 @@ from genloom.registry import (
     load_translation_model,
 )
 from genloom.run_record import attribution, read_data_record
-from genloom.serve import KV_CACHE_DTYPES, KVCacheDtype
+from genloom.serve import KV_CACHE_DTYPES, PREFILL_CHUNK, KVCacheDtype
 from genloom.serve.engine_process import EngineProcess
 from genloom.serve.metrics import ServerMetrics
 from genloom.serve.scheduler import TextScheduler
@@ -67,6 +67,7 @@ class ServeSettings:
     threads: int = 1  # torch threads of an engine process
     kv_cache_dtype: KVCacheDtype = "auto"  # the language models' KV caches: "auto" is the weights' dtype
     compile: bool = False  # the language models decode with a torch.compile'd step (genloom.generate.compiled)
+    prefill_chunk: int = PREFILL_CHUNK  # prompt tokens a language model reads per decoding step (chunked prefill)
 
 
 def kv_cache_dtype(name: str) -> torch.dtype | None:
@@ -180,13 +181,14 @@ def _load(name: str, path: Path, settings: ServeSettings, metrics: ServerMetrics
         scheduler: TextScheduler | EngineProcess
         if settings.engine == "process":
             scheduler = EngineProcess(name, path, settings.max_batch, settings.max_queue, settings.device,
-                                      settings.threads, metrics, settings.kv_cache_dtype, settings.compile)
+                                      settings.threads, metrics, settings.kv_cache_dtype, settings.compile,
+                                      settings.prefill_chunk)
             scheduler.launch()
         else:
             if settings.compile:
                 compile_decoding(model, kv_dtype=kv_dtype)
             scheduler = TextScheduler(name, model, tokenizer, settings.max_batch, settings.max_queue, metrics,
-                                      kv_dtype=kv_dtype)
+                                      kv_dtype=kv_dtype, prefill_chunk=settings.prefill_chunk)
         return TextModel(name, TEXT, family, loaded.path, model.config.context_length, scheduler,
                          {"chat": tokenizer.chat_format is not None}, model, tokenizer, tokenizer.chat_format)
     if family in TEXT_TO_IMAGE_FAMILIES:

@@ -1,7 +1,9 @@
 """The server's schedulers: one thread per model, between the HTTP handlers (asyncio) and the models.
 
 - `TextScheduler` drives a `DecodeBatch` (iteration-level batching): each loop admits waiting requests into free
-  slots, drops rows whose client is gone, and runs one decoding step for every live row. Text is detokenised
+  slots, drops rows whose client is gone, reads at most `prefill_chunk` tokens of the admitted prompts (a long
+  prompt over several passes, so it cannot stall the running rows for its whole prefill), and runs one decoding
+  step for every live row. Text is detokenised
   here (`TextStream`), so a stop string ends its row at the step it appears. A row's result does not depend on
   its neighbours: the engine gives every row its own positions, mask and generator.
 - `StepScheduler` (serve/step_scheduler.py) batches the requests of a text-to-image or translation model one step (a
@@ -30,6 +32,7 @@ from genloom.generate.batch import DecodeBatch, Row, TokenLogprobs
 from genloom.generate.lm import DecoderTool, TextStream
 from genloom.generate.sampling import SamplingConfig
 from genloom.models.gpt import GPT
+from genloom.serve import PREFILL_CHUNK
 from genloom.serve.metrics import ServerMetrics
 from genloom.tokenizers import Tokenizer
 
@@ -113,8 +116,8 @@ class TokenLatency:
 
 @dataclass
 class LoopTimes:
-    """What one pass of a text scheduler's loop spent, in seconds: reading newly admitted prompts in (None when
-    none were admitted) and the decoding step (None without running rows)."""
+    """What one pass of a text scheduler's loop spent, in seconds: reading prompts in (None when none waited to be
+    read) and the decoding step (None without running rows)."""
 
     prefill: float | None = None
     step: float | None = None
@@ -152,15 +155,17 @@ class TextScheduler(_ModelThread):
     metrics: None keeps none (the engine process: the HTTP side times the events as they reach it, and records
     `last_loop`, which it sends). after_step: called on the scheduler's thread after each pass of its loop (a
     prefill, a decoding step or both), once its events are delivered (the engine process sends them to the HTTP
-    side in one message there). kv_dtype: the KV cache's dtype (default: the model's; see `DecodeBatch`)."""
+    side in one message there). kv_dtype: the KV cache's dtype (default: the model's; see `DecodeBatch`).
+    prefill_chunk: prompt tokens read per pass (`DecodeBatch`'s chunked prefill)."""
 
     def __init__(self, name: str, model: GPT, tokenizer: Tokenizer, max_batch: int, max_queue: int,
                  metrics: ServerMetrics | None, after_step: Callable[[], None] | None = None,
-                 kv_dtype: torch.dtype | None = None) -> None:
+                 kv_dtype: torch.dtype | None = None, prefill_chunk: int = PREFILL_CHUNK) -> None:
         self.name, self.model, self.tokenizer = name, model, tokenizer
         self.max_queue, self.after_step = max_queue, after_step
         vocab_limit = tokenizer.vocab_size if tokenizer.vocab_size < model.config.vocab_size else None
-        self.batch = DecodeBatch(model, max_batch, vocab_limit=vocab_limit, kv_dtype=kv_dtype)
+        self.batch = DecodeBatch(model, max_batch, vocab_limit=vocab_limit, kv_dtype=kv_dtype,
+                                 prefill_chunk=prefill_chunk)
         self.waiting: deque[TextJob] = deque()
         self.live: dict[int, TextJob] = {}  # row id -> job
         self.last_loop = LoopTimes()  # what the last pass of the loop spent, read by after_step
@@ -185,12 +190,13 @@ class TextScheduler(_ModelThread):
 
     @property
     def running(self) -> int:
-        return len(self.batch.rows)
+        """Rows in the batch: decoding, or having their prompts read."""
+        return len(self.batch.rows) + len(self.batch.pending)
 
     def _run(self) -> None:
         while True:
             with self.wake:
-                while not self.stopped and not self.waiting and not self.batch.rows:
+                while not self.stopped and not self.waiting and not self.batch.busy:
                     self.wake.wait()
                 if self.stopped:
                     return
@@ -205,10 +211,12 @@ class TextScheduler(_ModelThread):
                 self._drop_cancelled()
                 started = time.perf_counter()
                 self._admit(admitted)
-                admitted_at = time.perf_counter()
+                prefilling = bool(self.batch.pending)
+                self.batch.prefill()
+                prefilled_at = time.perf_counter()
                 stepped = self._step()
-                self.last_loop = LoopTimes(admitted_at - started if admitted else None,
-                                           time.perf_counter() - admitted_at if stepped else None)
+                self.last_loop = LoopTimes(prefilled_at - started if prefilling else None,
+                                           time.perf_counter() - prefilled_at if stepped else None)
                 if self._series is not None:
                     self._series.engine.record(self.last_loop)
             except Exception as e:  # a model failure must not kill the server: fail the rows it touched
@@ -277,7 +285,7 @@ class TextScheduler(_ModelThread):
 
     def _count_running(self) -> None:
         if self._series is not None:
-            self._series.running.set(len(self.batch.rows))
+            self._series.running.set(self.running)
 
 
 @dataclass
