@@ -9,8 +9,10 @@ instead of holding its row until the longest request ends. `DecodeBatch` is that
   its own, so a row decodes as it would alone (same tokens greedily or with its seed, whatever shares the batch).
 - New rows are prefilled together (left-padded, as one forward) and their valid columns copied, left-aligned,
   into free slots. With a `prefill_chunk` (the server's), prompts are read by `prefill()` instead, at most that many
-  tokens per call, a long prompt in chunks over several steps (vLLM's and Sarathi's chunked prefill): a 1,000-token
-  prompt then delays the rows already decoding by one chunk per step instead of by its whole prefill.
+  tokens per call, a long prompt in chunks over several steps (vLLM's chunked prefill): a 1,000-token prompt then
+  delays the rows already decoding by one chunk per step instead of by its whole prefill. A chunk is a forward of
+  its own before the step; Sarathi-Serve fuses it into the step's forward instead, which saves a step's fixed cost
+  per chunk (not built here).
 - A leaving row's slot is refilled by the last row, so live rows are always slots 0..n-1 and a step runs on views
   of the cache, never on a gathered copy.
 - Every row samples with its own settings (`SamplingConfig`, including OpenAI's logit bias and its presence and
