@@ -3,9 +3,9 @@
 - `TextScheduler` drives a `DecodeBatch` (iteration-level batching): each loop admits waiting requests into free
   slots, drops rows whose client is gone, reads at most `prefill_chunk` tokens of the admitted prompts (a long
   prompt over several passes, so it cannot stall the running rows for its whole prefill), and runs one decoding
-  step for every live row. Text is detokenised
-  here (`TextStream`), so a stop string ends its row at the step it appears. A row's result does not depend on
-  its neighbours: the engine gives every row its own positions, mask and generator.
+  step for every live row. Text is detokenised here (`TextStream`), so a stop string ends its row at the step it
+  appears. A row's result does not depend on its neighbours: the engine gives every row its own positions, mask
+  and generator.
 - `StepScheduler` (serve/step_scheduler.py) batches the requests of a text-to-image or translation model one step (a
   denoiser pass, an image token, a target token) at a time, as `TextScheduler` does decoding steps.
 - `BatchWorker` runs requests that are whole calls: it takes the oldest request and every waiting one that can share
