@@ -9,19 +9,6 @@ from genloom.errors import GenloomError
 from genloom.generate import SamplingConfig, generate_tokens
 from genloom.generate.batch import DecodeBatch, SlotKVCache, prepare_step, prompt_logprobs
 from genloom.generate.sampling import apply_logit_bias, apply_output_penalties
-from genloom.models.gpt import GPT, GPTConfig
-
-
-@pytest.fixture(params=["learned", "rotary"])
-def model(request) -> GPT:
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=40, context_length=48, n_layers=2, d_model=32, n_heads=4,
-                        positional=request.param))
-    with torch.no_grad():  # larger weights than the 0.02 init, so logits are far from ties
-        for p in gpt.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
-    return gpt.eval()
 
 
 def _run(batch: DecodeBatch, joins: dict[int, tuple[list[int], SamplingConfig]]) -> dict[int, list[int]]:
@@ -86,7 +73,9 @@ def test_capacity_and_context_limits(model):
     batch.add([[1]], [SamplingConfig(max_new_tokens=3)])
     with pytest.raises(GenloomError, match="do not fit: 0 of 1 slots are free"):
         batch.add([[2]], [SamplingConfig()])
-    full = DecodeBatch(model, capacity=2).add([[1] * 48, [1] * 40], [SamplingConfig(max_new_tokens=100)] * 2)
+    context = model.config.context_length
+    full = DecodeBatch(model, capacity=2).add([[1] * context, [1] * (context - 8)],
+                                              [SamplingConfig(max_new_tokens=100)] * 2)
     assert full[0].finish_reason == "length" and full[0].slot == -1  # no room: never decodes
     assert full[1].max_new == 8 and full[1].context_limited
 

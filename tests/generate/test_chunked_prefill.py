@@ -9,19 +9,6 @@ import torch
 from genloom.errors import GenloomError
 from genloom.generate import SamplingConfig, generate_tokens
 from genloom.generate.batch import DecodeBatch
-from genloom.models.gpt import GPT, GPTConfig
-
-
-@pytest.fixture(params=["learned", "rotary"])
-def model(request) -> GPT:
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=40, context_length=64, n_layers=2, d_model=32, n_heads=4,
-                        positional=request.param))
-    with torch.no_grad():  # larger weights than the 0.02 init, so logits are far from ties
-        for p in gpt.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3)
-    return gpt.eval()
 
 
 def _prompt(length: int, start: int = 1) -> list[int]:
