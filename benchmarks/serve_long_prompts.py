@@ -11,7 +11,7 @@ requests' latency (their prompt's wait and read, and one token). A last row per 
 on the default server, for the gaps without them.
 
 Usage: python benchmarks/serve_long_prompts.py [--chunks 64,128,256] [--seconds 30] [--rounds 2] [--slices 3]
-       [--long-every 2]   (about 6 minutes)
+       [--long-every 2]   (about 7 minutes)
 """
 
 from __future__ import annotations

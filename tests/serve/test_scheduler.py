@@ -50,8 +50,9 @@ def test_a_long_prompt_delays_a_running_stream_by_one_chunk_a_pass(model_and_tok
     try:
         scheduler.submit([running])
         assert first_token.wait(10)
-        order.append("submitted")  # (list appends are atomic: this lands between two of the scheduler's events)
-        scheduler.submit([job("long", "abcdefghij" * 9 + "abcdefg", 2, long_done)])
+        with scheduler.wake:  # the scheduler admits under this lock: no pass begins between the mark and the submit
+            order.append("submitted")
+            scheduler.submit([job("long", ("abcdefghij" * 10)[:LONG_PROMPT], 2, long_done)])
         assert long_done.wait(30)
     finally:
         scheduler.stop()
