@@ -305,8 +305,8 @@ class DecodeBatch:
                 if head.read == 0 and head.unread <= chunk:  # whole prompts: as many as fit, in one forward
                     group: list[Row] = []
                     longest = 0
-                    for waiting in self.pending:
-                        if waiting.read > 0 or waiting.unread > chunk:
+                    for waiting in self.pending:  # (only the oldest can be part-read: chunks go oldest first)
+                        if waiting.unread > chunk:
                             break
                         cost = (len(group) + 1) * max(longest, waiting.unread)
                         if cost > budget:
