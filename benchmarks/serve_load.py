@@ -235,24 +235,30 @@ def stream_completion(port: int, prompt: str, tally: Tally) -> None:
         connection.close()
 
 
-def draw_image(port: int, prompt: str, tally: Tally) -> None:
-    body = json.dumps({"model": "t2i", "prompt": prompt, "n": 1, "seed": tally.requests})
+def post_json(port: int, path: str, body: dict) -> tuple[int, dict, float]:
+    """POST `body` to the server on `port` and read the whole reply: (status, its JSON, seconds it took)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     start = time.perf_counter()
     try:
-        connection.request("POST", "/v1/images/generations", body, {"Content-Type": "application/json"})
+        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         response = connection.getresponse()
-        payload = json.loads(response.read())
-        if response.status != 200 or len(payload["data"]) != 1:
-            raise RuntimeError(f"HTTP {response.status}")
+        return response.status, json.loads(response.read()), time.perf_counter() - start
+    finally:
+        connection.close()
+
+
+def draw_image(port: int, prompt: str, tally: Tally) -> None:
+    try:
+        status, payload, seconds = post_json(port, "/v1/images/generations",
+                                             {"model": "t2i", "prompt": prompt, "n": 1, "seed": tally.requests})
+        if status != 200 or len(payload["data"]) != 1:
+            raise RuntimeError(f"HTTP {status}")
         with tally.lock:
             tally.requests += 1
-            tally.first_token.append(time.perf_counter() - start)  # the whole image: its latency
+            tally.first_token.append(seconds)  # the whole image: its latency
     except Exception:
         with tally.lock:
             tally.errors += 1
-    finally:
-        connection.close()
 
 
 def load(server: Server, clients: int, seconds: float, send, prompts: list[str]) -> tuple[Tally, float, float, float]:

@@ -17,8 +17,6 @@ Usage: python benchmarks/serve_long_prompts.py [--chunks 64,128,256] [--seconds 
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import random
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import torch
 from common import print_table, run_clients
-from serve_load import PROMPTS, Server, Tally, pct, stream_completion
+from serve_load import PROMPTS, Server, Tally, pct, post_json, stream_completion
 
 from genloom.checkpoint import save_checkpoint
 from genloom.models.gpt import GPT, GPTConfig
@@ -69,18 +67,11 @@ class Measured:
 
 def long_completion(port: int, prompt: str) -> float:
     """Send one long prompt for one token; its latency in seconds."""
-    body = json.dumps({"model": "gpt", "prompt": prompt, "max_tokens": 1, "temperature": 1.0})
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    start = time.perf_counter()
-    try:
-        connection.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        reply = json.loads(response.read())
-        if response.status != 200 or reply["usage"]["prompt_tokens"] != LONG_PROMPT:
-            raise RuntimeError(f"HTTP {response.status}: {reply}")
-        return time.perf_counter() - start
-    finally:
-        connection.close()
+    status, reply, seconds = post_json(port, "/v1/completions",
+                                       {"model": "gpt", "prompt": prompt, "max_tokens": 1, "temperature": 1.0})
+    if status != 200 or reply["usage"]["prompt_tokens"] != LONG_PROMPT:
+        raise RuntimeError(f"HTTP {status}: {reply}")
+    return seconds
 
 
 def slice_of_load(server: Server, seconds: float, long_every: float | None, measured: Measured,
