@@ -8,15 +8,20 @@
 #   train:  issue 16: training throughput beside nanoGPT (benchmarks/gpu_train.py), about 4 minutes, estimated.
 #           nanoGPT's train.py is read from .peers/nanogpt (git-ignored: a checkout of karpathy/nanoGPT; with this
 #           project's device tool, carry ".peers"); without it the part says so and is skipped;
+#   serve:  issue 14's load run with the server on the GPU (benchmarks/serve_load.py --device cuda, no reference
+#           servers, 20 s per client level and round), about 4 minutes, estimated: whether 16 streaming clients get
+#           at most twice one client's time between tokens where a decoding step costs about the same at 1 and 16
+#           rows (on the 2-core CPU it is 2.01x over fourteen rounds, README);
 #   issue16: decode and train; all: every part.
-# Usage: bash benchmarks/gpu_check.sh [smoke|decode|train|issue16|all]   (default all; the installed genloom, or src/)
+# Usage: bash benchmarks/gpu_check.sh [smoke|decode|train|serve|issue16|all]   (default all; the installed genloom, or
+#        src/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=src:${PYTHONPATH:-} GENLOOM_CACHE=${GENLOOM_CACHE:-/tmp/genloom-gpu-cache} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} GENLOOM_CACHE=${GENLOOM_CACHE:-/tmp/genloom-gpu-cache} PYTHONUNBUFFERED=1
 out=${GENLOOM_GPU_RUNS:-/tmp/genloom-gpu}  # the runs it trains (not $OUT: the device tool copies that back)
 part=${1:-all}
-case "$part" in smoke|decode|train|issue16|all) ;;
-  *) echo "unknown part '$part': smoke, decode, train, issue16 or all" >&2; exit 2 ;;
+case "$part" in smoke|decode|train|serve|issue16|all) ;;
+  *) echo "unknown part '$part': smoke, decode, train, serve, issue16 or all" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -57,4 +62,10 @@ if [[ $part == train || $part == issue16 || $part == all ]]; then
   else
     echo "no nanoGPT checkout at .peers/nanogpt (train.py, model.py, configurator.py): skipped"
   fi
+fi
+
+if [[ $part == serve || $part == all ]]; then
+  echo "== issue 14: streaming clients against genloom serve on cuda"
+  python3 benchmarks/serve_load.py --device cuda --references none --seconds 20 --rounds 2 --slices 4 \
+    --image-seconds 10 --engine-seconds 10
 fi

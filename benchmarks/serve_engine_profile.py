@@ -11,31 +11,49 @@ Three parts:
   columns or call no per-(row, head) kernel: two calls over rows sorted by length, and products and sums.
 - **gpt2**: a `DecodeBatch` step of 1 and of 16 rows with GPT-2 small's size (124M, random weights): a model whose
   16-row step is 16 rows of matrix products rather than fixed per-op overhead.
+- **instep**: the attention part's call where it runs, inside the decoding steps of serve_load's model (1 and 16
+  rows, each row restarting after serve_load's 64 tokens): each layer's attention call timed in the step, then the
+  same call repeated on its own tensors (keys and values then in the cache); and the step itself with its
+  attention as it is, computed by two matrix products instead (`attend_by_matmul`), and skipped (the query passed
+  on as the attention's output: a timing, not a model). The modes take turns in blocks of steps on one batch.
 
-Usage: python benchmarks/serve_engine_profile.py [--parts load,attention,gpt2] [--seconds 60] [--slices 6]
-       (about 4 minutes)
+Usage: python benchmarks/serve_engine_profile.py [--parts load,attention,gpt2,instep] [--seconds 60] [--slices 6]
+       (about 3 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from common import median_ms, print_table
-from serve_load import PROMPTS, Histogram, Server, histogram_median, load, make_models, pct, stream_completion
+from serve_load import (
+    MAX_TOKENS,
+    PROMPTS,
+    Histogram,
+    Server,
+    histogram_median,
+    load,
+    make_models,
+    pct,
+    stream_completion,
+)
 
+import genloom.nn.attention as attention_module
 from genloom.cli.serve import default_threads
 from genloom.generate.batch import DecodeBatch
 from genloom.generate.sampling import SamplingConfig
-from genloom.models.gpt import GPT, preset
+from genloom.models.gpt import GPT, GPTConfig, preset
 
 LEVELS = (1, 16)
 
@@ -165,16 +183,110 @@ def profile_gpt2() -> None:
                                                   f"{times[16] / times[1]:.2f}x"]])
 
 
+Attend = Callable[..., torch.Tensor]
+
+
+@contextlib.contextmanager
+def attention_as(replacement: Attend) -> Iterator[None]:
+    """Every MultiHeadAttention computes its attention with `replacement` (it looks `attend` up at each call)."""
+    original = attention_module.attend
+    attention_module.attend = replacement
+    try:
+        yield
+    finally:
+        attention_module.attend = original
+
+
+def skipped_attention(q: torch.Tensor, *_: object, **__: object) -> torch.Tensor:
+    """No attention: the query goes on as its output (same shape), to time a step without it."""
+    return q
+
+
+class SteadyBatch:
+    """A DecodeBatch of `rows` rows over `model` that stays full: a finished row is replaced at once, outside the
+    timed steps. The first rows end after 1 to 64 tokens, so the batch holds answers at every length, as under
+    serve_load's clients."""
+
+    def __init__(self, model: GPT, rows: int) -> None:
+        self.batch, self.rows, self.rng = DecodeBatch(model, 16), rows, random.Random(0)
+        self.vocab = model.config.vocab_size
+        for _ in range(rows):
+            self.add(self.rng.randint(1, MAX_TOKENS))
+
+    def add(self, tokens: int) -> None:
+        prompt = [self.rng.randrange(self.vocab) for _ in range(len(self.rng.choice(PROMPTS)))]  # one per character
+        self.batch.add([prompt], [SamplingConfig(temperature=1.0, max_new_tokens=tokens, stop_at_eos=False)])
+
+    def step_times(self, steps: int) -> list[float]:
+        """Seconds of each of `steps` decoding steps."""
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            self.batch.step()
+            times.append(time.perf_counter() - start)
+            while len(self.batch.rows) < self.rows:
+                self.add(MAX_TOKENS)
+        return times
+
+
+def profile_in_step(blocks: int = 60, steps: int = 10) -> None:
+    """The attention part's calls timed inside decoding steps of serve_load's model, and steps with the attention
+    computed otherwise or skipped: a batch of 1 row and one of 16, and each (row count, mode) takes its turn for
+    `steps` steps, `blocks` times over (drift between minutes then lands on all of them alike)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=80, context_length=256, n_layers=4, d_model=128, n_heads=4, bias=False,
+                          activation="gelu")).eval()  # serve_load's model (its vocabulary: 60 to 80 characters)
+    sdpa = attention_module.attend
+    calls: list[float] = []
+    last: list[tuple[object, ...]] = []
+
+    def timed_sdpa(*args: object, **kwargs: object) -> torch.Tensor:
+        start = time.perf_counter()
+        out = sdpa(*args, **kwargs)
+        calls.append(time.perf_counter() - start)
+        last[:] = [args]
+        return out
+
+    modes: dict[str, Attend] = {"SDPA": timed_sdpa, "two matrix products": attention_module.attend_by_matmul,
+                                "skipped": skipped_attention}
+    batches = {rows: SteadyBatch(model, rows) for rows in LEVELS}
+    times: dict[tuple[int, str], list[float]] = {(rows, mode): [] for rows in LEVELS for mode in modes}
+    in_step: dict[int, list[float]] = {rows: [] for rows in LEVELS}
+    hot: dict[int, float] = {}
+    for steady in batches.values():
+        steady.step_times(50)
+    turns = list(times)
+    for block in range(blocks):
+        for rows, mode in (turns if block % 2 else turns[::-1]):
+            with attention_as(modes[mode]):
+                times[(rows, mode)] += batches[rows].step_times(steps)
+            if mode == "SDPA":
+                in_step[rows] += calls
+                calls.clear()
+                if block == blocks - 1:  # the same call again and again: its keys and values stay in the cache
+                    q, k, v, mask = last[0][:4]
+                    hot[rows] = median_ms(lambda: sdpa(q, k, v, mask), 300, warmup=30)  # noqa: B023
+    step_ms = {turn: 1e3 * statistics.median(t) for turn, t in times.items()}
+    table = [[str(rows), f"{1e6 * statistics.median(in_step[rows]):.0f}", f"{1e3 * hot[rows]:.0f}",
+              *(f"{step_ms[(rows, mode)]:.2f}" for mode in modes)] for rows in LEVELS]
+    print(f"\ninstep: serve_load's model, {blocks * steps} steps per mode and row count, in turns of {steps}; "
+          "us per attention call, ms per step (medians)")
+    print_table(["rows", "one layer's SDPA call, in the steps (us)", "the same call repeated (us)",
+                 *(f"step, attention {mode} (ms)" for mode in modes)], table)
+    print("step, 16 rows / 1 row: " + ", ".join(f"attention {mode} {step_ms[(16, mode)] / step_ms[(1, mode)]:.2f}x"
+                                               for mode in modes))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="load,attention,gpt2")
+    parser.add_argument("--parts", default="load,attention,gpt2,instep")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds per client level in the load part")
     parser.add_argument("--slices", type=int, default=6)
     args = parser.parse_args()
     parts = args.parts.split(",")
-    unknown = set(parts) - {"load", "attention", "gpt2"}
+    unknown = set(parts) - {"load", "attention", "gpt2", "instep"}
     if unknown:
-        parser.error(f"unknown parts {sorted(unknown)}: load, attention, gpt2")
+        parser.error(f"unknown parts {sorted(unknown)}: load, attention, gpt2, instep")
     torch.set_num_threads(default_threads())  # as `genloom serve` sets them: every core but one
     if "load" in parts:
         profile_load(args.seconds, args.slices)
@@ -182,6 +294,8 @@ def main() -> None:
         profile_attention()
     if "gpt2" in parts:
         profile_gpt2()
+    if "instep" in parts:
+        profile_in_step()
 
 
 if __name__ == "__main__":

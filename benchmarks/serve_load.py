@@ -24,8 +24,12 @@ parsing around it.
 Targets (issue 14): tokens/s at 16 clients >= 4x one client's; inter-token p50 at 16 clients <= 2x one client's;
 zero errors; memory flat.
 
+`--device cuda` serves both models on a GPU (benchmarks/gpu_check.sh's serve part); `--references none` leaves out
+every reference server and keeps the main rounds, the images and the no-HTTP rows (a short run).
+
 Usage: python benchmarks/serve_load.py [--seconds 60] [--rounds 2] [--slices 6] [--image-seconds 60]
-       [--engine-seconds 20] [--threads N] [--capped-batches 8]   (about 23 minutes)
+       [--engine-seconds 20] [--threads N] [--capped-batches 8] [--device cpu] [--references all|none]
+       (about 23 minutes; with --references none, about 9)
 """
 
 from __future__ import annotations
@@ -118,9 +122,9 @@ class Histogram:
 
 class Server:
     def __init__(self, models: list[str], max_batch: int, threads: int | None, engine: str = "thread",
-                 flags: tuple[str, ...] = ()) -> None:
+                 flags: tuple[str, ...] = (), device: str = "cpu") -> None:
         command = [sys.executable, "-m", "genloom.cli", "serve", *models, "--port", "0", "--max-batch",
-                   str(max_batch), "--max-queue", "256", "--device", "cpu", "--engine", engine, *flags]
+                   str(max_batch), "--max-queue", "256", "--device", device, "--engine", engine, *flags]
         if threads is not None:
             command += ["--threads", str(threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -276,11 +280,11 @@ def load(server: Server, clients: int, seconds: float, send, prompts: list[str])
     return tally, elapsed, rss_start, server.rss_mib()
 
 
-def scheduler_alone(gpt_path: Path, clients: int, seconds: float) -> tuple[float, float]:
+def scheduler_alone(gpt_path: Path, clients: int, seconds: float, device: str = "cpu") -> tuple[float, float]:
     """(tokens/s, inter-token p50) of the server's own text scheduler driven by `clients` threads, with no HTTP:
     the gaps between a request's tokens as the scheduler hands them over, as the server's histogram times them."""
     torch.set_num_threads(default_threads())  # as `genloom serve` sets them
-    served = load_served_models({"gpt": gpt_path}, ServeSettings(FULL_BATCH, 256, "cpu"), ServerMetrics())["gpt"]
+    served = load_served_models({"gpt": gpt_path}, ServeSettings(FULL_BATCH, 256, device), ServerMetrics())["gpt"]
     scheduler, tokenizer = served.worker, served.tokenizer
     assert isinstance(scheduler, TextScheduler) and tokenizer is not None
     gaps: list[float] = []
@@ -369,20 +373,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="the server's --threads (default: its own default)")
     parser.add_argument("--capped-batches", type=capped_batches, default="8",
                         help="comma-separated --max-batch values, each a reference row of 16 clients ('' for none)")
+    parser.add_argument("--device", default="cpu", help="the server's --device (cuda: both models on the GPU)")
+    parser.add_argument("--references", choices=("all", "none"), default="all",
+                        help="none: no reference server (no 16-bit cache, --compile, capped or thread engine rows)")
     args = parser.parse_args()
-    capped = args.capped_batches
+    references = args.references == "all"
+    capped = args.capped_batches if references else []
+    variants = VARIANTS if references else ()
     root = Path(tempfile.mkdtemp(prefix="genloom-serve-bench-"))
     gpt_path, t2i_path = make_models(root)
 
     rows = []
     measured = {}  # [(max_batch, engine, flags, clients, round)] = (tokens/s, client p50, server p50)
     configurations = [(FULL_BATCH, "process", (), (1, 4, 16), args.rounds),
-                      *((FULL_BATCH, "process", flags, (1, 16), args.rounds) for flags in VARIANTS),
-                      *((b, "process", (), (16,), 1) for b in capped), (1, "process", (), (16,), 1),
-                      (FULL_BATCH, "thread", (), (1, 16), 1)]
+                      *((FULL_BATCH, "process", flags, (1, 16), args.rounds) for flags in variants),
+                      *((b, "process", (), (16,), 1) for b in capped)]
+    if references:
+        configurations += [(1, "process", (), (16,), 1), (FULL_BATCH, "thread", (), (1, 16), 1)]
     for max_batch, engine, flags, levels, rounds in configurations:
         server = Server([f"--name=gpt={gpt_path}", f"--name=t2i={t2i_path}"], max_batch, args.threads, engine,
-                        flags)
+                        flags, args.device)
         try:
             for round_ in range(rounds):
                 slices = args.slices if len(levels) > 1 else 1
@@ -415,41 +425,43 @@ def main() -> None:
     engine_rows: dict[tuple[int, int], tuple[float, float]] = {}  # (clients, round) -> (tokens/s, inter-token p50)
     if args.engine_seconds > 0:  # after the server has gone: nothing else on the cores
         for round_, clients in itertools.product(range(args.rounds), (1, 16)):
-            engine_rows[(clients, round_)] = scheduler_alone(gpt_path, clients, args.engine_seconds)
+            engine_rows[(clients, round_)] = scheduler_alone(gpt_path, clients, args.engine_seconds, args.device)
 
-    print(f"\nstreaming completions, {MAX_TOKENS} tokens each, {args.seconds:.0f} s per row (levels of a round "
-          f"interleaved in {args.slices} slices)")
+    print(f"\nstreaming completions on {args.device}, {MAX_TOKENS} tokens each, {args.seconds:.0f} s per row (levels "
+          f"of a round interleaved in {args.slices} slices)")
     print_table(["clients", "requests/s", "tokens/s", "TTFT p50 / p99 (ms)", "inter-token p50 / p99 (ms)",
                  "server-side inter-token p50 (ms)", "errors", "server RSS MiB"], rows)
     rounds = range(args.rounds)
     # levels[flags][clients]: the full-batch process server's rounds
     levels = {flags: {c: [measured[(FULL_BATCH, "process", flags, c, r)] for r in rounds] for c in (1, 16)}
-              for flags in ((), *VARIANTS)}
+              for flags in ((), *variants)}
     for flags, (one, sixteen) in ((f, (by[1], by[16])) for f, by in levels.items()):
         print(f"{' '.join(flags) or 'defaults'}: 16 clients / 1 client, mean over {args.rounds} rounds (range): "
               f"tokens/s {spread([b[0] / a[0] for a, b in zip(one, sixteen, strict=True)])} (target >= 4x); "
               f"inter-token p50 {spread([b[1] / a[1] for a, b in zip(one, sixteen, strict=True)])} at the clients, "
               f"{spread([b[2] / a[2] for a, b in zip(one, sixteen, strict=True)])} at the server (target <= 2x)")
-    for flags in VARIANTS:
+    for flags in variants:
         print(f"{' '.join(flags)} against the defaults, same round: inter-token p50 " + ", ".join(
             f"at {c} client{'s' if c > 1 else ''} "
             f"{spread([b[1] / a[1] for a, b in zip(levels[()][c], levels[flags][c], strict=True)])}"
             for c in (1, 16)))
     one, sixteen = levels[()][1], levels[()][16]
     one_mean = [statistics.mean(level[i] for level in one) for i in range(3)]
-    serial = measured[(1, "process", (), 16, 0)]
-    print(f"batched / unbatched at 16 clients: {statistics.mean(b[0] for b in sixteen) / serial[0]:.2f}x tokens/s")
     for batch in capped:
         row = measured[(batch, "process", (), 16, 0)]
         print(f"16 clients, --max-batch {batch}: tokens/s {row[0] / one_mean[0]:.2f}x one client's (mean of the "
               f"rounds), inter-token p50 {row[1] / one_mean[1]:.2f}x at the clients, {row[2] / one_mean[2]:.2f}x at "
               "the server")
-    thread_one = measured[(FULL_BATCH, "thread", (), 1, 0)]
-    thread_sixteen = measured[(FULL_BATCH, "thread", (), 16, 0)]
-    print(f"--engine thread (one round): tokens/s 16 / 1 {thread_sixteen[0] / thread_one[0]:.2f}x, inter-token p50 "
-          f"{thread_sixteen[1] / thread_one[1]:.2f}x; against the process engine's mean: tokens/s at 16 clients "
-          f"{thread_sixteen[0] / statistics.mean(b[0] for b in sixteen):.2f}x, inter-token p50 at 1 client "
-          f"{thread_one[1] / one_mean[1]:.2f}x")
+    if references:
+        serial = measured[(1, "process", (), 16, 0)]
+        print(f"batched / unbatched at 16 clients: {statistics.mean(b[0] for b in sixteen) / serial[0]:.2f}x "
+              "tokens/s")
+        thread_one = measured[(FULL_BATCH, "thread", (), 1, 0)]
+        thread_sixteen = measured[(FULL_BATCH, "thread", (), 16, 0)]
+        print(f"--engine thread (one round): tokens/s 16 / 1 {thread_sixteen[0] / thread_one[0]:.2f}x, inter-token "
+              f"p50 {thread_sixteen[1] / thread_one[1]:.2f}x; against the process engine's mean: tokens/s at 16 "
+              f"clients {thread_sixteen[0] / statistics.mean(b[0] for b in sixteen):.2f}x, inter-token p50 at 1 "
+              f"client {thread_one[1] / one_mean[1]:.2f}x")
     if engine_rows:
         print(f"\nno HTTP: the server's scheduler driven directly, {args.engine_seconds:.0f} s per row")
         print_table(["clients", "round", "tokens/s", "inter-token p50 (ms)"],
