@@ -12,10 +12,11 @@ Three parts:
 - **gpt2**: a `DecodeBatch` step of 1 and of 16 rows with GPT-2 small's size (124M, random weights): a model whose
   16-row step is 16 rows of matrix products rather than fixed per-op overhead.
 - **instep**: the attention part's call where it runs, inside the decoding steps of serve_load's model (1 and 16
-  rows, each row restarting after serve_load's 64 tokens): each layer's attention call timed in the step, then the
-  same call repeated on its own tensors (keys and values then in the cache); and the step itself with its
-  attention as it is, computed by two matrix products instead (`attend_by_matmul`), and skipped (the query passed
-  on as the attention's output: a timing, not a model). The modes take turns in blocks of steps on one batch.
+  rows, a finished row replaced at once by a new one of serve_load's 64 tokens): each layer's attention call timed
+  in the step, then the same call repeated on its own tensors (keys and values then in the cache); and the step
+  itself with its attention as it is, computed by two matrix products instead (`attend_by_matmul`), and skipped
+  (the query passed on as the attention's output: a timing, not a model). Each (rows, mode) runs 10 steps at a
+  time, 60 times over, in turns, so the machine's drift lands on all of them alike.
 
 Usage: python benchmarks/serve_engine_profile.py [--parts load,attention,gpt2,instep] [--seconds 60] [--slices 6]
        (about 3 minutes)
