@@ -11,7 +11,7 @@
 #   serve:  issue 14's load run with the server on the GPU (benchmarks/serve_load.py --device cuda, no reference
 #           servers, 20 s per client level and round), about 4 minutes, estimated: whether 16 streaming clients get
 #           at most twice one client's time between tokens where a decoding step costs about the same at 1 and 16
-#           rows (on the 2-core CPU it is 2.01x over fourteen rounds, README);
+#           rows (on the 2-core CPU it is 2.00x over sixteen rounds, README);
 #   issue16: decode and train; all: every part.
 # Usage: bash benchmarks/gpu_check.sh [smoke|decode|train|serve|issue16|all]   (default all; the installed genloom, or
 #        src/)
