@@ -43,6 +43,7 @@ from serve_load import (
     PROMPTS,
     Histogram,
     Server,
+    gpt_config,
     histogram_median,
     load,
     make_models,
@@ -54,7 +55,7 @@ import genloom.nn.attention as attention_module
 from genloom.cli.serve import default_threads
 from genloom.generate.batch import DecodeBatch
 from genloom.generate.sampling import SamplingConfig
-from genloom.models.gpt import GPT, GPTConfig, preset
+from genloom.models.gpt import GPT, preset
 
 LEVELS = (1, 16)
 
@@ -235,8 +236,7 @@ def profile_in_step(blocks: int = 60, steps: int = 10) -> None:
     computed otherwise or skipped: a batch of 1 row and one of 16, and each (row count, mode) takes its turn for
     `steps` steps, `blocks` times over (drift between minutes then lands on all of them alike)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=80, context_length=256, n_layers=4, d_model=128, n_heads=4, bias=False,
-                          activation="gelu")).eval()  # serve_load's model (its vocabulary: 60 to 80 characters)
+    model = GPT(gpt_config(80)).eval()  # serve_load's model (its character vocabulary: 60 to 80)
     sdpa = attention_module.attend
     calls: list[float] = []
     last: list[tuple[object, ...]] = []

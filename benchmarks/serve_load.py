@@ -71,11 +71,16 @@ VARIANTS: tuple[tuple[str, ...], ...] = (("--kv-cache-dtype", "bfloat16"), ("--c
 CAPTIONS = ["a red circle", "a blue square above a green triangle", "a cyan triangle", "a yellow square"]
 
 
+def gpt_config(vocab_size: int) -> GPTConfig:
+    """The served language model: the size of the `tiny` preset, with a context of 256."""
+    return GPTConfig(vocab_size=vocab_size, context_length=256, n_layers=4, d_model=128, n_heads=4, bias=False,
+                     activation="gelu")
+
+
 def make_models(root: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     chars = CharTokenizer.train("".join(PROMPTS) + "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:?()'\n")
-    config = GPTConfig(vocab_size=chars.vocab_size, context_length=256, n_layers=4, d_model=128, n_heads=4,
-                       bias=False, activation="gelu")
+    config = gpt_config(chars.vocab_size)
     save_checkpoint(root / "gpt", GPT(config), "gpt", config, chars)
     captions = train_caption_tokenizer(CAPTIONS, 300)
     vq = VQVAE(VQConfig(resolution=16, widths=(16, 32), res_blocks=1, norm_groups=4, codebook_size=64))
